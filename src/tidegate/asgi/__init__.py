@@ -1,0 +1,1 @@
+"""The one ASGI layer: scopes and exchanges shared by every wire protocol.  No asyncio."""

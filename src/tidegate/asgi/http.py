@@ -1,0 +1,257 @@
+"""The HTTP exchange: one ASGI request/response, the same for every wire protocol.
+
+The exchange turns stream events (fed by the driver: :meth:`HTTPExchange.on_data`, :meth:`on_end`,
+:meth:`on_disconnect`) into ``http.request`` / ``http.disconnect`` messages, and the app's messages into calls on
+its :class:`Stream` (send a head, a body piece, a 1xx).  It validates every message and enforces their order:
+
+    START --http.response.start--> STARTED --http.response.body(more_body)--> STREAMING --(last body)--> DONE
+
+Anything out of order, of the wrong type or unknown raises :class:`ASGIError` from ``send()``, naming the field.
+When the app fails, :meth:`run` answers 500 if nothing was sent yet, else closes the connection, and logs the
+exception once with the request line.  ``receive`` and ``send`` are the coroutines ASGI asks for; the only thing
+they await is a waiter or a drain that the stream (the driver) provides, so this module needs no event loop and is
+tested with a fake stream.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, Protocol
+
+from ..protocol.events import ProtocolError
+from .errors import ASGIError, ClientDisconnected
+
+__all__ = ["HTTPExchange", "Stream"]
+
+logger = logging.getLogger("tidegate.error")
+access_logger = logging.getLogger("tidegate.access")
+
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
+
+# Response states.  _GONE: the client disconnected before the response was complete.
+_START, _STARTED, _STREAMING, _DONE, _GONE = range(5)
+
+
+
+class Waiter(Protocol):
+    def done(self) -> bool: ...
+    def set_result(self, result: None) -> None: ...
+    def __await__(self) -> Any: ...
+
+
+class Stream(Protocol):
+    """What the exchange needs from the connection carrying it (implemented by each driver)."""
+
+    write_paused: bool
+    reading_paused: bool
+
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None: ...
+    def send_data(self, data: bytes, end: bool) -> None: ...
+    def response_done(self) -> None: ...
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def send_error(self, status: int) -> None: ...
+    def abort(self) -> None: ...
+    def drain(self) -> Awaitable[None]: ...
+    def create_waiter(self) -> Waiter: ...
+    def resume_reading(self) -> None: ...
+
+
+class HTTPExchange:
+    """One request and its response."""
+
+    __slots__ = (
+        "_chunks",
+        "_end_delivered",
+        "_expect_continue",
+        "_more_body",
+        "_state",
+        "_waiter",
+        "buffered",
+        "bytes_sent",
+        "scope",
+        "status",
+        "stream",
+    )
+
+    def __init__(self, stream: Stream, scope: dict[str, Any], expect_continue: bool = False) -> None:
+        self.stream = stream
+        self.scope = scope
+        self._state = _START
+        self._chunks: list[bytes] = []
+        self._more_body = True
+        self._end_delivered = False
+        self._expect_continue = expect_continue
+        self._waiter: Waiter | None = None
+        #: request body bytes received and not yet handed to the app
+        self.buffered = 0
+        #: response status and body bytes, for the access log
+        self.status = 0
+        self.bytes_sent = 0
+
+    # ------------------------------------------------------------------ from the driver
+
+    def on_data(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self.buffered += len(data)
+        self._wake()
+
+    def on_end(self) -> None:
+        self._more_body = False
+        self._wake()
+
+    def on_disconnect(self) -> None:
+        if self._state != _DONE:
+            self._state = _GONE
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def request_complete(self) -> bool:
+        return not self._more_body
+
+
+    # ------------------------------------------------------------------ to the app
+
+    async def receive(self) -> Message:
+        while True:
+            chunks = self._chunks
+            if chunks:
+                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self.buffered = 0
+                stream = self.stream
+                if stream.reading_paused:
+                    stream.resume_reading()
+                more = self._more_body
+                if not more:
+                    self._end_delivered = True
+                return {"type": "http.request", "body": body, "more_body": more}
+            if not self._more_body and not self._end_delivered:
+                self._end_delivered = True
+                return {"type": "http.request", "body": b"", "more_body": False}
+            if self._state >= _DONE:
+                return {"type": "http.disconnect"}
+            if self._expect_continue:
+                self._expect_continue = False
+                if self._state == _START:
+                    self.stream.send_informational(100, [])
+            waiter = self.stream.create_waiter()
+            self._waiter = waiter
+            await waiter
+
+    async def send(self, message: Message) -> None:
+        try:
+            kind = message["type"]
+        except (KeyError, TypeError):
+            raise ASGIError(f"a message must be a dict with a 'type' key, not {message!r}") from None
+        state = self._state
+        if kind == "http.response.body" and (state == _STREAMING or state == _STARTED):
+            body = message.get("body", b"")
+            if type(body) is not bytes:
+                body = _as_bytes(body)
+            stream = self.stream
+            if message.get("more_body", False):
+                if body or state == _STARTED:  # the head goes out at once, even before the first event
+                    self._state = _STREAMING
+                    self.bytes_sent += len(body)
+                    try:
+                        stream.send_data(body, False)
+                    except ProtocolError:
+                        stream.abort()
+                        raise
+                    if stream.write_paused:
+                        await stream.drain()
+                return
+            self._state = _DONE
+            self.bytes_sent += len(body)
+            try:
+                stream.send_data(body, True)
+            except ProtocolError:
+                stream.abort()
+                raise
+            stream.response_done()
+            self._wake()
+            if stream.write_paused:
+                await stream.drain()
+            return
+        if state == _GONE:
+            raise ClientDisconnected("the client has disconnected")
+        if kind == "http.response.start":
+            if state != _START:
+                raise ASGIError("'http.response.start' sent twice")
+            status = message.get("status")
+            if type(status) is not int:
+                raise ASGIError(f"'status' must be an int, not {status!r}")
+            self.stream.send_head(status, message.get("headers", ()))
+            self.status = status
+            self._state = _STARTED
+        elif kind == "http.response.body":
+            raise ASGIError("'http.response.body' sent before 'http.response.start'" if state == _START
+                            else "'http.response.body' sent after the response was complete")
+        elif kind == "http.response.early_hint":
+            if state != _START:
+                raise ASGIError(f"{kind!r} sent after the response started")
+            links = message.get("links", ())
+            self.stream.send_informational(103, [(b"link", _as_bytes(link)) for link in links])
+        else:
+            raise ASGIError(f"unknown message type {kind!r} for an HTTP connection")
+
+    # ------------------------------------------------------------------ running the app
+
+    async def run(self, app: ASGIApp) -> None:
+        """Call the app; turn its failures into a 500 or a closed connection, logged once."""
+        try:
+            await app(self.scope, self.receive, self.send)
+        except ClientDisconnected:
+            logger.debug("client disconnected while %s was being answered", self._request_line())
+            return
+        except Exception as exc:
+            self._fail("Exception in ASGI application", exc)
+            return
+        if self._state == _START:
+            self._fail("ASGI application returned without starting a response", None)
+        elif self._state != _DONE:
+            self._fail("ASGI application returned without completing the response", None)
+
+    def _fail(self, what: str, exc: BaseException | None) -> None:
+        logger.error("%s while handling %s", what, self._request_line(), exc_info=exc)
+        if self._state == _GONE:
+            return
+        if self._state == _START:
+            self._state = _DONE
+            self.status = 500
+            self.stream.send_error(500)
+        else:
+            self._state = _DONE
+            self.stream.abort()
+        self._wake()
+
+    def _request_line(self) -> str:
+        scope = self.scope
+        path = scope.get("path", "")
+        query = scope.get("query_string", b"")
+        target = path + ("?" + query.decode("latin-1") if query else "")
+        return escape_log(f"{scope.get('method', '?')} {target}")
+
+
+def _as_bytes(value: object) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise ASGIError(f"expected bytes, not {type(value).__name__}")
+
+
+def escape_log(text: str) -> str:
+    """Escape control characters so request data cannot forge log lines (CVE-2020-7694)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -1,0 +1,87 @@
+"""Request head + connection facts → the ASGI ``http`` (and ``websocket``) scope, per asgiref's www.rst."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+from ..protocol.events import Request
+
+__all__ = ["ConnectionInfo", "http_scope", "split_target"]
+
+ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+                                    "CONNECT")}
+
+
+class ConnectionInfo:
+    """What every request on one connection shares: addresses, scheme, mount point, lifespan state."""
+
+    __slots__ = ("client", "extensions", "root_path", "root_path_bytes", "scheme", "server", "state")
+
+    def __init__(self, client: tuple[str, int] | None, server: tuple[str, int | None] | None, scheme: str,
+                 root_path: str = "", state: dict[str, Any] | None = None,
+                 extensions: dict[str, Any] | None = None) -> None:
+        self.client = client
+        self.server = server
+        self.scheme = scheme
+        self.root_path = root_path
+        self.root_path_bytes = root_path.encode("utf-8")
+        self.state = state if state is not None else {}
+        self.extensions = extensions if extensions is not None else {}
+
+
+def split_target(target: bytes) -> tuple[bytes, bytes]:
+    """Request target → (raw path, query string).  Absolute-form targets (RFC 9112 §3.2.2) keep their path."""
+    if target[:1] != b"/":
+        if target == b"*":
+            return b"*", b""
+        scheme_end = target.find(b"://")
+        if scheme_end > 0:
+            slash = target.find(b"/", scheme_end + 3)
+            question = target.find(b"?", scheme_end + 3)
+            if slash < 0 or (0 <= question < slash):
+                target = b"/" + (target[question:] if question >= 0 else b"")
+            else:
+                target = target[slash:]
+    question = target.find(b"?")
+    if question < 0:
+        return target, b""
+    return target[:question], target[question + 1:]
+
+
+def decode_path(raw_path: bytes) -> str:
+    if b"%" not in raw_path and raw_path.isascii():
+        return raw_path.decode("ascii")
+    return unquote_to_bytes(raw_path).decode("utf-8", "replace")
+
+
+def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
+    target = request.target
+    if target[:1] == b"/" and b"?" not in target:
+        raw_path, query = target, b""
+    else:
+        raw_path, query = split_target(target)
+    if b"%" not in raw_path and raw_path.isascii():
+        path = raw_path.decode("ascii")
+    else:
+        path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
+    method = _METHODS.get(request.method) or request.method.decode("ascii")
+    root = info.root_path
+    return {
+        "type": "http",
+        "asgi": ASGI_VERSION,
+        "http_version": request.http_version,
+        "method": method,
+        "scheme": info.scheme,
+        "path": root + path if root else path,
+        "raw_path": info.root_path_bytes + raw_path if root else raw_path,
+        "query_string": query,
+        "root_path": root,
+        "headers": request.headers,
+        "client": info.client,
+        "server": info.server,
+        "state": info.state.copy(),
+        "extensions": info.extensions,
+    }

@@ -1,0 +1,433 @@
+"""HTTP/1.1 connection, sans-IO, on httptools (llhttp in strict mode).
+
+Bytes in, events out (:meth:`H1Connection.receive_data`); the response side turns a status, headers and body
+pieces into the bytes to write (:meth:`start_response`, :meth:`send_body`, :meth:`informational`).  No socket, no
+clock, no asyncio: the caller writes the returned bytes and owns every deadline.
+
+Rules this file enforces (RFC 9112):
+
+- a request head is delivered only once complete; its header names are lower-cased, order and duplicates kept;
+- HTTP/1.1 requests must carry exactly one ``Host`` (§3.2); several or none → 400;
+- anything the parser rejects → a :class:`RequestError` event with the status to answer (400, 501 for a
+  well-formed method the parser cannot carry, 505 for a version we do not speak), after which the connection
+  delivers nothing more;
+- responses: the app's ``content-length`` is respected and checked; without one, a body sent in one piece gets a
+  ``content-length``, a streamed body is chunked for HTTP/1.1 and close-delimited for HTTP/1.0; HEAD, 1xx, 204 and
+  304 carry no body; header names must be tokens and values free of CR, LF and NUL (else :class:`ProtocolError`).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from http import HTTPStatus
+
+import httptools
+
+from .events import (
+    Data,
+    EndOfMessage,
+    Event,
+    Headers,
+    ProtocolError,
+    Request,
+    RequestError,
+    Upgrade,
+)
+
+__all__ = ["H1Connection", "ResponseDefaults", "status_line"]
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+_VERSION = re.compile(rb"[^\r\n]* HTTP/(\d)\.(\d)\r?\n")
+
+# Above this size a body piece is handed over as its own buffer rather than copied behind the head.
+_COPY_LIMIT = 16384
+
+
+def status_line(status: int, version: bytes = b"1.1") -> bytes:
+    try:
+        phrase = HTTPStatus(status).phrase.encode("ascii")
+    except ValueError:
+        phrase = b""
+    return b"HTTP/" + version + b" %d " % status + phrase + b"\r\n"
+
+
+_STATUS_LINES = {s.value: status_line(s.value) for s in HTTPStatus}
+_STATUS_LINES_10 = {s.value: status_line(s.value, b"1.0") for s in HTTPStatus}
+
+# Response header names that change how we frame the response, or replace one of our defaults.
+_CONTENT_LENGTH = b"content-length"
+_SPECIAL_RESPONSE = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server"})
+# Header names and values already checked (apps reuse a handful of them); bounded.
+_known_names: set[bytes] = set()
+_known_values: set[bytes] = set()
+_KNOWN_MAX = 4096
+
+_WATCHED_REQUEST = frozenset({b"host", b"expect"})
+
+# Response states
+_IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
+# Body framing
+_UNDECIDED, _LENGTH, _CHUNKED, _CLOSE_DELIMITED, _NO_BODY, _HEAD_ONLY = range(6)
+
+
+class ResponseDefaults:
+    """Default response header lines, shared by every connection of a server and refreshed by its clock."""
+
+    __slots__ = ("date", "extra", "server", "together")
+
+    def __init__(self, server: bytes = b"", date: bytes = b"", extra: bytes = b"") -> None:
+        self.server = server
+        self.extra = extra
+        self.date = date
+        self.together = server + date + extra
+
+    def set_date(self, date: bytes) -> None:
+        self.date = date
+        self.together = self.server + date + self.extra
+
+
+def _discard(data: bytes) -> None:
+    pass
+
+
+class _ParseAbort(Exception):
+    def __init__(self, error: RequestError) -> None:
+        self.error = error
+
+
+class H1Connection:
+    """One HTTP/1.1 connection's wire state: parses requests, frames responses."""
+
+    __slots__ = (
+        "_chunked_ok",
+        "_defaults",
+        "_events",
+        "_expect",
+        "_framing",
+        "_head",
+        "_headers",
+        "_hosts",
+        "_parser",
+        "_remaining",
+        "_response_keep_alive",
+        "_state",
+        "_url",
+        "_version10",
+        "broken",
+        "keep_alive",
+        "write",
+    )
+
+    def __init__(self, defaults: ResponseDefaults | None = None,
+                 write: Callable[[bytes], object] | None = None) -> None:
+        #: where response bytes go (the driver sets its transport's ``write``)
+        self.write: Callable[[bytes], object] = write if write is not None else _discard
+        self._parser = httptools.HttpRequestParser(self)
+        self._defaults = defaults if defaults is not None else ResponseDefaults()
+        self._events: list[Event] = []
+        self._url = b""
+        self._headers: Headers = []
+        self._hosts = 0
+        self._expect = False
+        self._state = _IDLE
+        self._head = b""
+        self._framing = _LENGTH
+        self._remaining = 0
+        self._version10 = False
+        self._chunked_ok = True
+        self._response_keep_alive = True
+        #: False once the connection must close after the response in progress.
+        self.keep_alive = True
+        #: True once the peer sent something unparseable: nothing more will be delivered.
+        self.broken = False
+
+    # ------------------------------------------------------------------ inbound
+
+    def receive_data(self, data: bytes) -> list[Event]:
+        """Feed bytes from the peer; return the events they complete (possibly several pipelined requests)."""
+        if self.broken:
+            return []
+        events: list[Event] = []
+        self._events = events
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0]
+            events.append(Upgrade(bytes(data[offset:])))
+        except httptools.HttpParserError as exc:
+            self.broken = True
+            events.append(self._classify(exc, data))
+        return events
+
+    def _classify(self, exc: Exception, data: bytes) -> RequestError:
+        cause = exc.__context__
+        if isinstance(cause, _ParseAbort):
+            return cause.error
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            # A well-formed method token the parser does not know: we cannot carry it (501), else 400.
+            if _METHOD_TOKEN.match(data) and not self._headers and not self._url:
+                return RequestError(501, "method not implemented")
+            return RequestError(400, "invalid method")
+        message = str(exc)
+        if "HTTP version" in message or "Invalid major version" in message or "Invalid minor" in message:
+            m = _VERSION.match(data)
+            if m and m.group(1) in (b"1", b"2", b"3") and (m.group(1), m.group(2)) not in ((b"1", b"0"),
+                                                                                         (b"1", b"1")):
+                return RequestError(505, "HTTP version not supported")
+        return RequestError(400, message or "malformed request")
+
+    # httptools callbacks: keep them tiny, they run per request / per header.
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._hosts = 0
+        self._expect = False
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        self._headers.append((name, value))
+        if name in _WATCHED_REQUEST:
+            if name == b"host":
+                self._hosts += 1
+            elif value.lower() == b"100-continue":
+                self._expect = True
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        version = parser.get_http_version()
+        if version == "1.1":
+            if self._hosts != 1:
+                raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
+                                               else "more than one Host header"))
+        elif version != "1.0":
+            raise _ParseAbort(RequestError(505, "HTTP version not supported"))
+        elif self._hosts > 1:
+            raise _ParseAbort(RequestError(400, "more than one Host header"))
+        self._events.append(Request(parser.get_method(), self._url, version, self._headers,
+                                    parser.should_keep_alive(), self._expect and version == "1.1"))
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Data(body))
+
+    def on_message_complete(self) -> None:
+        self._events.append(EndOfMessage())
+
+    # ------------------------------------------------------------------ outbound
+
+    def start_response(self, request: Request, status: int, headers: Headers) -> None:
+        """Begin the response to ``request``; the head is held until the first :meth:`send_body`."""
+        if self._state != _IDLE:
+            raise ProtocolError("the response has already started")
+        version10 = request.http_version == "1.0"
+        self._version10 = version10
+        line = (_STATUS_LINES_10 if version10 else _STATUS_LINES).get(status)
+        if line is None:
+            if type(status) is not int or not 200 <= status <= 999:
+                raise ProtocolError(f"status must be an int in 200..999 (1xx are informational), not {status!r}")
+            line = status_line(status, b"1.0" if version10 else b"1.1")
+        elif status < 200:
+            raise ProtocolError(f"status {status} is informational: send it before the final response")
+        keep_alive = request.keep_alive and self.keep_alive
+        content_length = -1
+        has_date = has_server = app_connection = False
+        parts = [line]
+        try:
+            for name, value in headers:
+                lname = name.lower()
+                if lname in _SPECIAL_RESPONSE:
+                    if lname == _CONTENT_LENGTH:
+                        if content_length >= 0:
+                            raise ProtocolError("more than one content-length header")
+                        if not value.isdigit():
+                            raise ProtocolError(f"content-length must be digits, not {value!r}")
+                        content_length = int(value)
+                        parts += (name, b": ", value, b"\r\n")
+                        continue
+                    if lname == b"transfer-encoding":
+                        continue  # framing is ours to choose
+                    if lname == b"connection":
+                        app_connection = True
+                        if b"close" in value.lower():
+                            keep_alive = False
+                    elif lname == b"date":
+                        has_date = True
+                    else:
+                        has_server = True
+                elif lname not in _known_names:
+                    if not _TOKEN.fullmatch(name):
+                        raise ProtocolError(f"invalid header name {name!r}")
+                    if len(_known_names) < _KNOWN_MAX:
+                        _known_names.add(lname)
+                if value not in _known_values:
+                    if b"\r" in value or b"\n" in value or b"\0" in value:
+                        raise ProtocolError(f"header {name!r} has CR, LF or NUL in its value")
+                    if len(value) <= 64 and len(_known_values) < _KNOWN_MAX:
+                        _known_values.add(value)
+                parts += (name, b": ", value, b"\r\n")
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs: {exc}") from None
+        defaults = self._defaults
+        if not has_date and not has_server:
+            parts.append(defaults.together)
+        else:
+            if not has_server:
+                parts.append(defaults.server)
+            if not has_date:
+                parts.append(defaults.date)
+            parts.append(defaults.extra)
+
+        if status == 204 or status == 304:
+            if status == 204 and content_length >= 0:
+                raise ProtocolError("a 204 response must not have a content-length")
+            self._framing = _NO_BODY
+        elif request.method == b"HEAD":
+            self._framing = _HEAD_ONLY
+        elif content_length >= 0:
+            self._framing = _LENGTH
+            self._remaining = content_length
+        else:
+            self._framing = _UNDECIDED
+        if not keep_alive:
+            self.keep_alive = False
+            if not app_connection:
+                parts.append(b"connection: close\r\n")
+        elif version10 and not app_connection:
+            parts.append(b"connection: keep-alive\r\n")
+        self._response_keep_alive = keep_alive
+        self._head = b"".join(parts)
+        self._state = _HEAD_PENDING
+
+    def send_body(self, data: bytes, end: bool) -> None:
+        """Frame a body piece (``end``: it is the last) and hand the bytes to :attr:`write`, in order."""
+        write = self.write
+        if self._state == _SENDING:
+            framing = self._framing
+            if framing == _CHUNKED:
+                if data:
+                    if len(data) <= _COPY_LIMIT:
+                        write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(data), data) if end
+                              else b"%x\r\n%b\r\n" % (len(data), data))
+                    else:
+                        write(b"%x\r\n" % len(data))
+                        write(data)
+                        write(b"\r\n0\r\n\r\n" if end else b"\r\n")
+                elif end:
+                    write(b"0\r\n\r\n")
+                if end:
+                    self._state = _DONE
+                return
+            head = b""
+        elif self._state == _HEAD_PENDING:
+            head = self._head
+            self._head = b""
+            self._state = _SENDING
+            framing = self._framing
+            if framing == _UNDECIDED:
+                if end:
+                    framing = _LENGTH
+                    self._remaining = len(data)
+                    head += b"content-length: %d\r\n\r\n" % len(data)
+                elif not self._version10:
+                    framing = _CHUNKED
+                    head += b"transfer-encoding: chunked\r\n\r\n"
+                    if data:
+                        size = b"%x\r\n" % len(data)
+                        if len(data) <= _COPY_LIMIT:
+                            write(head + size + data + b"\r\n")
+                        else:
+                            write(head + size)
+                            write(data)
+                            write(b"\r\n")
+                    else:
+                        write(head)
+                    self._framing = framing
+                    return
+                else:
+                    framing = _CLOSE_DELIMITED
+                    self.keep_alive = False
+                    if self._response_keep_alive:
+                        # we announced keep-alive, but a close-delimited body ends with the connection
+                        head = head.replace(b"connection: keep-alive\r\n", b"connection: close\r\n")
+                    head += b"\r\n"
+                self._framing = framing
+            else:
+                head += b"\r\n"
+        else:
+            raise ProtocolError("the response is complete" if self._state == _DONE
+                                else "the response has not started")
+
+        if framing == _LENGTH:
+            remaining = self._remaining - len(data)
+            if remaining < 0:
+                self._fail()
+                raise ProtocolError("the app sent more body than its content-length")
+            self._remaining = remaining
+            if end:
+                self._state = _DONE
+                if remaining:
+                    self._fail()
+                    raise ProtocolError(f"the app ended the body {remaining} bytes short of its content-length")
+        elif framing == _NO_BODY or framing == _HEAD_ONLY:
+            if data and framing == _NO_BODY:
+                self._fail()
+                raise ProtocolError("a 204 or 304 response must not have a body")
+            data = b""  # the body of a response to HEAD is not sent
+            if end:
+                self._state = _DONE
+        elif end:  # close-delimited
+            self._state = _DONE
+        if head:
+            if len(data) <= _COPY_LIMIT:
+                write(head + data)
+                return
+            write(head)
+        if data:
+            write(data)
+
+    def _fail(self) -> None:
+        self.keep_alive = False
+        self._state = _DONE
+
+    def informational(self, status: int, headers: Headers | None = None) -> bytes:
+        """Bytes of a 1xx response (100 Continue, 103 Early Hints) before the final one."""
+        if not 100 <= status <= 199 or status == 101:
+            raise ProtocolError(f"not an informational status: {status}")
+        if self._state != _IDLE:
+            raise ProtocolError("the final response has already started")
+        lines = [_STATUS_LINES.get(status) or status_line(status)]
+        for name, value in headers or ():
+            if not _TOKEN.fullmatch(name) or b"\r" in value or b"\n" in value or b"\0" in value:
+                raise ProtocolError(f"invalid informational header {name!r}")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    def error_response(self, status: int, detail: str = "") -> bytes:
+        """A complete short response for an error we answer ourselves; the connection closes after it."""
+        self.keep_alive = False
+        self._state = _DONE
+        body = (HTTPStatus(status).phrase if status in _STATUS_LINES else "Error").encode()
+        if detail:
+            body += b": " + detail.encode("ascii", "backslashreplace")
+        body += b"\n"
+        return b"".join((_STATUS_LINES.get(status) or status_line(status), self._defaults.together,
+                         b"content-type: text/plain; charset=utf-8\r\n", b"connection: close\r\n",
+                         b"content-length: %d\r\n\r\n" % len(body), body))
+
+    @property
+    def response_started(self) -> bool:
+        return self._state == _SENDING or self._state == _DONE
+
+    @property
+    def response_complete(self) -> bool:
+        return self._state == _DONE
+
+    def next_response(self) -> None:
+        """Get ready to answer the next pipelined request (the previous response is complete)."""
+        self._state = _IDLE

@@ -1,0 +1,116 @@
+"""Run a server in this process: pick the loop, import the app, handle signals, map failures to exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from typing import Any
+
+from .config import Config, ConfigError
+from .importer import AppImportError, import_app
+from .log import setup_logging
+from .runtime.lifespan import LifespanFailure
+from .runtime.server import serve
+
+__all__ = ["EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run", "run_config"]
+
+logger = logging.getLogger("tidegate.error")
+
+EXIT_OK = 0
+EXIT_APP_ERROR = 1
+EXIT_USAGE = 2
+EXIT_STARTUP_FAILED = 3
+
+
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop: uvloop for 'uvloop' (and for 'auto' where it is installed), else asyncio's."""
+    if kind in ("auto", "uvloop"):
+        try:
+            import uvloop
+        except ImportError:
+            if kind == "uvloop":
+                raise ConfigError("loop 'uvloop' was asked for, but uvloop is not installed") from None
+        else:
+            loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+            return loop
+    return asyncio.new_event_loop()
+
+
+def run(app: Any = None, *, config: Config | None = None, **settings: Any) -> None:
+    """Serve an app in this process until SIGINT/SIGTERM; raise ``SystemExit`` with a non-zero code on failure.
+
+    ``app`` is an ASGI callable or a ``"module:attribute"`` string; ``settings`` are flat setting names as the
+    CLI spells them (``port=8080``, ``timeout_keep_alive=10``).
+    """
+    if config is None:
+        if isinstance(app, str):
+            settings["app"] = app
+        config = Config.from_flat(**settings)
+    elif settings:
+        config = config.replace(**settings)
+    code = run_config(config, app=None if isinstance(app, str) else app)
+    if code:
+        raise SystemExit(code)
+
+
+def run_config(config: Config, app: Any = None) -> int:
+    """Serve as ``config`` says; return the process exit code."""
+    setup_logging(config.logging.log_level, config.logging.access_log)
+    if app is None:
+        try:
+            app = import_app(config.app.app, app_dir=config.app.app_dir, factory=config.app.factory)
+        except AppImportError as exc:
+            logger.error("Error loading the app: %s", exc, exc_info=exc if logger.isEnabledFor(logging.DEBUG)
+                         else None)
+            return EXIT_APP_ERROR
+    loop = new_event_loop(config.app.loop)
+    asyncio.set_event_loop(loop)
+    stop = asyncio.Event()
+    main = loop.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        if signals == 1:
+            stop.set()
+        else:
+            logger.warning("second signal: stopping now")
+            main.cancel()
+
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, on_signal)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
+            pass
+    try:
+        loop.run_until_complete(main)
+        return EXIT_OK
+    except LifespanFailure as exc:
+        logger.error("Application startup failed: %s", exc)
+        return EXIT_STARTUP_FAILED
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except asyncio.CancelledError:
+        return EXIT_OK
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+        _cancel_all(loop)
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        asyncio.set_event_loop(None)
+        loop.close()
+        sys.stderr.flush()
+
+
+def _cancel_all(loop: asyncio.AbstractEventLoop) -> None:
+    tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+    for task in tasks:
+        task.cancel()
+    if tasks:
+        loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))

@@ -1,0 +1,334 @@
+"""The HTTP/1.1 driver: an ``asyncio.Protocol`` per connection.
+
+It owns the transport, the keep-alive timer, the app tasks and back-pressure, feeds bytes to the sans-IO
+:class:`~tidegate.protocol.http1.H1Connection` and routes its events to one
+:class:`~tidegate.asgi.http.HTTPExchange` per request.  It is the exchange's :class:`~tidegate.asgi.http.Stream`:
+the exchange's calls always come from the request being answered, because an exchange refuses to send once its
+response is complete and the next pipelined request starts only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from time import perf_counter
+from typing import TYPE_CHECKING, Any
+
+from ..asgi.errors import ClientDisconnected
+from ..asgi.http import HTTPExchange, escape_log
+from ..asgi.scope import ConnectionInfo, http_scope
+from ..protocol.events import Data, EndOfMessage, Request, RequestError, Upgrade
+from ..protocol.http1 import H1Connection
+
+if TYPE_CHECKING:
+    from .server import ServerState
+
+__all__ = ["H1Driver"]
+
+logger = logging.getLogger("tidegate.error")
+
+_FLUSH_BYTES = 65536
+access_logger = logging.getLogger("tidegate.access")
+
+
+def _address(value: Any) -> tuple[str, int] | None:
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+class H1Driver(asyncio.Protocol):
+    __slots__ = (
+        "_drain_waiter",
+        "_flush_handle",
+        "_idle",
+        "_idle_since",
+        "_last",
+        "_lost",
+        "_out",
+        "_out_bytes",
+        "_pending_error",
+        "_started_at",
+        "_timer",
+        "conn",
+        "current",
+        "current_request",
+        "info",
+        "pipeline",
+        "reading_paused",
+        "server",
+        "shutting_down",
+        "task",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, server: ServerState) -> None:
+        self.server = server
+        # Response bytes collect in _out and go to the transport in one write: at the end of a response, past
+        # _FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one go leaves
+        # in one write, and an event sent before the app waits for something is on the wire before it waits).
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self.conn = H1Connection(server.defaults, self._out.append)
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.info: ConnectionInfo = None  # type: ignore[assignment]
+        self.current: HTTPExchange | None = None
+        self.current_request: Request | None = None
+        self._last: HTTPExchange | None = None
+        self.pipeline: deque[tuple[HTTPExchange, Request]] = deque()
+        self.task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._idle = False
+        self._idle_since = 0.0
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._pending_error: RequestError | None = None
+        self._lost = False
+        self._started_at = 0.0
+        self.write_paused = False
+        self.reading_paused = False
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        server = self.server
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        if isinstance(sock, (str, bytes)):
+            local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
+        else:
+            local = _address(sock)
+        self.info = ConnectionInfo(_address(peer), local, scheme, server.root_path, server.state,
+                                   server.extensions)
+        server.connections.add(self)
+        self._arm_idle_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        current = self.current
+        if current is not None:
+            current.on_disconnect()
+        elif self._last is not None:
+            self._last.on_disconnect()
+        self.pipeline.clear()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.server.connection_closed()
+
+    def data_received(self, data: bytes) -> None:
+        self._idle = False
+        for event in self.conn.receive_data(data):
+            kind = type(event)
+            if kind is Request:
+                self._on_request(event)  # type: ignore[arg-type]
+            elif kind is Data:
+                last = self._last
+                if last is not None:
+                    last.on_data(event.data)  # type: ignore[union-attr]
+                    if last.buffered > self.server.request_buffer and not self.reading_paused:
+                        self.reading_paused = True
+                        self.transport.pause_reading()
+            elif kind is EndOfMessage:
+                if self._last is not None:
+                    self._last.on_end()
+            elif kind is RequestError:
+                self._on_request_error(event)  # type: ignore[arg-type]
+            elif kind is Upgrade:
+                self._on_upgrade(event)  # type: ignore[arg-type]
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: let an in-flight response finish, then close.
+        if self.current is None:
+            self.transport.close()
+        else:
+            self.conn.keep_alive = False
+        return True
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ requests
+
+    def _on_request(self, request: Request) -> None:
+        exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue)
+        self._last = exchange
+        if self.current is None:
+            self._start(exchange, request)
+        else:
+            self.pipeline.append((exchange, request))
+            if len(self.pipeline) >= self.server.pipeline_depth and not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+
+    def _start(self, exchange: HTTPExchange, request: Request) -> None:
+        self.current = exchange
+        self.current_request = request
+        if self.server.access_log:
+            self._started_at = perf_counter()
+        self.task = self.server.loop.create_task(exchange.run(self.server.app))
+
+    def _on_request_error(self, error: RequestError) -> None:
+        logger.info("invalid request from %s: %s", self._client_text(), escape_log(error.detail))
+        if self.current is None:
+            self._write_error(error.status, error.detail)
+        else:
+            # answer it once the request in progress is answered
+            self._pending_error = error
+            self.conn.keep_alive = False
+
+    def _on_upgrade(self, upgrade: Upgrade) -> None:
+        # No upgrade is supported yet: the request was delivered as a plain request; keep parsing after it.
+        if upgrade.trailing:
+            self.data_received(upgrade.trailing)
+
+    def _write_error(self, status: int, detail: str) -> None:
+        self._flush()
+        if not self.transport.is_closing():
+            self.transport.write(self.conn.error_response(status, detail))
+            self.transport.close()
+
+    def response_done(self) -> None:
+        exchange = self.current
+        assert exchange is not None
+        if self.server.access_log:
+            self._log_access(exchange)
+        self.current = None
+        self.current_request = None
+        self.task = None
+        if self._pending_error is not None:
+            error, self._pending_error = self._pending_error, None
+            self.conn.next_response()
+            self._write_error(error.status, error.detail)
+            return
+        if not self.conn.keep_alive or not exchange.request_complete or self.shutting_down:
+            self.transport.close()
+            return
+        self.conn.next_response()
+        if self.pipeline:
+            exchange, request = self.pipeline.popleft()
+            if self.reading_paused and exchange.buffered <= self.server.request_buffer:
+                self.resume_reading()
+            self._start(exchange, request)
+        else:
+            self._arm_idle_timer()
+
+    # The keep-alive deadline runs from the end of the last response.  Rather than cancel and re-arm a timer for
+    # every request, one timer per connection is armed lazily: when it fires early it re-arms for the rest.
+
+    def _arm_idle_timer(self) -> None:
+        loop = self.server.loop
+        self._idle = True
+        self._idle_since = loop.time()
+        if self._timer is None:
+            self._timer = loop.call_at(self._idle_since + self.server.keep_alive_timeout, self._on_idle_timer)
+
+    def _on_idle_timer(self) -> None:
+        self._timer = None
+        if not self._idle or self.current is not None or self.pipeline:
+            return  # busy: _arm_idle_timer re-arms when the connection goes idle again
+        deadline = self._idle_since + self.server.keep_alive_timeout
+        loop = self.server.loop
+        if loop.time() >= deadline:
+            self.transport.close()
+        else:
+            self._timer = loop.call_at(deadline, self._on_idle_timer)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: close now if idle, else after the response in progress."""
+        self.shutting_down = True
+        self.conn.keep_alive = False
+        if self.current is None:
+            self.transport.close()
+
+    def _log_access(self, exchange: HTTPExchange) -> None:
+        scope = exchange.scope
+        duration = (perf_counter() - self._started_at) * 1000.0
+        query = scope["query_string"]
+        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+        access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms', self._client_text(), scope["method"],
+                           escape_log(target), scope["http_version"], exchange.status, exchange.bytes_sent,
+                           duration)
+
+    def _client_text(self) -> str:
+        client = self.info.client if self.info is not None else None
+        return f"{client[0]}:{client[1]}" if client else "-"
+
+    # ------------------------------------------------------------------ Stream (used by the exchange)
+
+    def send_head(self, status: int, headers: Any) -> None:
+        assert self.current_request is not None
+        self.conn.start_response(self.current_request, status, headers)
+
+
+    def send_data(self, data: bytes, end: bool) -> None:
+        self.conn.send_body(data, end)
+        if end:
+            self._flush()
+        else:
+            self._out_bytes += len(data)
+            if self._out_bytes > _FLUSH_BYTES:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = self.server.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            if not self._lost:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+            out.clear()
+        self._out_bytes = 0
+
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        if self.current_request is not None and self.current_request.http_version != "1.0":
+            self.transport.write(self.conn.informational(status, headers))
+
+    def send_error(self, status: int) -> None:
+        self._flush()
+        self.transport.write(self.conn.error_response(status))
+        self.response_done()
+
+    def abort(self) -> None:
+        self._flush()
+        self.transport.close()
+
+    async def drain(self) -> None:
+        if self.write_paused and not self._lost:
+            waiter = self.server.loop.create_future()
+            self._drain_waiter = waiter
+            await waiter
+        if self._lost:
+            raise ClientDisconnected("the client has disconnected")
+
+    def create_waiter(self) -> asyncio.Future[None]:
+        return self.server.loop.create_future()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self._lost:
+            self.reading_paused = False
+            self.transport.resume_reading()

@@ -1,0 +1,129 @@
+"""Listeners, the connection registry, lifespan, graceful drain and the Date header clock."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+
+from ..asgi.http import ASGIApp
+from ..config import Config
+from ..protocol.http1 import ResponseDefaults
+from .h1 import H1Driver
+from .lifespan import Lifespan
+from .sockets import bind_socket, describe
+
+__all__ = ["ServerState", "serve"]
+
+logger = logging.getLogger("tidegate.error")
+
+
+class ServerState:
+    """What every connection of one server shares.  Built once; read on the hot path."""
+
+    def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        self.connections: set[H1Driver] = set()
+        self.state: dict[str, Any] = {}
+        self.extensions: dict[str, Any] = {}
+        self.root_path = config.app.root_path
+        self.access_log = config.logging.access_log
+        self.keep_alive_timeout = config.timeouts.keep_alive
+        self.request_buffer = config.limits.request_buffer
+        self.pipeline_depth = config.limits.pipeline_depth
+        http = config.http
+        extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
+        self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"",
+                                         extra=extra)
+        self._clock: asyncio.TimerHandle | None = None
+        self._drained: asyncio.Future[None] | None = None
+
+    # The Date header changes once a second; every response reuses the same bytes.
+    def start_clock(self) -> None:
+        if not self.config.http.date_header:
+            return
+        now = time.time()
+        self.defaults.set_date(b"date: " + formatdate(now, usegmt=True).encode("ascii") + b"\r\n")
+        self._clock = self.loop.call_later(1.0 - (now % 1.0) + 0.001, self.start_clock)
+
+    def stop_clock(self) -> None:
+        if self._clock is not None:
+            self._clock.cancel()
+            self._clock = None
+
+    def connection_closed(self) -> None:
+        if self._drained is not None and not self.connections and not self._drained.done():
+            self._drained.set_result(None)
+
+    async def drain(self, timeout: float) -> None:
+        """Close idle connections now, let the others finish for up to ``timeout`` s, then cut them."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._drained = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except asyncio.TimeoutError:
+                logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s)",
+                               timeout, len(self.connections))
+        self.abort_all()
+        # let the cancelled tasks run their cleanup
+        await asyncio.sleep(0)
+
+    def abort_all(self) -> None:
+        for conn in list(self.connections):
+            if conn.task is not None:
+                conn.task.cancel()
+            conn.transport.abort()
+
+
+async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
+                shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
+                on_started: Callable[[list[socket.socket]], None] | None = None) -> None:
+    """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
+
+    Lifespan startup runs before the first connection is accepted; a failure raises
+    :class:`~tidegate.runtime.lifespan.LifespanFailure` and nothing is served.  Lifespan shutdown runs on every
+    exit path once startup succeeded.
+    """
+    loop = asyncio.get_running_loop()
+    state = ServerState(app, config, loop)
+    lifespan = Lifespan(app, config.app.lifespan, state.state)
+    await lifespan.startup()
+    servers: list[asyncio.base_events.Server] = []
+    try:
+        if sockets is None:
+            sockets = [bind_socket(config.bind)]
+        state.start_clock()
+        for sock in sockets:
+            server = await loop.create_server(lambda: H1Driver(state), sock=sock, backlog=config.bind.backlog)
+            servers.append(server)
+            logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock))
+        if on_started is not None:
+            on_started(sockets)
+        if shutdown_trigger is None:
+            await loop.create_future()
+        else:
+            await shutdown_trigger()
+    finally:
+        logger.info("shutting down")
+        for server in servers:
+            server.close()
+        cancelled = False
+        try:
+            await state.drain(config.timeouts.graceful_shutdown)
+        except asyncio.CancelledError:
+            # asked to stop at once: cut every connection, but still run lifespan shutdown
+            cancelled = True
+            state.abort_all()
+        state.stop_clock()
+        await lifespan.shutdown()
+        logger.info("stopped")
+        if cancelled:
+            raise asyncio.CancelledError
