@@ -22,10 +22,11 @@ Headers = list[tuple[bytes, bytes]]
 class Request:
     """A request head.  ``headers`` has lower-cased names, in the order and with the duplicates received."""
 
-    __slots__ = ("expect_continue", "headers", "http_version", "keep_alive", "method", "stream_id", "target")
+    __slots__ = ("expect_continue", "headers", "http_version", "keep_alive", "method", "stream_id", "target",
+                 "upgrade")
 
     def __init__(self, method: bytes, target: bytes, http_version: str, headers: Headers, keep_alive: bool,
-                 expect_continue: bool, stream_id: int = 0) -> None:
+                 expect_continue: bool, stream_id: int = 0, upgrade: bytes | None = None) -> None:
         self.method = method
         self.target = target
         self.http_version = http_version
@@ -33,6 +34,8 @@ class Request:
         self.keep_alive = keep_alive
         self.expect_continue = expect_continue
         self.stream_id = stream_id
+        #: the lower-cased protocol the client asks to switch to (``Connection: upgrade`` + ``Upgrade: X``)
+        self.upgrade = upgrade
 
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"

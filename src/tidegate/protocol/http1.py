@@ -209,8 +209,14 @@ class H1Connection:
             raise _ParseAbort(RequestError(505, "HTTP version not supported"))
         elif self._hosts > 1:
             raise _ParseAbort(RequestError(400, "more than one Host header"))
+        upgrade = None
+        if parser.should_upgrade():
+            for name, value in self._headers:
+                if name == b"upgrade":
+                    upgrade = value.strip().lower()
+                    break
         self._events.append(Request(parser.get_method(), self._url, version, self._headers,
-                                    parser.should_keep_alive(), self._expect and version == "1.1"))
+                                    parser.should_keep_alive(), self._expect and version == "1.1", 0, upgrade))
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))

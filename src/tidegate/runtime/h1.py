@@ -51,6 +51,7 @@ class H1Driver(asyncio.Protocol):
         "_pending_error",
         "_started_at",
         "_timer",
+        "_upgrade_request",
         "conn",
         "current",
         "current_request",
@@ -85,6 +86,7 @@ class H1Driver(asyncio.Protocol):
         self._idle_since = 0.0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pending_error: RequestError | None = None
+        self._upgrade_request: Request | None = None
         self._lost = False
         self._started_at = 0.0
         self.write_paused = False
@@ -168,6 +170,10 @@ class H1Driver(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, request: Request) -> None:
+        if request.upgrade is not None and self.current is None and request.upgrade in self.server.upgrades:
+            # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
+            self._upgrade_request = request
+            return
         exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue)
         self._last = exchange
         if self.current is None:
@@ -195,9 +201,27 @@ class H1Driver(asyncio.Protocol):
             self.conn.keep_alive = False
 
     def _on_upgrade(self, upgrade: Upgrade) -> None:
-        # No upgrade is supported yet: the request was delivered as a plain request; keep parsing after it.
-        if upgrade.trailing:
+        request = self._upgrade_request
+        self._upgrade_request = None
+        if request is not None:
+            assert request.upgrade is not None
+            self.server.upgrades[request.upgrade](self, request, upgrade.trailing)
+        elif upgrade.trailing:
+            # an upgrade we do not speak: the request was answered as a plain one; keep parsing after it
             self.data_received(upgrade.trailing)
+
+    def hand_over(self, protocol: asyncio.Protocol, data: bytes = b"") -> None:
+        """Give this connection's transport to another protocol (after an upgrade), with bytes already read."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._flush()
+        self.server.connections.discard(self)
+        self._lost = True  # nothing more comes through this driver
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        if data:
+            protocol.data_received(data)  # type: ignore[attr-defined]
 
     def _write_error(self, status: int, detail: str) -> None:
         self._flush()
@@ -314,8 +338,15 @@ class H1Driver(asyncio.Protocol):
         self.response_done()
 
     def abort(self) -> None:
+        """Close after what was written: the response in progress cannot be completed."""
         self._flush()
         self.transport.close()
+
+    def force_close(self) -> None:
+        """Shutdown ran out of time: cancel the app and drop the connection."""
+        if self.task is not None:
+            self.task.cancel()
+        self.transport.abort()
 
     async def drain(self) -> None:
         if self.write_paused and not self._lost:

@@ -12,6 +12,7 @@ from typing import Any
 
 from ..asgi.http import ASGIApp
 from ..config import Config
+from ..protocol.events import Request
 from ..protocol.http1 import ResponseDefaults
 from .h1 import H1Driver
 from .lifespan import Lifespan
@@ -29,7 +30,10 @@ class ServerState:
         self.app = app
         self.config = config
         self.loop = loop
-        self.connections: set[H1Driver] = set()
+        #: every open connection's driver; each has ``shutdown()`` (graceful) and ``force_close()``
+        self.connections: set[Any] = set()
+        #: ``Upgrade`` tokens we speak → handler(h1 driver, request, bytes after the head)
+        self.upgrades: dict[bytes, Callable[[H1Driver, Request, bytes], None]] = {}
         self.state: dict[str, Any] = {}
         self.extensions: dict[str, Any] = {}
         self.root_path = config.app.root_path
@@ -78,9 +82,7 @@ class ServerState:
 
     def abort_all(self) -> None:
         for conn in list(self.connections):
-            if conn.task is not None:
-                conn.task.cancel()
-            conn.transport.abort()
+            conn.force_close()
 
 
 async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
