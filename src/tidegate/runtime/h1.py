@@ -221,7 +221,7 @@ class H1Driver(asyncio.Protocol):
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         if data:
-            protocol.data_received(data)  # type: ignore[attr-defined]
+            protocol.data_received(data)
 
     def _write_error(self, status: int, detail: str) -> None:
         self._flush()
