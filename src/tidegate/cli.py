@@ -10,6 +10,7 @@ from typing import Any
 
 from . import __version__
 from .config import GROUPS, Config, ConfigError
+from .sources import render, resolve
 
 __all__ = ["build_parser", "main", "parse_args"]
 
@@ -28,6 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tidegate", description="Serve an ASGI application over HTTP/1.1.",
         epilog="Example: tidegate tidegate.demo:app --port 8000")
     parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
+    parser.add_argument("--config", metavar="PATH", default=None,
+                        help="Read settings from this TOML file (a pyproject.toml is read from [tool.tidegate]) "
+                        "[default: ./tidegate.toml, else [tool.tidegate] in ./pyproject.toml].")
+    parser.add_argument("--print-config", action="store_true",
+                        help="Print the effective settings and where each came from, then exit.")
     for _, kind in GROUPS:
         group = parser.add_argument_group((kind.__doc__ or "").strip().rstrip(".").lower() or None)
         for field in dataclasses.fields(kind):
@@ -58,13 +64,17 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     settings = vars(namespace)
     if "headers" in settings:
         settings["headers"] = tuple(settings["headers"])
-    if not settings.get("app"):
-        parser.error("the APP argument is required (for example: tidegate tidegate.demo:app)")
+    config_file, print_config = settings.pop("config"), settings.pop("print_config")
     try:
-        return Config.from_flat(**settings)
+        resolved = resolve(settings, config_file=config_file)
     except ConfigError as exc:
         parser.error(str(exc))
-        raise  # pragma: no cover - parser.error exits
+    if print_config:
+        sys.stdout.write(render(resolved))
+        sys.exit(0)
+    if not resolved.config.app.app:
+        parser.error("the APP argument is required (for example: tidegate tidegate.demo:app)")
+    return resolved.config
 
 
 def main(argv: Sequence[str] | None = None) -> None:

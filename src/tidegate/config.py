@@ -22,7 +22,11 @@ __all__ = [
     "HTTPSettings",
     "LimitSettings",
     "LoggingSettings",
+    "MetricsSettings",
+    "ProxySettings",
+    "ReloadSettings",
     "TimeoutSettings",
+    "WorkerSettings",
     "setting",
 ]
 
@@ -80,6 +84,10 @@ class BindSettings:
                              metavar="N")
     backlog: int = setting(2048, "Listen backlog: connections the kernel queues before we accept them.",
                            metavar="N")
+    bind: tuple[str, ...] = setting(
+        (), "Listen on ADDRESS: HOST:PORT, [IPv6]:PORT, unix:PATH or fd://N (repeat for more); with it (or --uds, "
+        "--fd, systemd socket activation) --host/--port are not used.", metavar="ADDRESS", repeat=True)
+    uds_permissions: str | None = setting(None, "File mode of UNIX sockets, in octal (e.g. 660).", metavar="MODE")
 
     def validate(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -87,6 +95,20 @@ class BindSettings:
         _positive("backlog", self.backlog)
         if self.fd is not None and self.fd < 0:
             raise ConfigError(f"fd must be >= 0, not {self.fd}")
+        from .addresses import parse_address
+
+        for item in self.bind:
+            try:
+                parse_address(item)
+            except ValueError as exc:
+                raise ConfigError(f"bind: {exc}") from None
+        if self.uds_permissions is not None:
+            try:
+                mode = int(self.uds_permissions, 8)
+            except ValueError:
+                mode = -1
+            if not 0 <= mode <= 0o777:
+                raise ConfigError(f"uds_permissions must be an octal file mode like 660, not {self.uds_permissions!r}")
 
 
 @dataclass(frozen=True)
@@ -125,10 +147,14 @@ class TimeoutSettings:
                                 metavar="SECONDS")
     graceful_shutdown: float = setting(
         30.0, "On shutdown, wait this long for in-flight requests before cancelling them.", metavar="SECONDS")
+    worker_healthcheck: float = setting(
+        10.0, "Replace a worker process whose event loop has not answered the supervisor for this long.",
+        metavar="SECONDS")
 
     def validate(self) -> None:
         _positive("timeout_keep_alive", self.keep_alive)
         _positive("timeout_graceful_shutdown", self.graceful_shutdown, zero_ok=True)
+        _positive("timeout_worker_healthcheck", self.worker_healthcheck)
 
 
 @dataclass(frozen=True)
@@ -155,6 +181,101 @@ class LoggingSettings:
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = setting(
         "info", "Log level.", choices=("critical", "error", "warning", "info", "debug", "trace"))
     access_log: bool = setting(True, "Log one line per request.")
+    log_config: str | None = setting(
+        None, "Logging configuration file (dictConfig as .json or .yaml/.yml, or a fileConfig .ini), applied "
+        "after tidegate's own set-up.", metavar="PATH")
+    access_log_format: str | None = setting(
+        None, "Access log line template of named atoms: {client} {client_addr} {method} {path} {query} {target} "
+        "{http_version} {scheme} {status} {bytes} {duration_ms} {pid} {time} {header:NAME}.", metavar="TEMPLATE")
+    access_log_json: bool = setting(False, "Write the access log as one JSON object a line.")
+
+    def validate(self) -> None:
+        if self.access_log_format is not None:
+            from .accesslog import AccessFormat
+
+            try:
+                AccessFormat(self.access_log_format)
+            except ValueError as exc:
+                raise ConfigError(f"access_log_format: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """Running behind a reverse proxy."""
+
+    PREFIX = ""
+    proxy_headers: bool = setting(
+        False, "Take the client address, scheme and host from X-Forwarded-For/-Proto/-Host/-Port and Forwarded "
+        "headers sent by a trusted proxy.")
+    forwarded_allow_ips: str = setting(
+        "127.0.0.1", "Comma-separated proxies trusted with --proxy-headers: IP addresses, networks (CIDR), "
+        "'unix' for UNIX socket peers, '*' for any.", metavar="IPS")
+
+    def validate(self) -> None:
+        from .middleware.proxy_headers import TrustedHosts
+
+        try:
+            TrustedHosts(self.forwarded_allow_ips)
+        except ValueError as exc:
+            raise ConfigError(f"forwarded_allow_ips: {exc}") from None
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Worker processes."""
+
+    PREFIX = ""
+    workers: int | None = setting(
+        None, "Run N worker processes under a supervisor that binds the listeners once and replaces workers "
+        "that die [default: one process, no supervisor].", metavar="N")
+    max_requests: int = setting(
+        0, "A worker retires gracefully (and is replaced) after this many requests; 0 never.", metavar="N")
+    max_requests_jitter: int = setting(
+        0, "Add a random 0..N to each worker's --max-requests, so they do not all retire at once.", metavar="N")
+
+    def validate(self) -> None:
+        if self.workers is not None:
+            _positive("workers", self.workers)
+        _positive("max_requests", self.max_requests, zero_ok=True)
+        _positive("max_requests_jitter", self.max_requests_jitter, zero_ok=True)
+
+
+@dataclass(frozen=True)
+class ReloadSettings:
+    """Development reload."""
+
+    PREFIX = ""
+    reload: bool = setting(False, "Restart the server when a watched file changes (development).")
+    reload_dirs: tuple[str, ...] = setting(
+        (), "Directory to watch (repeat for more) [default: the current directory].", metavar="DIR",
+        flag="reload-dir", repeat=True)
+    reload_includes: tuple[str, ...] = setting(
+        (), "Glob of files whose change restarts (repeat for more) [default: *.py].", metavar="GLOB",
+        flag="reload-include", repeat=True)
+    reload_excludes: tuple[str, ...] = setting(
+        (), "Glob of files and directories never watched (repeat for more) [default: .*, __pycache__, *.pyc, "
+        "*~, .venv, venv, node_modules].", metavar="GLOB", flag="reload-exclude", repeat=True)
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus metrics."""
+
+    PREFIX = "metrics_"
+    bind: str | None = setting(
+        None, "Serve Prometheus metrics at http://HOST:PORT/metrics (from the supervisor, summed over workers).",
+        metavar="HOST:PORT")
+
+    def validate(self) -> None:
+        if self.bind is not None:
+            from .addresses import parse_address
+
+            try:
+                address = parse_address(self.bind)
+            except ValueError as exc:
+                raise ConfigError(f"metrics_bind: {exc}") from None
+            if address.kind != "tcp":
+                raise ConfigError(f"metrics_bind must be HOST:PORT, not {self.bind!r}")
 
 
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
@@ -164,6 +285,10 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("timeouts", TimeoutSettings),
     ("limits", LimitSettings),
     ("logging", LoggingSettings),
+    ("proxy", ProxySettings),
+    ("workers", WorkerSettings),
+    ("reload", ReloadSettings),
+    ("metrics", MetricsSettings),
 )
 
 
@@ -177,6 +302,10 @@ class Config:
     timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
     limits: LimitSettings = field(default_factory=LimitSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
+    proxy: ProxySettings = field(default_factory=ProxySettings)
+    workers: WorkerSettings = field(default_factory=WorkerSettings)
+    reload: ReloadSettings = field(default_factory=ReloadSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
 
     def __post_init__(self) -> None:
         for name, _ in GROUPS:

@@ -1,0 +1,1 @@
+"""Plain ASGI wrappers the server can put around an application."""
