@@ -25,6 +25,7 @@ __all__ = [
     "MetricsSettings",
     "ProxySettings",
     "ReloadSettings",
+    "SyncSettings",
     "TimeoutSettings",
     "WorkerSettings",
     "setting",
@@ -278,6 +279,27 @@ class MetricsSettings:
                 raise ConfigError(f"metrics_bind must be HOST:PORT, not {self.bind!r}")
 
 
+@dataclass(frozen=True)
+class SyncSettings:
+    """Sync code: WSGI apps and the blocked-loop detector."""
+
+    PREFIX = ""
+    interface: Literal["auto", "asgi", "wsgi"] = setting(
+        "auto", "Application interface: 'auto' serves an app taking (environ, start_response) as WSGI and "
+        "anything else as ASGI.", choices=("auto", "asgi", "wsgi"))
+    threads: int | None = setting(
+        None, "Threads running a WSGI app's requests [default: 10 per CPU core, at most 64].", metavar="N")
+    warn_blocking: float | None = setting(
+        None, "Log the request and the application stack when the event loop is blocked longer than this "
+        "[default: off].", metavar="SECONDS")
+
+    def validate(self) -> None:
+        if self.threads is not None:
+            _positive("threads", self.threads)
+        if self.warn_blocking is not None:
+            _positive("warn_blocking", self.warn_blocking)
+
+
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("app", AppSettings),
     ("bind", BindSettings),
@@ -289,6 +311,7 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("workers", WorkerSettings),
     ("reload", ReloadSettings),
     ("metrics", MetricsSettings),
+    ("sync", SyncSettings),
 )
 
 
@@ -306,6 +329,7 @@ class Config:
     workers: WorkerSettings = field(default_factory=WorkerSettings)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    sync: SyncSettings = field(default_factory=SyncSettings)
 
     def __post_init__(self) -> None:
         for name, _ in GROUPS:

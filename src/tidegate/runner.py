@@ -85,7 +85,7 @@ def run_config(config: Config, app: Any = None) -> int:
         try:
             loop.add_signal_handler(sig, on_signal)
             installed.append(sig)
-        except (NotImplementedError, RuntimeError):  # pragma: no cover - not the main thread / Windows
+        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (uvloop: ValueError)
             pass
     try:
         loop.run_until_complete(main)

@@ -8,15 +8,17 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, cast
 
 from ..asgi.http import ASGIApp
 from ..config import Config
+from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.events import Request
 from ..protocol.http1 import ResponseDefaults
 from .h1 import H1Driver
 from .lifespan import Lifespan
 from .sockets import bind_socket, describe
+from .watchdog import Watchdog
 
 __all__ = ["ServerState", "serve"]
 
@@ -95,11 +97,18 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     exit path once startup succeeded.
     """
     loop = asyncio.get_running_loop()
+    sync = config.sync
+    wsgi = None
+    if sync.interface == "wsgi" or (sync.interface == "auto" and is_wsgi_app(app)):
+        app = wsgi = WSGIMiddleware(cast(Any, app), sync.threads)
     state = ServerState(app, config, loop)
     lifespan = Lifespan(app, config.app.lifespan, state.state)
     await lifespan.startup()
     servers: list[asyncio.base_events.Server] = []
+    watchdog = Watchdog(loop, sync.warn_blocking) if sync.warn_blocking else None
     try:
+        if watchdog is not None:
+            watchdog.start()
         if sockets is None:
             sockets = [bind_socket(config.bind)]
         state.start_clock()
@@ -125,7 +134,11 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             cancelled = True
             state.abort_all()
         state.stop_clock()
+        if watchdog is not None:
+            watchdog.stop()
         await lifespan.shutdown()
+        if wsgi is not None:
+            wsgi.close()
         logger.info("stopped")
         if cancelled:
             raise asyncio.CancelledError
