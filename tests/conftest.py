@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import threading
 from collections.abc import Iterator
@@ -117,3 +118,167 @@ def raw_request(port: int, data: bytes, *, timeout: float = 5.0, read_until_clos
             if not read_until_close:
                 break
         return b"".join(chunks)
+
+
+class Response:
+    """One HTTP/1.x response read off the wire by :class:`RawClient`."""
+
+    def __init__(self, version: bytes, status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+                 chunked: bool) -> None:
+        self.version = version
+        self.status = status
+        self.headers = headers
+        self.body = body
+        self.chunked = chunked
+
+    def header(self, name: bytes) -> bytes | None:
+        values = [v for n, v in self.headers if n == name]
+        assert len(values) <= 1, f"{name!r} appears {len(values)} times"
+        return values[0] if values else None
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.headers!r} {self.body[:80]!r}>"
+
+
+class RawClient:
+    """A raw socket to the server: send bytes, read responses one by one (keep-alive, pipelining, 1xx)."""
+
+    def __init__(self, port: int | None = None, *, uds: str | None = None, timeout: float = 5.0) -> None:
+        if uds is not None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(timeout)
+            self.sock.connect(uds)
+        else:
+            self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.buffer = b""
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self) -> None:
+        chunk = self.sock.recv(65536)
+        if not chunk:
+            raise EOFError("the server closed the connection")
+        self.buffer += chunk
+
+    def read_until(self, marker: bytes) -> bytes:
+        while marker not in self.buffer:
+            self._fill()
+        data, _, self.buffer = self.buffer.partition(marker)
+        return data + marker
+
+    def read_exactly(self, size: int) -> bytes:
+        while len(self.buffer) < size:
+            self._fill()
+        data, self.buffer = self.buffer[:size], self.buffer[size:]
+        return data
+
+    def read_head(self) -> tuple[bytes, int, list[tuple[bytes, bytes]]]:
+        lines = self.read_until(b"\r\n\r\n")[:-4].split(b"\r\n")
+        version, status, *_ = lines[0].split(b" ", 2)
+        headers = []
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers.append((name.lower(), value.strip()))
+        return version, int(status), headers
+
+    def read_response(self, method: bytes = b"GET", *, informational: bool = False) -> Response:
+        """The next response; 1xx heads are skipped unless ``informational``."""
+        while True:
+            version, status, headers = self.read_head()
+            if status >= 200 or informational or status == 101:
+                break
+        names = dict(headers)
+        chunked = names.get(b"transfer-encoding", b"").lower() == b"chunked"
+        if status < 200 or status in (204, 304) or method == b"HEAD":
+            body = b""
+        elif chunked:
+            parts = []
+            while True:
+                size = int(self.read_until(b"\r\n")[:-2].split(b";")[0], 16)
+                if size == 0:
+                    self.read_until(b"\r\n")  # no trailers from us
+                    break
+                parts.append(self.read_exactly(size))
+                assert self.read_exactly(2) == b"\r\n"
+            body = b"".join(parts)
+        elif b"content-length" in names:
+            body = self.read_exactly(int(names[b"content-length"]))
+        else:
+            body = self.read_all()
+        return Response(version, status, headers, body, chunked)
+
+    def read_all(self) -> bytes:
+        """Everything until the server closes."""
+        try:
+            while True:
+                self._fill()
+        except (EOFError, ConnectionResetError):
+            pass
+        data, self.buffer = self.buffer, b""
+        return data
+
+    def wait_closed(self) -> bytes:
+        """Wait (up to the socket timeout) for the server to close; return what came before (TimeoutError if not)."""
+        return self.read_all()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def __enter__(self) -> RawClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class LogRecords(logging.Handler):
+    """Every record logged under ``tidegate`` during a test (from any thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self._changed = threading.Condition()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._changed:
+            self.records.append(record)
+            self._changed.notify_all()
+
+    def at(self, level: int) -> list[logging.LogRecord]:
+        return [r for r in self.records if r.levelno == level]
+
+    def messages(self, name: str = "tidegate") -> list[str]:
+        return [r.getMessage() for r in self.records if r.name == name or r.name.startswith(name + ".")]
+
+    def wait_for(self, predicate: Any, timeout: float = 5.0) -> logging.LogRecord:
+        """The first record matching ``predicate``, waiting for it to be logged (TimeoutError after timeout)."""
+        with self._changed:
+            found: list[logging.LogRecord] = []
+
+            def check() -> bool:
+                found[:] = [r for r in self.records if predicate(r)]
+                return bool(found)
+
+            if not self._changed.wait_for(check, timeout):
+                raise TimeoutError("no such log record")
+            return found[0]
+
+
+@pytest.fixture
+def logs() -> Iterator[LogRecords]:
+    """Capture tidegate's log records, whatever an earlier test did to its loggers."""
+    handler = LogRecords()
+    names = ("tidegate", "tidegate.error", "tidegate.access")
+    saved = {n: (logging.getLogger(n).level, logging.getLogger(n).propagate) for n in names}
+    for name in names:
+        logging.getLogger(name).setLevel(logging.DEBUG)
+    logging.getLogger("tidegate.error").propagate = True
+    logging.getLogger("tidegate.access").propagate = True
+    top = logging.getLogger("tidegate")
+    top.addHandler(handler)
+    yield handler
+    top.removeHandler(handler)
+    for name, (level, propagate) in saved.items():
+        logging.getLogger(name).setLevel(level)
+        logging.getLogger(name).propagate = propagate

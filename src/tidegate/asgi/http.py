@@ -66,6 +66,7 @@ class HTTPExchange:
     __slots__ = (
         "_chunks",
         "_end_delivered",
+        "_eof",
         "_expect_continue",
         "_more_body",
         "_state",
@@ -84,6 +85,7 @@ class HTTPExchange:
         self._chunks: list[bytes] = []
         self._more_body = True
         self._end_delivered = False
+        self._eof = False
         self._expect_continue = expect_continue
         self._waiter: Waiter | None = None
         #: request body bytes received and not yet handed to the app
@@ -101,6 +103,11 @@ class HTTPExchange:
 
     def on_end(self) -> None:
         self._more_body = False
+        self._wake()
+
+    def on_eof(self) -> None:
+        """The client sends nothing more: a ``receive()`` past what it sent reports it gone (and closes)."""
+        self._eof = True
         self._wake()
 
     def on_disconnect(self) -> None:
@@ -140,6 +147,11 @@ class HTTPExchange:
                 self._end_delivered = True
                 return {"type": "http.request", "body": b"", "more_body": False}
             if self._state >= _DONE:
+                return {"type": "http.disconnect"}
+            if self._eof:
+                # a browser tab closed: the app waits for more from a client that will say nothing more
+                self._state = _GONE
+                self.stream.abort()
                 return {"type": "http.disconnect"}
             if self._expect_continue:
                 self._expect_continue = False
@@ -220,7 +232,7 @@ class HTTPExchange:
             return
         if self._state == _START:
             self._fail("ASGI application returned without starting a response", None)
-        elif self._state != _DONE:
+        elif self._state < _DONE:
             self._fail("ASGI application returned without completing the response", None)
 
     def _fail(self, what: str, exc: BaseException | None) -> None:

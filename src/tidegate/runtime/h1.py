@@ -41,6 +41,7 @@ def _address(value: Any) -> tuple[str, int] | None:
 class H1Driver(asyncio.Protocol):
     __slots__ = (
         "_drain_waiter",
+        "_eof",
         "_flush_handle",
         "_idle",
         "_idle_since",
@@ -88,6 +89,7 @@ class H1Driver(asyncio.Protocol):
         self._pending_error: RequestError | None = None
         self._upgrade_request: Request | None = None
         self._lost = False
+        self._eof = False
         self._started_at = 0.0
         self.write_paused = False
         self.reading_paused = False
@@ -149,9 +151,18 @@ class H1Driver(asyncio.Protocol):
                 self._on_upgrade(event)  # type: ignore[arg-type]
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: let an in-flight response finish, then close.
-        if self.current is None:
+        # The client sends nothing more.  Whether it still reads is unknown: a half-closing client wants its
+        # answers, a closed browser tab does not.  So requests already received are answered, and an app that
+        # asks for more (waits in receive() for http.disconnect) is told the client is gone.
+        current = self.current
+        if current is None:
             self.transport.close()
+            return None
+        current.on_eof()
+        if self.pipeline:
+            for exchange, _ in self.pipeline:
+                exchange.on_eof()
+            self._eof = True
         else:
             self.conn.keep_alive = False
         return True
@@ -251,6 +262,8 @@ class H1Driver(asyncio.Protocol):
             if self.reading_paused and exchange.buffered <= self.server.request_buffer:
                 self.resume_reading()
             self._start(exchange, request)
+        elif self._eof:
+            self.transport.close()
         else:
             self._arm_idle_timer()
 
@@ -310,6 +323,9 @@ class H1Driver(asyncio.Protocol):
             self._out_bytes += len(data)
             if self._out_bytes > _FLUSH_BYTES:
                 self._flush()
+                if self.transport.is_closing():
+                    # the transport will not pause a writer once it failed: make send() wait for the loss
+                    self.write_paused = True
             elif self._flush_handle is None:
                 self._flush_handle = self.server.loop.call_soon(self._flush_soon)
 
