@@ -17,7 +17,8 @@ from ..protocol.events import Request
 from ..protocol.http1 import ResponseDefaults
 from .h1 import H1Driver
 from .lifespan import Lifespan
-from .sockets import bind_socket, describe
+from .listeners import bind_all
+from .sockets import describe
 from .watchdog import Watchdog
 
 __all__ = ["ServerState", "serve"]
@@ -47,6 +48,8 @@ class ServerState:
         extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
         self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"",
                                          extra=extra)
+        #: the HTTP/1.1 driver class (a worker with --max-requests uses one that counts requests)
+        self.h1_driver: type[H1Driver] = H1Driver
         self._clock: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
 
@@ -89,7 +92,8 @@ class ServerState:
 
 async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
-                on_started: Callable[[list[socket.socket]], None] | None = None) -> None:
+                on_started: Callable[[list[socket.socket]], None] | None = None,
+                prepare: Callable[[ServerState], None] | None = None) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
 
     Lifespan startup runs before the first connection is accepted; a failure raises
@@ -101,7 +105,13 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     wsgi = None
     if sync.interface == "wsgi" or (sync.interface == "auto" and is_wsgi_app(app)):
         app = wsgi = WSGIMiddleware(cast(Any, app), sync.threads)
+    if config.proxy.proxy_headers:
+        from ..middleware.proxy_headers import ProxyHeadersMiddleware
+
+        app = ProxyHeadersMiddleware(app, config.proxy.forwarded_allow_ips)
     state = ServerState(app, config, loop)
+    if prepare is not None:
+        prepare(state)
     lifespan = Lifespan(app, config.app.lifespan, state.state)
     await lifespan.startup()
     servers: list[asyncio.base_events.Server] = []
@@ -110,10 +120,10 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         if watchdog is not None:
             watchdog.start()
         if sockets is None:
-            sockets = [bind_socket(config.bind)]
+            sockets = bind_all(config.bind)
         state.start_clock()
         for sock in sockets:
-            server = await loop.create_server(lambda: H1Driver(state), sock=sock, backlog=config.bind.backlog)
+            server = await loop.create_server(lambda: state.h1_driver(state), sock=sock, backlog=config.bind.backlog)
             servers.append(server)
             logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock))
         if on_started is not None:
