@@ -104,35 +104,42 @@ async def scope_json(scope: dict[str, Any], receive: Any, send: Any) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    """A lifespan app for subprocess tests: prints its lifespan events on stdout; serves ``scope_json``.
+async def run_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The lifespan side of the subprocess test apps: prints its events on stdout.
 
-    The environment decides how startup goes: ``TIDEGATE_TEST_STARTUP=fail`` sends ``startup.failed``,
+    The environment decides how startup goes: ``LIFESPAN_TEST_STARTUP=fail`` sends ``startup.failed``,
     ``raise`` raises after receiving ``lifespan.startup``.
     """
-    if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                how = os.environ.get("TIDEGATE_TEST_STARTUP", "")
-                if how == "fail":
-                    await send({"type": "lifespan.startup.failed", "message": "the database is unreachable"})
-                    return
-                if how == "raise":
-                    raise RuntimeError("the cache would not warm up")
-                scope["state"]["greeting"] = "hello from lifespan"
-                print("lifespan: startup", flush=True)
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                print("lifespan: shutdown", flush=True)
-                await send({"type": "lifespan.shutdown.complete"})
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            how = os.environ.get("LIFESPAN_TEST_STARTUP", "")
+            if how == "fail":
+                await send({"type": "lifespan.startup.failed", "message": "the database is unreachable"})
                 return
-    await scope_json(scope, receive, send)
+            if how == "raise":
+                raise RuntimeError("the cache would not warm up")
+            scope["state"]["greeting"] = "hello from lifespan"
+            print("lifespan: startup", flush=True)
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            print("lifespan: shutdown", flush=True)
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """For subprocess tests: lifespan events on stdout (see :func:`run_lifespan`); requests get ``scope_json``."""
+    if scope["type"] == "lifespan":
+        await run_lifespan(scope, receive, send)
+    else:
+        await scope_json(scope, receive, send)
 
 
 async def slow_body_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """For shutdown tests in a subprocess: answers once the whole request body has come, whenever that is."""
-    if scope["type"] != "http":
+    if scope["type"] == "lifespan":
+        await run_lifespan(scope, receive, send)
         return
     print(f"request: {scope['path']}", flush=True)
     body = b""

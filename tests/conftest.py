@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -65,9 +70,13 @@ class ServerThread:
             raise self.error
         return self
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def request_stop(self) -> None:
+        """Begin the graceful shutdown without waiting for it."""
         if self.loop is not None and self._stop is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._stop.set)
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self.request_stop()
         self._thread.join(timeout)
         if self._thread.is_alive():
             raise TimeoutError("the server did not stop")
@@ -282,3 +291,114 @@ def logs() -> Iterator[LogRecords]:
     for name, (level, propagate) in saved.items():
         logging.getLogger(name).setLevel(level)
         logging.getLogger(name).propagate = propagate
+
+
+class LineReader:
+    """Lines from a pipe, read by a thread: wait for one with a deadline, or look at all of them."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.lines: list[bytes] = []
+        self.closed = False
+        self._cursor = 0
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
+        self._thread.start()
+
+    def _pump(self, pipe: Any) -> None:
+        for line in iter(pipe.readline, b""):
+            with self._changed:
+                self.lines.append(line)
+                self._changed.notify_all()
+        with self._changed:
+            self.closed = True
+            self._changed.notify_all()
+
+    def next_matching(self, predicate: Any, timeout: float = 10.0) -> bytes:
+        """The next line (after the last one returned) that matches; EOFError if the pipe closes first."""
+        with self._changed:
+            while True:
+                while self._cursor < len(self.lines):
+                    line = self.lines[self._cursor]
+                    self._cursor += 1
+                    if predicate(line):
+                        return line
+                if self.closed:
+                    raise EOFError("the pipe closed: " + self.text())
+                if not self._changed.wait(timeout):
+                    raise TimeoutError("no matching line in time: " + self.text())
+
+    def wait_for(self, text: str, timeout: float = 10.0) -> str:
+        """The next line containing ``text``."""
+        return self.next_matching(lambda line: text.encode() in line, timeout).decode(errors="replace")
+
+    def wait_closed(self, timeout: float = 10.0) -> str:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the pipe stayed open")
+        return self.text()
+
+    def text(self) -> str:
+        return b"".join(self.lines).decode(errors="replace")
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SERVING = re.compile(r"serving on (?:http://\[?([^\]\s]*?)\]?:(\d+)|unix:(\S+))")
+
+
+class ServerProcess:
+    """``python -m tidegate ARGS`` (or the ``tidegate`` script) in a subprocess, its output read line by line."""
+
+    def __init__(self, *args: str, script: bool = False, env: dict[str, str] | None = None, cwd: str = REPO,
+                 pass_fds: tuple[int, ...] = ()) -> None:
+        command = [os.path.join(os.path.dirname(sys.executable), "tidegate")] if script else [
+            sys.executable, "-m", "tidegate"]
+        self.process = subprocess.Popen([*command, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        cwd=cwd, env={**os.environ, **(env or {})}, pass_fds=pass_fds)
+        self.stdout = LineReader(self.process.stdout)
+        self.stderr = LineReader(self.process.stderr)
+        self.port = 0
+
+    def wait_serving(self, timeout: float = 20.0) -> int:
+        """Wait for the 'serving on' line; return the port it names (0 for a UNIX socket)."""
+        line = self.stderr.next_matching(lambda line: SERVING.search(line.decode(errors="replace")), timeout)
+        match = SERVING.search(line.decode())
+        assert match is not None
+        self.port = int(match.group(2)) if match.group(2) else 0
+        return self.port
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def signal(self, sig: int = signal.SIGTERM) -> None:
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float = 20.0) -> int:
+        """Wait for the process to exit and its pipes to close; return its exit code."""
+        code = self.process.wait(timeout)
+        self.stdout.wait_closed(timeout)
+        self.stderr.wait_closed(timeout)
+        return code
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        for pipe in (self.process.stdout, self.process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+@pytest.fixture
+def server_process() -> Iterator[Any]:
+    """``server_process(*args, **options)`` starts ``python -m tidegate``; every one is killed after the test."""
+    processes: list[ServerProcess] = []
+
+    def start(*args: str, **options: Any) -> ServerProcess:
+        process = ServerProcess(*args, **options)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        process.stop()

@@ -5,19 +5,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import queue
 import select
 import shutil
 import socket
 import subprocess
-import threading
 from typing import Any
 
 import httpx
 import pytest
 
 from .apps import Gate, echo, hello, scope_json
-from .conftest import LogRecords, RawClient
+from .conftest import LineReader, LogRecords, RawClient
 
 CURL = shutil.which("curl")
 needs_curl = pytest.mark.skipif(CURL is None, reason="curl is not installed")
@@ -59,28 +57,6 @@ async def read_body(receive: Any) -> bytes:
         body += message.get("body", b"")
         more = message.get("more_body", False)
     return body
-
-
-class LineReader:
-    """Lines from a subprocess pipe, each waited for with a deadline."""
-
-    def __init__(self, pipe: Any) -> None:
-        self.lines: queue.Queue[bytes] = queue.Queue()
-        self._thread = threading.Thread(target=self._pump, args=(pipe,), daemon=True)
-        self._thread.start()
-
-    def _pump(self, pipe: Any) -> None:
-        for line in iter(pipe.readline, b""):
-            self.lines.put(line)
-        self.lines.put(b"")
-
-    def next_matching(self, predicate: Any, timeout: float = 10.0) -> bytes:
-        while True:
-            line = self.lines.get(timeout=timeout)
-            if not line:
-                raise EOFError("the pipe closed")
-            if predicate(line):
-                return line
 
 
 # ---------------------------------------------------------------------------------------------------- keep-alive
@@ -524,6 +500,7 @@ def test_sse_with_curl(run_server: Any) -> None:
         lines = LineReader(process.stdout)
         for i, gate in enumerate(gates):
             assert lines.next_matching(lambda line: line.startswith(b"data:")) == b"data: event %d\n" % i
+            assert not gate.is_set()
             gate.set()
         assert process.wait(10) == 0
     finally:
