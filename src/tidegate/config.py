@@ -27,6 +27,7 @@ __all__ = [
     "ReloadSettings",
     "SyncSettings",
     "TimeoutSettings",
+    "WebSocketSettings",
     "WorkerSettings",
     "setting",
 ]
@@ -300,6 +301,29 @@ class SyncSettings:
             _positive("warn_blocking", self.warn_blocking)
 
 
+@dataclass(frozen=True)
+class WebSocketSettings:
+    """WebSocket (RFC 6455, RFC 7692)."""
+
+    PREFIX = "ws_"
+    max_size: int = setting(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes after decompression; "
+                            "a bigger one closes the connection with 1009.", metavar="BYTES")
+    ping_interval: float = setting(20.0, "Ping each WebSocket client this often; 0 disables keepalive pings.",
+                                   metavar="SECONDS")
+    ping_timeout: float = setting(20.0, "Close a WebSocket whose client has not answered a ping for this long; "
+                                  "0 waits forever.", metavar="SECONDS")
+    close_timeout: float = setting(10.0, "After sending a close frame, wait this long for the client's before "
+                                   "dropping the connection.", metavar="SECONDS")
+    per_message_deflate: bool = setting(True, "Compress WebSocket messages (permessage-deflate) when the client "
+                                        "offers it.")
+
+    def validate(self) -> None:
+        _positive("ws_max_size", self.max_size)
+        _positive("ws_ping_interval", self.ping_interval, zero_ok=True)
+        _positive("ws_ping_timeout", self.ping_timeout, zero_ok=True)
+        _positive("ws_close_timeout", self.close_timeout)
+
+
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("app", AppSettings),
     ("bind", BindSettings),
@@ -312,6 +336,7 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("reload", ReloadSettings),
     ("metrics", MetricsSettings),
     ("sync", SyncSettings),
+    ("websocket", WebSocketSettings),
 )
 
 
@@ -330,6 +355,7 @@ class Config:
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
+    websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
 
     def __post_init__(self) -> None:
         for name, _ in GROUPS:
