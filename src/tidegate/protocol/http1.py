@@ -11,6 +11,7 @@ Rules this file enforces (RFC 9112):
 - anything the parser rejects → a :class:`RequestError` event with the status to answer (400, 501 for a
   well-formed method the parser cannot carry, 505 for a version we do not speak), after which the connection
   delivers nothing more;
+- chunked trailers are parsed and dropped: they never reach the request's headers;
 - responses: the app's ``content-length`` is respected and checked; without one, a body sent in one piece gets a
   ``content-length``, a streamed body is chunked for HTTP/1.1 and close-delimited for HTTP/1.0; HEAD, 1xx, 204 and
   304 carry no body; header names must be tokens and values free of CR, LF and NUL (else :class:`ProtocolError`).
@@ -95,6 +96,16 @@ def _discard(data: bytes) -> None:
 class _ParseAbort(Exception):
     def __init__(self, error: RequestError) -> None:
         self.error = error
+
+
+class _Discard(list[tuple[bytes, bytes]]):
+    """Where header lines parsed after the head (chunked trailers) go: nowhere."""
+
+    def append(self, item: tuple[bytes, bytes]) -> None:
+        pass
+
+
+_TRAILERS = _Discard()
 
 
 class H1Connection:
@@ -210,12 +221,14 @@ class H1Connection:
         elif self._hosts > 1:
             raise _ParseAbort(RequestError(400, "more than one Host header"))
         upgrade = None
+        headers = self._headers
         if parser.should_upgrade():
-            for name, value in self._headers:
+            for name, value in headers:
                 if name == b"upgrade":
                     upgrade = value.strip().lower()
                     break
-        self._events.append(Request(parser.get_method(), self._url, version, self._headers,
+        self._headers = _TRAILERS
+        self._events.append(Request(parser.get_method(), self._url, version, headers,
                                     parser.should_keep_alive(), self._expect and version == "1.1", 0, upgrade))
 
     def on_body(self, body: bytes) -> None:
