@@ -6,7 +6,8 @@ clock, no asyncio: the caller writes the returned bytes and owns every deadline.
 
 Rules this file enforces (RFC 9112):
 
-- a request head is delivered only once complete; its header names are lower-cased, order and duplicates kept;
+- a request head is delivered only once complete; its header names are lower-cased, order and duplicates kept,
+  values without surrounding whitespace;
 - HTTP/1.1 requests must carry exactly one ``Host`` (§3.2); several or none → 400;
 - anything the parser rejects → a :class:`RequestError` event with the status to answer (400, 501 for a
   well-formed method the parser cannot carry, 505 for a version we do not speak), after which the connection
@@ -202,6 +203,7 @@ class H1Connection:
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
+        value = value.rstrip(b" \t")  # the parser drops leading whitespace, not trailing (RFC 9112 §5)
         self._headers.append((name, value))
         if name in _WATCHED_REQUEST:
             if name == b"host":
