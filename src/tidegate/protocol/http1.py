@@ -9,6 +9,7 @@ Rules this file enforces (RFC 9112):
 - a request head is delivered only once complete; its header names are lower-cased, order and duplicates kept,
   values without surrounding whitespace;
 - HTTP/1.1 requests must carry exactly one ``Host`` (§3.2); several or none → 400;
+- HTTP/1.x with a minor version above 1 is handled as HTTP/1.1 (RFC 9110 §2.5); another major version → 505;
 - anything the parser rejects → a :class:`RequestError` event with the status to answer (400, 501 for a
   well-formed method the parser cannot carry, 505 for a version we do not speak), after which the connection
   delivers nothing more;
@@ -41,7 +42,6 @@ __all__ = ["H1Connection", "ResponseDefaults", "status_line"]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
-_VERSION = re.compile(rb"[^\r\n]* HTTP/(\d)\.(\d)\r?\n")
 
 # Above this size a body piece is handed over as its own buffer rather than copied behind the head.
 _COPY_LIMIT = 16384
@@ -137,6 +137,8 @@ class H1Connection:
         #: where response bytes go (the driver sets its transport's ``write``)
         self.write: Callable[[bytes], object] = write if write is not None else _discard
         self._parser = httptools.HttpRequestParser(self)
+        # Any HTTP/d.d reaches on_headers_complete, which decides (1.x → handled, other majors → 505).
+        self._parser.set_dangerous_leniencies(lenient_version=True)
         self._defaults = defaults if defaults is not None else ResponseDefaults()
         self._events: list[Event] = []
         self._url = b""
@@ -183,11 +185,8 @@ class H1Connection:
                 return RequestError(501, "method not implemented")
             return RequestError(400, "invalid method")
         message = str(exc)
-        if "HTTP version" in message or "Invalid major version" in message or "Invalid minor" in message:
-            m = _VERSION.match(data)
-            if m and m.group(1) in (b"1", b"2", b"3") and (m.group(1), m.group(2)) not in ((b"1", b"0"),
-                                                                                         (b"1", b"1")):
-                return RequestError(505, "HTTP version not supported")
+        if message.startswith("Pause on PRI"):
+            return RequestError(505, "HTTP version not supported")  # the HTTP/2 connection preface
         return RequestError(400, message or "malformed request")
 
     # httptools callbacks: keep them tiny, they run per request / per header.
@@ -214,14 +213,17 @@ class H1Connection:
     def on_headers_complete(self) -> None:
         parser = self._parser
         version = parser.get_http_version()
-        if version == "1.1":
-            if self._hosts != 1:
-                raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
-                                               else "more than one Host header"))
-        elif version != "1.0":
-            raise _ParseAbort(RequestError(505, "HTTP version not supported"))
-        elif self._hosts > 1:
-            raise _ParseAbort(RequestError(400, "more than one Host header"))
+        if version != "1.1":
+            if version == "1.0":
+                if self._hosts > 1:
+                    raise _ParseAbort(RequestError(400, "more than one Host header"))
+            elif version[:2] == "1.":
+                version = "1.1"  # a higher minor version of HTTP/1: handled as HTTP/1.1 (RFC 9110 §2.5)
+            else:
+                raise _ParseAbort(RequestError(505, "HTTP version not supported"))
+        if self._hosts != 1 and version == "1.1":
+            raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
+                                           else "more than one Host header"))
         upgrade = None
         headers = self._headers
         if parser.should_upgrade():
