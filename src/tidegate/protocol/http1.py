@@ -41,7 +41,10 @@ from .events import (
 __all__ = ["H1Connection", "ResponseDefaults", "status_line"]
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_METHOD_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+ ")
+_TOKEN_RUN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+# A method token longer than this, unknown to the parser, is answered 501 without waiting for its end (RFC 9112
+# §3: "longer than any that it implements"); the parser's longest method has 11 characters.
+_METHOD_MAX = 32
 
 # Above this size a body piece is handed over as its own buffer rather than copied behind the head.
 _COPY_LIMIT = 16384
@@ -109,10 +112,21 @@ class _Discard(list[tuple[bytes, bytes]]):
 _TRAILERS = _Discard()
 
 
+def _known_method(token: bytes) -> bool:
+    """Whether the parser carries ``token`` as an HTTP method (error path only)."""
+    parser = httptools.HttpRequestParser(object())
+    try:
+        parser.feed_data(token + b" / HTTP/1.1\r\n")
+    except httptools.HttpParserError:
+        return False
+    return True
+
+
 class H1Connection:
     """One HTTP/1.1 connection's wire state: parses requests, frames responses."""
 
     __slots__ = (
+        "_begun",
         "_chunked_ok",
         "_defaults",
         "_events",
@@ -122,6 +136,8 @@ class H1Connection:
         "_headers",
         "_hosts",
         "_parser",
+        "_probe",
+        "_probe_first_line",
         "_remaining",
         "_response_keep_alive",
         "_state",
@@ -141,6 +157,9 @@ class H1Connection:
         self._parser.set_dangerous_leniencies(lenient_version=True)
         self._defaults = defaults if defaults is not None else ResponseDefaults()
         self._events: list[Event] = []
+        self._begun: list[Event] = self._events
+        self._probe: bytes | None = None
+        self._probe_first_line = True
         self._url = b""
         self._headers: Headers = []
         self._hosts = 0
@@ -162,7 +181,12 @@ class H1Connection:
     def receive_data(self, data: bytes) -> list[Event]:
         """Feed bytes from the peer; return the events they complete (possibly several pipelined requests)."""
         if self.broken:
-            return []
+            probe = self._probe
+            if probe is None:
+                return []
+            self._probe = None
+            verdict = self._method_verdict(probe + data, self._probe_first_line)
+            return [verdict] if verdict is not None else []
         events: list[Event] = []
         self._events = events
         try:
@@ -172,26 +196,69 @@ class H1Connection:
             events.append(Upgrade(bytes(data[offset:])))
         except httptools.HttpParserError as exc:
             self.broken = True
-            events.append(self._classify(exc, data))
+            error = self._classify(exc, data, events)
+            if error is not None:
+                events.append(error)
         return events
 
-    def _classify(self, exc: Exception, data: bytes) -> RequestError:
+    def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | None:
         cause = exc.__context__
         if isinstance(cause, _ParseAbort):
             return cause.error
-        if isinstance(exc, httptools.HttpParserInvalidMethodError):
-            # A well-formed method token the parser does not know: we cannot carry it (501), else 400.
-            if _METHOD_TOKEN.match(data) and not self._headers and not self._url:
-                return RequestError(501, "method not implemented")
-            return RequestError(400, "invalid method")
         message = str(exc)
+        if isinstance(exc, httptools.HttpParserInvalidMethodError):
+            return self._method_error(data, events)
+        if message.startswith("Invalid method for HTTP"):
+            # a method the parser knows from another protocol (RTSP's DESCRIBE, SETUP...): well-formed, not ours
+            return RequestError(501, "method not implemented")
         if message.startswith("Pause on PRI"):
             return RequestError(505, "HTTP version not supported")  # the HTTP/2 connection preface
         return RequestError(400, message or "malformed request")
 
+    # The parser stops at the first byte that does not continue one of its methods, and does not say where that
+    # byte is.  A well-formed token it does not know must get 501 (RFC 9110 §9.1), anything else 400; so the
+    # method is found again here, and when it is cut by the end of the data, the verdict waits for more bytes.
+
+    def _method_error(self, data: bytes, events: list[Event]) -> RequestError | None:
+        if self._begun is not events:
+            # the request began in an earlier read that ended inside its method: this data continues it (the
+            # placeholder stands for the non-empty, token-only start the parser accepted)
+            return self._method_verdict(b"M" + data, True)
+        if not any(type(event) is EndOfMessage for event in events):
+            # the request is the first in this data (after the empty lines the parser skips)
+            return self._method_verdict(data.lstrip(b"\r\n"), True)
+        # Requests before it in the same data were parsed: take the first line that starts with a token and a
+        # space and whose token the parser does not know.  (Lines of a previous request's body could be taken for
+        # it; the verdict then only chooses between 400 and 501 for a request that is refused either way.)
+        return self._method_verdict(data, False)
+
+    def _method_verdict(self, text: bytes, first_line_only: bool) -> RequestError | None:
+        """400 or 501 for the method at the start of ``text`` (else of its lines); None: wait for more bytes."""
+        start = 0
+        while True:
+            run = _TOKEN_RUN.match(text, start)
+            end = run.end() if run is not None else start
+            if end == len(text):  # the token runs to the end of what we have
+                if end == start:
+                    return RequestError(400, "invalid method")
+                if end - start > _METHOD_MAX:
+                    return RequestError(501, "method not implemented")
+                self._probe = text[start:]
+                self._probe_first_line = first_line_only
+                return None
+            if text[end] == 0x20 and end > start and (first_line_only or not _known_method(text[start:end])):
+                return RequestError(501, "method not implemented")
+            if first_line_only:
+                return RequestError(400, "invalid method")
+            newline = text.find(b"\n", end)
+            if newline < 0:
+                return RequestError(400, "invalid method")
+            start = newline + 1
+
     # httptools callbacks: keep them tiny, they run per request / per header.
 
     def on_message_begin(self) -> None:
+        self._begun = self._events
         self._url = b""
         self._headers = []
         self._hosts = 0
