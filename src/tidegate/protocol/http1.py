@@ -196,6 +196,14 @@ class H1Connection:
             events.append(Upgrade(bytes(data[offset:])))
         except httptools.HttpParserError as exc:
             self.broken = True
+            # a request whose body the parser refused is not delivered: the error answers it
+            for i in range(len(events) - 1, -1, -1):
+                kind = type(events[i])
+                if kind is Request:
+                    del events[i:]
+                    break
+                if kind is EndOfMessage:
+                    break
             error = self._classify(exc, data, events)
             if error is not None:
                 events.append(error)
