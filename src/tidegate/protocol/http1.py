@@ -221,6 +221,10 @@ class H1Connection:
             return RequestError(501, "method not implemented")
         if message.startswith("Pause on PRI"):
             return RequestError(505, "HTTP version not supported")  # the HTTP/2 connection preface
+        if message.startswith("Data after"):
+            # the peer said it would close (RFC 9112 §9.6): what it sends after that is not read, nor answered
+            self.keep_alive = False
+            return None
         return RequestError(400, message or "malformed request")
 
     # The parser stops at the first byte that does not continue one of its methods, and does not say where that
