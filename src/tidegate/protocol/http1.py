@@ -346,8 +346,8 @@ class H1Connection:
                     if lname == _CONTENT_LENGTH:
                         if content_length >= 0:
                             raise ProtocolError("more than one content-length header")
-                        if not value.isdigit():
-                            raise ProtocolError(f"content-length must be digits, not {value!r}")
+                        if type(value) is not bytes or not value.isdigit():
+                            raise ProtocolError(f"content-length must be ASCII digits (bytes), not {value!r}")
                         content_length = int(value)
                         parts += (name, b": ", value, b"\r\n")
                         continue
