@@ -16,7 +16,8 @@ Rules this file enforces (RFC 9112):
 - chunked trailers are parsed and dropped: they never reach the request's headers;
 - responses: the app's ``content-length`` is respected and checked; without one, a body sent in one piece gets a
   ``content-length``, a streamed body is chunked for HTTP/1.1 and close-delimited for HTTP/1.0; HEAD, 1xx, 204 and
-  304 carry no body; header names must be tokens and values free of CR, LF and NUL (else :class:`ProtocolError`).
+  304 carry no body (a ``content-length`` on a 204 is left out); header names must be tokens and values free of CR,
+  LF and NUL (else :class:`ProtocolError`).
 """
 
 from __future__ import annotations
@@ -336,7 +337,7 @@ class H1Connection:
         elif status < 200:
             raise ProtocolError(f"status {status} is informational: send it before the final response")
         keep_alive = request.keep_alive and self.keep_alive
-        content_length = -1
+        content_length = length_at = -1
         has_date = has_server = app_connection = False
         parts = [line]
         try:
@@ -349,6 +350,7 @@ class H1Connection:
                         if type(value) is not bytes or not value.isdigit():
                             raise ProtocolError(f"content-length must be ASCII digits (bytes), not {value!r}")
                         content_length = int(value)
+                        length_at = len(parts)
                         parts += (name, b": ", value, b"\r\n")
                         continue
                     if lname == b"transfer-encoding":
@@ -385,8 +387,8 @@ class H1Connection:
             parts.append(defaults.extra)
 
         if status == 204 or status == 304:
-            if status == 204 and content_length >= 0:
-                raise ProtocolError("a 204 response must not have a content-length")
+            if status == 204 and length_at >= 0:
+                del parts[length_at:length_at + 4]  # never sent on a 204 (RFC 9110 §8.6); some frameworks add one
             self._framing = _NO_BODY
         elif request.method == b"HEAD":
             self._framing = _HEAD_ONLY
