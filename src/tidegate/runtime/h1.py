@@ -292,7 +292,9 @@ class H1Driver(asyncio.Protocol):
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.shutting_down = True
         self.conn.keep_alive = False
-        if self.current is None:
+        # A connection that has not sent its first request yet may have one on the way (it was accepted just
+        # before the listener closed): answer it, with connection: close; the idle timer bounds the wait.
+        if self.current is None and self._last is not None:
             self.transport.close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
@@ -358,11 +360,13 @@ class H1Driver(asyncio.Protocol):
         self._flush()
         self.transport.close()
 
-    def force_close(self) -> None:
-        """Shutdown ran out of time: cancel the app and drop the connection."""
-        if self.task is not None:
-            self.task.cancel()
+    def force_close(self) -> list[asyncio.Task[None]]:
+        """Shutdown ran out of time: cancel the app and drop the connection; return the task cancelled."""
+        task = self.task
         self.transport.abort()
+        if task is not None and task.cancel():
+            return [task]
+        return []
 
     async def drain(self) -> None:
         if self.write_paused and not self._lost:

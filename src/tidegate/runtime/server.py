@@ -33,7 +33,8 @@ class ServerState:
         self.app = app
         self.config = config
         self.loop = loop
-        #: every open connection's driver; each has ``shutdown()`` (graceful) and ``force_close()``
+        #: every open connection's driver; each has ``shutdown()`` (graceful) and ``force_close()`` (which may
+        #: return the tasks it cancelled, for the drain to wait on)
         self.connections: set[Any] = set()
         #: ``Upgrade`` tokens we speak → handler(h1 driver, request, bytes after the head)
         self.upgrades: dict[bytes, Callable[[H1Driver, Request, bytes], None]] = {}
@@ -81,13 +82,20 @@ class ServerState:
             except asyncio.TimeoutError:
                 logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s)",
                                timeout, len(self.connections))
-        self.abort_all()
-        # let the cancelled tasks run their cleanup
-        await asyncio.sleep(0)
+        cancelled = self.abort_all()
+        if cancelled:
+            # let the cancelled apps unwind (for up to ``timeout`` again) before lifespan shutdown closes what
+            # their cleanup may still use
+            await asyncio.wait(cancelled, timeout=timeout)
 
-    def abort_all(self) -> None:
+    def abort_all(self) -> list[asyncio.Task[Any]]:
+        """Cut every connection; return the app tasks this cancelled."""
+        cancelled: list[asyncio.Task[Any]] = []
         for conn in list(self.connections):
-            conn.force_close()
+            tasks = conn.force_close()
+            if tasks:
+                cancelled.extend(tasks)
+        return cancelled
 
 
 async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
