@@ -7,7 +7,7 @@ from urllib.parse import unquote_to_bytes
 
 from ..protocol.events import Request
 
-__all__ = ["ConnectionInfo", "http_scope", "split_target"]
+__all__ = ["ConnectionInfo", "http_scope", "split_target", "websocket_scope"]
 
 ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
 
@@ -84,4 +84,35 @@ def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
         "server": info.server,
         "state": info.state.copy(),
         "extensions": info.extensions,
+    }
+
+
+def websocket_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
+    """The ``websocket`` scope for a handshake request (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT).
+
+    ``extensions`` advertises the denial response (asgiref extensions.rst): the app may answer the handshake with
+    an HTTP response of its own.
+    """
+    raw_path, query = split_target(request.target)
+    path = decode_path(raw_path)
+    subprotocols: list[str] = []
+    for name, value in request.headers:
+        if name == b"sec-websocket-protocol":
+            subprotocols += [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
+    root = info.root_path
+    return {
+        "type": "websocket",
+        "asgi": ASGI_VERSION,
+        "http_version": request.http_version,
+        "scheme": "wss" if info.scheme == "https" else "ws",
+        "path": root + path if root else path,
+        "raw_path": info.root_path_bytes + raw_path if root else raw_path,
+        "query_string": query,
+        "root_path": root,
+        "headers": request.headers,
+        "client": info.client,
+        "server": info.server,
+        "subprotocols": subprotocols,
+        "state": info.state.copy(),
+        "extensions": {**info.extensions, "websocket.http.response": {}},
     }
