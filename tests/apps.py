@@ -93,6 +93,8 @@ def scope_summary(scope: dict[str, Any]) -> dict[str, Any]:
 
 async def scope_json(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Answers with its scope as JSON (after reading the body), and records the scope's types."""
+    if scope["type"] != "http":
+        return
     more = True
     while more:
         message = await receive()
