@@ -130,6 +130,11 @@ class HTTPExchange:
     # ------------------------------------------------------------------ to the app
 
     async def receive(self) -> Message:
+        if self._expect_continue:
+            # the app's first receive() is its go-ahead: 100 Continue, if the client still waits for one
+            self._expect_continue = False
+            if self._state == _START and self._more_body and not self._chunks and not self._eof:
+                self.stream.send_informational(100, [])
         while True:
             chunks = self._chunks
             if chunks:
@@ -153,10 +158,6 @@ class HTTPExchange:
                 self._state = _GONE
                 self.stream.abort()
                 return {"type": "http.disconnect"}
-            if self._expect_continue:
-                self._expect_continue = False
-                if self._state == _START:
-                    self.stream.send_informational(100, [])
             waiter = self.stream.create_waiter()
             self._waiter = waiter
             await waiter
