@@ -171,7 +171,7 @@ class HTTPExchange:
         if kind == "http.response.body" and (state == _STREAMING or state == _STARTED):
             body = message.get("body", b"")
             if type(body) is not bytes:
-                body = _as_bytes(body)
+                body = _as_bytes(body, "'body'")
             stream = self.stream
             if message.get("more_body", False):
                 if body or state == _STARTED:  # the head goes out at once, even before the first event
@@ -215,7 +215,11 @@ class HTTPExchange:
             if state != _START:
                 raise ASGIError(f"{kind!r} sent after the response started")
             links = message.get("links", ())
-            self.stream.send_informational(103, [(b"link", _as_bytes(link)) for link in links])
+            try:
+                hints = [(b"link", _as_bytes(link, "'links' items")) for link in links]
+            except TypeError:
+                raise ASGIError(f"'links' must be an iterable of bytes, not {links!r}") from None
+            self.stream.send_informational(103, hints)
         else:
             raise ASGIError(f"unknown message type {kind!r} for an HTTP connection")
 
@@ -257,10 +261,10 @@ class HTTPExchange:
         return escape_log(f"{scope.get('method', '?')} {target}")
 
 
-def _as_bytes(value: object) -> bytes:
+def _as_bytes(value: object, field: str) -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    raise ASGIError(f"expected bytes, not {type(value).__name__}")
+    raise ASGIError(f"{field} must be bytes, not {type(value).__name__}")
 
 
 def escape_log(text: str) -> str:
