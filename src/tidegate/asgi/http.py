@@ -261,10 +261,12 @@ class HTTPExchange:
         return escape_log(f"{scope.get('method', '?')} {target}")
 
 
-def _as_bytes(value: object, field: str) -> bytes:
+def _as_bytes(value: object, field: str = "") -> bytes:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value)
-    raise ASGIError(f"{field} must be bytes, not {type(value).__name__}")
+    if field:
+        raise ASGIError(f"{field} must be bytes, not {type(value).__name__}")
+    raise ASGIError(f"expected bytes, not {type(value).__name__}")
 
 
 def escape_log(text: str) -> str:
