@@ -46,8 +46,10 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     path = scope["path"]
     query = scope["query_string"].decode()
     if path == "/slow":
+        _say("slow")
         await asyncio.sleep(float(query or 1))
     elif path == "/block":
+        _say("block")
         time.sleep(float(query or 1))
     elif path == "/boom":
         raise RuntimeError("boom")

@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .runner import run_config
+    from .launch import run_config
 
     config = parse_args(argv)
     sys.exit(run_config(config))

@@ -1,0 +1,471 @@
+"""The supervisor: bind every listener once, run worker processes on them, keep them healthy.
+
+- Workers are started as ``python -m tidegate.supervisor.worker`` with the listening sockets and one end of a
+  socket pair (the control channel) passed as file descriptors; the pickled config is the channel's first message.
+- A worker that exits is replaced at once; one that has not answered a health check (over the channel, from its
+  event loop) for ``--timeout-worker-healthcheck`` seconds is killed and replaced.
+- SIGTERM/SIGINT: graceful stop of every worker (a second one: stop at once).  SIGQUIT: stop at once.
+  SIGHUP: rolling restart: new workers first, the old ones drained once every new one is ready.
+  SIGTTIN/SIGTTOU: one worker more/less.
+- ``--reload``: one worker, restarted (new first, as for SIGHUP) when a watched file changes; a worker that fails to
+  start (a syntax error...) leaves the supervisor waiting for the next change.
+- ``--metrics-bind``: the supervisor serves /metrics, summing what every worker reports.
+
+If the first workers fail to start (the app cannot be imported, its lifespan startup fails), the supervisor stops
+and exits with their exit code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..addresses import parse_address
+from ..config import Config, ConfigError
+from ..log import setup_logging
+from ..metrics import merge, render
+from ..runner import EXIT_APP_ERROR, EXIT_OK, EXIT_STARTUP_FAILED, EXIT_USAGE
+from ..runtime.listeners import bind_all
+from ..runtime.server import serve
+from ..runtime.sockets import describe
+from .channel import Channel, Message, encode_config
+
+__all__ = ["Supervisor", "supervise"]
+
+logger = logging.getLogger("tidegate.error")
+
+BOOTING, READY, RETIRING, STOPPING = "booting", "ready", "retiring", "stopping"
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[2])  # the directory holding the tidegate package
+
+
+class Worker:
+    """The supervisor's view of one worker process."""
+
+    def __init__(self, number: int, process: subprocess.Popen[bytes], channel: Channel) -> None:
+        self.number = number
+        self.process = process
+        self.pid = process.pid
+        self.channel = channel
+        self.state = BOOTING
+        self.started = time.monotonic()
+        self.last_seen = self.started
+        self.ready: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self.exited: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.metrics: dict[str, Any] | None = None
+        self.final_metrics = False
+        self.stop_deadline: float | None = None
+
+
+class Supervisor:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.reload = config.reload.reload
+        self.target = 1 if self.reload else (config.workers.workers or 1)
+        self.workers: list[Worker] = []
+        self.sockets: list[socket.socket] = []
+        self.numbers = itertools.count(1)
+        self.loop = asyncio.get_running_loop()
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self.exit_code = EXIT_OK
+        self.booted = False  # the first workers came up: later boot failures are not fatal
+        self.rolling = False
+        self.restarts = 0
+        self.retired_metrics: dict[str, Any] = {}
+        self.scrapes = itertools.count(1)
+        self.scrape_waiters: dict[int, asyncio.Future[Any]] = {}
+        self._health: asyncio.TimerHandle | None = None
+        self._signals = 0
+        self._respawn_delay = 0.0
+
+    # ------------------------------------------------------------------ life
+
+    async def run(self) -> int:
+        try:
+            self.sockets = bind_all(self.config.bind)
+        except ConfigError as exc:
+            logger.error("%s", exc)
+            return EXIT_USAGE
+        for sock in self.sockets:
+            logger.info("supervisor %d listening on %s", os.getpid(), describe(sock))
+        metrics_task = None
+        if self.config.metrics.bind is not None:
+            metrics_task = await self._start_metrics()
+        self._install_signals()
+        watcher = None
+        if self.reload:
+            if self.config.workers.workers not in (None, 1):
+                logger.warning("--reload runs one worker; --workers is not used")
+            from .reload import Watcher
+
+            try:
+                watcher = Watcher(self.config.reload, self._on_files_changed)
+            except ConfigError as exc:
+                logger.error("%s", exc)
+                return EXIT_USAGE
+            watcher.start()
+            logger.info("watching %s for changes", ", ".join(watcher.dirs))
+        self._maintain()
+        self._schedule_health_check()
+        try:
+            await self.stopped.wait()
+            await self._stop_all()
+        finally:
+            if watcher is not None:
+                watcher.stop()
+            if self._health is not None:
+                self._health.cancel()
+            if metrics_task is not None:
+                self._metrics_stop.set()
+                await metrics_task
+            for sock in self.sockets:
+                sock.close()
+            self._remove_signals()
+        logger.info("supervisor stopped")
+        return self.exit_code
+
+    def request_stop(self, code: int = EXIT_OK) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.exit_code = code
+            self.stopped.set()
+
+    async def _stop_all(self, fast: bool = False) -> None:
+        grace = self.config.timeouts.graceful_shutdown
+        for worker in list(self.workers):
+            self._terminate(worker, signal.SIGQUIT if fast else signal.SIGTERM)
+        deadline = time.monotonic() + grace + 5.0
+        for worker in list(self.workers):
+            remaining = deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(asyncio.shield(worker.exited), max(remaining, 0.1))
+            except asyncio.TimeoutError:
+                logger.warning("worker %d did not stop in time: killing it", worker.pid)
+                self._kill(worker)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(worker.exited), 5.0)
+
+    # ------------------------------------------------------------------ signals
+
+    def _install_signals(self) -> None:
+        handlers: dict[int, Callable[[], None]] = {
+            signal.SIGTERM: self._on_stop_signal,
+            signal.SIGINT: self._on_stop_signal,
+            signal.SIGQUIT: self._on_quit,
+            signal.SIGHUP: self._on_hup,
+            signal.SIGTTIN: self._on_ttin,
+            signal.SIGTTOU: self._on_ttou,
+        }
+        for sig, handler in handlers.items():
+            self.loop.add_signal_handler(sig, handler)
+
+    def _remove_signals(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+            self.loop.remove_signal_handler(sig)
+
+    def _on_stop_signal(self) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            logger.info("supervisor: stopping the workers gracefully")
+            self.request_stop()
+        else:
+            self._on_quit()
+
+    def _on_quit(self) -> None:
+        logger.warning("supervisor: stopping the workers now")
+        for worker in list(self.workers):
+            self._terminate(worker, signal.SIGQUIT)
+        self.request_stop(self.exit_code)
+
+    def _on_hup(self) -> None:
+        if self.stopping:
+            return
+        logger.info("supervisor: SIGHUP, rolling restart of %d worker(s)", self.target)
+        self.loop.create_task(self.rolling_restart())
+
+    def _on_ttin(self) -> None:
+        if self.stopping or self.reload:
+            return
+        self.target += 1
+        logger.info("supervisor: SIGTTIN, %d worker(s) now", self.target)
+        self._maintain()
+
+    def _on_ttou(self) -> None:
+        if self.stopping or self.reload:
+            return
+        if self.target <= 1:
+            logger.info("supervisor: SIGTTOU ignored, one worker is the least")
+            return
+        self.target -= 1
+        logger.info("supervisor: SIGTTOU, %d worker(s) now", self.target)
+        self._maintain()
+
+    # ------------------------------------------------------------------ workers
+
+    def active(self) -> list[Worker]:
+        return [w for w in self.workers if w.state in (BOOTING, READY)]
+
+    def _maintain(self) -> None:
+        """Start or stop workers until as many as wanted are booting or serving."""
+        if self.stopping or self.rolling:
+            return
+        active = self.active()
+        for _ in range(self.target - len(active)):
+            self.spawn()
+        if len(active) > self.target:
+            for worker in sorted(active, key=lambda w: w.started)[:len(active) - self.target]:
+                self._terminate(worker, signal.SIGTERM)
+
+    def spawn(self) -> Worker:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        fds = [sock.fileno() for sock in self.sockets]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_DIR, env.get("PYTHONPATH")) if p)
+        command = [sys.executable, "-m", "tidegate.supervisor.worker", str(child_end.fileno()), *map(str, fds)]
+        try:
+            process = subprocess.Popen(command, pass_fds=(child_end.fileno(), *fds), env=env)
+        finally:
+            child_end.close()
+        parent_end.sendall(Channel.encode(encode_config(self.config)))
+        number = next(self.numbers)
+        holder: list[Worker] = []
+        channel = Channel(self.loop, parent_end, lambda m: self._on_message(holder[0], m),
+                          lambda: None)
+        worker = Worker(number, process, channel)
+        holder.append(worker)
+        self.workers.append(worker)
+        self._watch_exit(worker)
+        logger.info("supervisor: started worker %d (pid %d)", number, worker.pid)
+        return worker
+
+    def _watch_exit(self, worker: Worker) -> None:
+        try:
+            pidfd = os.pidfd_open(worker.pid)
+        except (AttributeError, OSError):  # pragma: no cover - no pidfd (not Linux, or an old kernel)
+            def wait() -> None:
+                code = worker.process.wait()
+                self.loop.call_soon_threadsafe(self._on_exit, worker, code)
+
+            self.loop.run_in_executor(None, wait)
+            return
+
+        def readable() -> None:
+            self.loop.remove_reader(pidfd)
+            os.close(pidfd)
+            self._on_exit(worker, worker.process.wait())
+
+        self.loop.add_reader(pidfd, readable)
+
+    def _on_exit(self, worker: Worker, code: int) -> None:
+        worker.channel.close()
+        if worker in self.workers:
+            self.workers.remove(worker)
+        if not worker.ready.done():
+            worker.ready.set_result(False)
+        if not worker.exited.done():
+            worker.exited.set_result(code)
+        if worker.metrics is not None:
+            self.retired_metrics = merge([self.retired_metrics, worker.metrics], counters_only=True)
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        planned = worker.state in (STOPPING, RETIRING) or self.stopping
+        (logger.info if planned else logger.error)("supervisor: worker %d (pid %d) exited with %s",
+                                                   worker.number, worker.pid, how)
+        if self.stopping:
+            return
+        if worker.state == BOOTING:
+            if not self.booted and not self.reload and code in (EXIT_APP_ERROR, EXIT_STARTUP_FAILED):
+                logger.error("supervisor: the worker could not start; stopping")
+                self.request_stop(code)
+                return
+            if self.reload:
+                logger.error("supervisor: the worker could not start; waiting for a file change")
+                return
+            self._respawn_delay = min(max(self._respawn_delay * 2, 0.1), 5.0)
+        else:
+            self._respawn_delay = 0.0
+        if not planned:
+            self.restarts += 1
+        if self._respawn_delay:
+            self.loop.call_later(self._respawn_delay, self._maintain)
+        else:
+            self._maintain()
+
+    def _on_message(self, worker: Worker, message: Message) -> None:
+        worker.last_seen = time.monotonic()
+        op = message.get("op")
+        if op == "ready":
+            if worker.state == BOOTING:
+                worker.state = READY
+            self.booted = True
+            self._respawn_delay = 0.0
+            if not worker.ready.done():
+                worker.ready.set_result(True)
+            logger.info("supervisor: worker %d (pid %d) ready", worker.number, worker.pid)
+        elif op == "retiring":
+            if worker.state in (BOOTING, READY):
+                worker.state = RETIRING
+                logger.info("supervisor: worker %d (pid %d) retiring after --max-requests", worker.number,
+                            worker.pid)
+                self._maintain()
+        elif op == "metrics":
+            worker.metrics = message.get("data")
+            waiter = self.scrape_waiters.pop(int(message.get("id") or 0), None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(message.get("data"))
+        elif op == "bye" and message.get("metrics") is not None:
+            worker.metrics = message["metrics"]
+
+    def _terminate(self, worker: Worker, sig: int) -> None:
+        if worker.state not in (STOPPING,) or sig == signal.SIGQUIT:
+            worker.state = STOPPING
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker.pid, sig)
+
+    def _kill(self, worker: Worker) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGKILL)
+
+    # ------------------------------------------------------------------ health
+
+    def _schedule_health_check(self) -> None:
+        timeout = self.config.timeouts.worker_healthcheck
+        self._health = self.loop.call_later(min(1.0, timeout / 4), self._health_check)
+
+    def _health_check(self) -> None:
+        now = time.monotonic()
+        timeout = self.config.timeouts.worker_healthcheck
+        for worker in list(self.workers):
+            if worker.state != READY:
+                continue
+            if now - worker.last_seen > timeout:
+                logger.error("supervisor: worker %d (pid %d) has not answered for %.1fs: killing it",
+                             worker.number, worker.pid, now - worker.last_seen)
+                worker.state = STOPPING
+                self._kill(worker)
+                self.restarts += 1
+                self.loop.call_soon(self._maintain_after_kill)
+            else:
+                worker.channel.send({"op": "ping"})
+        if not self.stopping:
+            self._schedule_health_check()
+
+    def _maintain_after_kill(self) -> None:
+        self._maintain()
+
+    # ------------------------------------------------------------------ rolling restart and reload
+
+    async def rolling_restart(self) -> bool:
+        """Start a new set of workers; once all are ready, drain the old ones.  If one fails, keep the old."""
+        if self.rolling or self.stopping:
+            return False
+        self.rolling = True
+        try:
+            old = self.active()
+            new = [self.spawn() for _ in range(self.target)]
+            results = await asyncio.gather(*(w.ready for w in new))
+            if self.stopped.is_set():
+                return False
+            if not all(results):
+                logger.error("supervisor: a new worker failed to start; keeping the running ones")
+                for worker in new:
+                    self._terminate(worker, signal.SIGTERM)
+                return False
+            for worker in old:
+                self._terminate(worker, signal.SIGTERM)
+            logger.info("supervisor: rolling restart done")
+            return True
+        finally:
+            self.rolling = False
+            self._maintain()
+
+    def _on_files_changed(self, paths: list[str]) -> None:
+        def restart() -> None:
+            if self.stopping:
+                return
+            shown = ", ".join(os.path.relpath(p) for p in paths[:5]) + (" ..." if len(paths) > 5 else "")
+            logger.info("supervisor: change detected in %s; restarting", shown)
+            if self.active():
+                self.loop.create_task(self.rolling_restart())
+            else:
+                self._maintain()
+
+        self.loop.call_soon_threadsafe(restart)
+
+    # ------------------------------------------------------------------ metrics
+
+    async def _start_metrics(self) -> asyncio.Task[None]:
+        assert self.config.metrics.bind is not None
+        address = parse_address(self.config.metrics.bind)
+        config = Config.from_flat(app="tidegate:metrics", host=address.host, port=address.port, lifespan="off",
+                                  access_log=False, log_level=self.config.logging.log_level)
+        sock = bind_all(config.bind)
+        self._metrics_stop = asyncio.Event()
+        started = self.loop.create_future()
+        task = self.loop.create_task(serve(self.metrics_app, config, sockets=sock,
+                                           shutdown_trigger=self._metrics_stop.wait,
+                                           on_started=lambda s: started.set_result(None)))
+        await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
+        logger.info("supervisor: metrics on %s/metrics", describe(sock[0]))
+        return task
+
+    async def scrape(self, timeout: float = 2.0) -> str:
+        """Ask every worker for its metrics and sum them with those of the workers that have exited."""
+        waiters = []
+        for worker in self.workers:
+            if worker.state == BOOTING or worker.channel.closed:
+                continue
+            scrape_id = next(self.scrapes)
+            waiter: asyncio.Future[Any] = self.loop.create_future()
+            self.scrape_waiters[scrape_id] = waiter
+            waiters.append((worker, waiter))
+            worker.channel.send({"op": "metrics", "id": scrape_id})
+        if waiters:
+            await asyncio.wait([w for _, w in waiters], timeout=timeout)
+        live = [worker.metrics for worker in self.workers if worker.metrics is not None]
+        total = merge([self.retired_metrics], counters_only=True)
+        total = merge([total, *live])
+        extra = [
+            ("tidegate_workers", "gauge", "Worker processes serving.", float(len(self.active()))),
+            ("tidegate_worker_restarts_total", "counter", "Workers replaced after dying or failing the health "
+             "check.", float(self.restarts)),
+        ]
+        return render(total, extra)
+
+    async def metrics_app(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] != "/metrics":
+            await send({"type": "http.response.start", "status": 404, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        body = (await self.scrape()).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8"),
+                                (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+def supervise(config: Config) -> int:
+    """Run the supervisor until it is told to stop; return the exit code."""
+    setup_logging(config.logging.log_level, config.logging.access_log)
+    loop = asyncio.new_event_loop()
+    try:
+        async def main() -> int:
+            return await Supervisor(config).run()
+
+        return loop.run_until_complete(main())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+        sys.stderr.flush()

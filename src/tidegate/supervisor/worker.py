@@ -1,0 +1,151 @@
+"""A worker process: serve the inherited listeners until the supervisor, a signal or ``--max-requests`` says stop.
+
+Started by the supervisor as ``python -m tidegate.supervisor.worker CONTROL_FD LISTEN_FD...``.  Signals: SIGTERM
+stops gracefully (again: no change), SIGQUIT stops at once (lifespan shutdown still runs); SIGINT and SIGHUP are
+the supervisor's business and are ignored here.  If the supervisor goes away, the worker stops gracefully.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from ..importer import AppImportError, import_app
+from ..log import setup_logging
+from ..metrics import Metrics, MetricsMiddleware
+from ..protocol.events import Request
+from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, new_event_loop
+from ..runtime.h1 import H1Driver
+from ..runtime.lifespan import LifespanFailure
+from ..runtime.server import ServerState, serve
+from .channel import Channel, Message, decode_config, read_line
+
+__all__ = ["counting_driver", "main", "run_worker"]
+
+logger = logging.getLogger("tidegate.error")
+
+
+def counting_driver(limit: int, on_limit: Callable[[], None]) -> type[H1Driver]:
+    """An H1Driver class that counts requests, and at the ``limit``-th answers with ``connection: close`` and calls
+    ``on_limit``.  Used only with ``--max-requests``: the plain driver counts nothing."""
+    counter = itertools.count(1)
+
+    class CountingH1Driver(H1Driver):
+        __slots__ = ()
+
+        def _start(self, exchange: Any, request: Request) -> None:
+            if next(counter) >= limit:
+                self.conn.keep_alive = False
+                on_limit()
+            H1Driver._start(self, exchange, request)
+
+    return CountingH1Driver
+
+
+def run_worker(control: socket.socket, fds: list[int]) -> int:
+    hello, rest = read_line(control)
+    config = decode_config(hello)
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        signal.signal(sig, signal.SIG_IGN)
+    setup_logging(config.logging.log_level, config.logging.access_log)
+    try:
+        app = import_app(config.app.app, app_dir=config.app.app_dir, factory=config.app.factory)
+    except AppImportError as exc:
+        logger.error("Error loading the app: %s", exc)
+        return EXIT_APP_ERROR
+    loop = new_event_loop(config.app.loop)
+    asyncio.set_event_loop(loop)
+    sockets = [socket.socket(fileno=fd) for fd in fds]
+    for sock in sockets:
+        sock.setblocking(False)
+    stop = asyncio.Event()
+    metrics = Metrics() if config.metrics.bind is not None else None
+    if metrics is not None:
+        app = MetricsMiddleware(app, metrics)
+    states: list[ServerState] = []
+    retiring = False
+
+    def snapshot() -> dict[str, Any]:
+        assert metrics is not None
+        return metrics.snapshot(states[0].connections if states else ())
+
+    def on_message(message: Message) -> None:
+        op = message.get("op")
+        if op == "ping":
+            channel.send({"op": "pong"})
+        elif op == "metrics":
+            channel.send({"op": "metrics", "id": message.get("id"), "data": snapshot() if metrics else None})
+        elif op == "stop":
+            stop.set()
+
+    def on_close() -> None:
+        if not stop.is_set():
+            logger.warning("worker %d: the supervisor has gone; stopping", os.getpid())
+            stop.set()
+
+    channel = Channel(loop, control, on_message, on_close)
+
+    def retire() -> None:
+        nonlocal retiring
+        if not retiring:
+            retiring = True
+            logger.info("worker %d: reached --max-requests; retiring", os.getpid())
+            channel.send({"op": "retiring"})
+            stop.set()
+
+    max_requests = config.workers.max_requests
+    limit = max_requests + random.randint(0, config.workers.max_requests_jitter) if max_requests else 0
+
+    def prepare(state: ServerState) -> None:
+        states.append(state)
+        if limit:
+            state.h1_driver = counting_driver(limit, retire)
+
+    def on_started(_: list[socket.socket]) -> None:
+        channel.send({"op": "ready"})
+
+    main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
+                                  prepare=prepare))
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGQUIT, main.cancel)
+    channel.feed(rest)
+    code = 0
+    try:
+        loop.run_until_complete(main)
+    except LifespanFailure as exc:
+        logger.error("Application startup failed: %s", exc)
+        code = EXIT_STARTUP_FAILED
+    except asyncio.CancelledError:
+        pass
+    finally:
+        channel.send({"op": "bye", "metrics": snapshot() if metrics else None})
+        channel.flush_blocking()
+        tasks = [t for t in asyncio.all_tasks(loop) if not t.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        channel.close()
+        asyncio.set_event_loop(None)
+        loop.close()
+        sys.stderr.flush()
+    return code
+
+
+def main() -> None:
+    control_fd, *fds = (int(arg) for arg in sys.argv[1:])
+    control = socket.socket(fileno=control_fd)
+    sys.exit(run_worker(control, fds))
+
+
+if __name__ == "__main__":
+    main()
