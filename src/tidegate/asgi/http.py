@@ -242,7 +242,8 @@ class HTTPExchange:
 
     def _fail(self, what: str, exc: BaseException | None) -> None:
         logger.error("%s while handling %s", what, self._request_line(), exc_info=exc)
-        if self._state == _GONE:
+        if self._state >= _DONE:
+            # complete (its connection may already carry the next request) or gone: nothing to answer or close
             return
         if self._state == _START:
             self._state = _DONE
