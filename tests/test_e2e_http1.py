@@ -347,6 +347,28 @@ def test_expect_100_continue_is_sent_when_the_app_reads(run_server: Any, loop: s
         assert response.status == 200 and response.body == b"hi"
 
 
+def test_100_continue_waits_for_the_app_to_read(run_server: Any, loop: str) -> None:
+    started, go = Gate(), Gate()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started.set()
+        await go.wait()
+        await respond(send, body=await read_body(receive))
+
+    server = run_server(app, loop=loop)
+    with RawClient(server.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 5\r\nexpect: 100-continue\r\n\r\n")
+        started.wait_sync()
+        client.sock.setblocking(False)
+        with pytest.raises(BlockingIOError):
+            client.sock.recv(1)  # the app runs but has not asked for the body: no 100 yet
+        client.sock.settimeout(5)
+        go.set()
+        assert client.read_response(informational=True).status == 100
+        client.send(b"hello")
+        assert client.read_response().body == b"hello"
+
+
 @pytest.mark.parametrize("status", [417, 413])
 def test_no_100_continue_when_the_app_answers_without_reading(run_server: Any, loop: str, status: int) -> None:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
