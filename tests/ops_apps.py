@@ -54,7 +54,8 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif path == "/boom":
         raise RuntimeError("boom")
     elif path.startswith("/status/"):
-        await _json(send, {}, int(path[8:]))
+        await send({"type": "http.response.start", "status": int(path[8:]), "headers": []})
+        await send({"type": "http.response.body", "body": b""})
         return
     elif path == "/upload":
         while (await receive()).get("more_body"):

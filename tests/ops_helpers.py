@@ -116,7 +116,8 @@ def serving_url(proc: Proc, *, start: int = 0) -> str:
 
 def get(url: str, **kwargs: Any) -> httpx.Response:
     kwargs.setdefault("timeout", 10)
-    return httpx.get(url, headers={"connection": "close"}, **kwargs)
+    headers = {"connection": "close", **kwargs.pop("headers", {})}
+    return httpx.get(url, headers=headers, **kwargs)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["ATOMS", "AccessFormat", "json_line"]
+__all__ = ["ATOMS", "AccessFormat", "json_line", "renderer"]
 
 Render = Callable[[dict[str, Any], int, int, float], str]
 
@@ -136,3 +136,12 @@ def json_line(scope: dict[str, Any], status: int, size: int, duration_ms: float)
         "user_agent": next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"user-agent"), None),
     }
     return json.dumps(record, separators=(",", ":"))
+
+
+def renderer(template: str | None, as_json: bool) -> Render | None:
+    """What renders an access line for these settings; ``None`` for the built-in line."""
+    if as_json:
+        return json_line
+    if template is not None:
+        return AccessFormat(template).render
+    return None

@@ -10,7 +10,7 @@ from typing import Any
 
 from .config import Config, ConfigError
 from .importer import AppImportError, import_app
-from .log import setup_logging
+from .log import configure_logging
 from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
 
@@ -57,7 +57,11 @@ def run(app: Any = None, *, config: Config | None = None, **settings: Any) -> No
 
 def run_config(config: Config, app: Any = None) -> int:
     """Serve as ``config`` says; return the process exit code."""
-    setup_logging(config.logging.log_level, config.logging.access_log)
+    try:
+        configure_logging(config.logging)
+    except ConfigError as exc:
+        sys.stderr.write(f"tidegate: {exc}\n")
+        return EXIT_USAGE
     if app is None:
         try:
             app = import_app(config.app.app, app_dir=config.app.app_dir, factory=config.app.factory)

@@ -300,6 +300,11 @@ class H1Driver(asyncio.Protocol):
     def _log_access(self, exchange: HTTPExchange) -> None:
         scope = exchange.scope
         duration = (perf_counter() - self._started_at) * 1000.0
+        render = self.server.access_line
+        if render is not None:
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
+            return
         query = scope["query_string"]
         target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms', self._client_text(), scope["method"],

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any, cast
 
+from ..accesslog import renderer
 from ..asgi.http import ASGIApp
 from ..config import Config
 from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
@@ -42,6 +43,8 @@ class ServerState:
         self.extensions: dict[str, Any] = {}
         self.root_path = config.app.root_path
         self.access_log = config.logging.access_log
+        #: renders an access line from (scope, status, bytes, milliseconds) for --access-log-format/-json
+        self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
         self.keep_alive_timeout = config.timeouts.keep_alive
         self.request_buffer = config.limits.request_buffer
         self.pipeline_depth = config.limits.pipeline_depth

@@ -33,7 +33,7 @@ from typing import Any
 
 from ..addresses import parse_address
 from ..config import Config, ConfigError
-from ..log import setup_logging
+from ..log import configure_logging
 from ..metrics import merge, render
 from ..runner import EXIT_APP_ERROR, EXIT_OK, EXIT_STARTUP_FAILED, EXIT_USAGE
 from ..runtime.listeners import bind_all
@@ -458,7 +458,11 @@ class Supervisor:
 
 def supervise(config: Config) -> int:
     """Run the supervisor until it is told to stop; return the exit code."""
-    setup_logging(config.logging.log_level, config.logging.access_log)
+    try:
+        configure_logging(config.logging)
+    except ConfigError as exc:
+        sys.stderr.write(f"tidegate: {exc}\n")
+        return EXIT_USAGE
     loop = asyncio.new_event_loop()
     try:
         async def main() -> int:

@@ -18,11 +18,12 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from ..config import ConfigError
 from ..importer import AppImportError, import_app
-from ..log import setup_logging
+from ..log import configure_logging
 from ..metrics import Metrics, MetricsMiddleware
 from ..protocol.events import Request
-from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, new_event_loop
+from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_loop
 from ..runtime.h1 import H1Driver
 from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import ServerState, serve
@@ -55,7 +56,11 @@ def run_worker(control: socket.socket, fds: list[int]) -> int:
     config = decode_config(hello)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
-    setup_logging(config.logging.log_level, config.logging.access_log)
+    try:
+        configure_logging(config.logging)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
     try:
         app = import_app(config.app.app, app_dir=config.app.app_dir, factory=config.app.factory)
     except AppImportError as exc:

@@ -1,0 +1,152 @@
+"""--access-log-format, --access-log-json and --log-config."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+import httpx
+import pytest
+
+from tidegate.accesslog import AccessFormat, json_line
+from tidegate.config import Config, ConfigError
+
+from .ops_apps import app as ops_app
+from .ops_helpers import Proc, get, serving_url, wait_until
+
+SCOPE = {"type": "http", "method": "GET", "path": "/a b", "query_string": b"x=1", "http_version": "1.1",
+         "scheme": "http", "client": ("10.0.0.1", 5555), "headers": [(b"user-agent", b"curl/8"), (b"x-id", b"1"),
+                                                                     (b"x-id", b"2")]}
+
+
+def test_atoms():
+    template = ("{client} {client_addr} {method} {path} {query} {target} {http_version} {scheme} {status} {bytes} "
+                "{duration_ms} {pid} {header:user-agent} {header:X-Id} {header:missing} {{literal}}")
+    line = AccessFormat(template).render(SCOPE, 201, 42, 1.23456)
+    assert line == (f"10.0.0.1:5555 10.0.0.1 GET /a b x=1 /a b?x=1 1.1 http 201 42 1.23 {os.getpid()} curl/8 1, 2 - "
+                    "{literal}")
+    assert AccessFormat("{time}").render(SCOPE, 200, 0, 0.0).endswith("Z")
+
+
+def test_request_data_is_escaped():
+    scope = {**SCOPE, "path": "/x\n127.0.0.1 - forged", "headers": [(b"user-agent", b"a\x1bb")]}
+    line = AccessFormat("{path} {header:user-agent}").render(scope, 200, 0, 0.0)
+    assert "\n" not in line and "\x1b" not in line
+    assert line == "/x\\n127.0.0.1 - forged a\\x1bb"
+
+
+@pytest.mark.parametrize(("template", "message"), [
+    ("{nope}", "unknown access log atom {nope}"),
+    ("{client", "unmatched '{'"),
+    ("client}", "unmatched '}'"),
+    ("{header:}", "names no header"),
+])
+def test_bad_templates(template, message):
+    with pytest.raises(ValueError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        AccessFormat(template)
+    with pytest.raises(ConfigError, match="access_log_format"):
+        Config.from_flat(access_log_format=template)
+
+
+def test_json_line():
+    record = json.loads(json_line(SCOPE, 404, 7, 2.5))
+    assert record["client"] == "10.0.0.1:5555" and record["status"] == 404 and record["bytes"] == 7
+    assert record["path"] == "/a b" and record["query"] == "x=1" and record["duration_ms"] == 2.5
+    assert record["user_agent"] == "curl/8" and record["pid"] == os.getpid()
+    scope = {**SCOPE, "path": "/\n"}
+    assert "\n" not in json_line(scope, 200, 0, 0.0)
+
+
+def test_format_through_a_server(run_server, caplog):
+    caplog.set_level(logging.INFO, logger="tidegate.access")
+    server = run_server(ops_app, access_log=True,
+                        access_log_format="{client_addr} {method} {target} {status} {header:x-trace} pid={pid}")
+    httpx.get(server.url + "/status/418?q=1", headers={"x-trace": "abc"}, timeout=5)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tidegate.access"]
+    assert lines == [f"127.0.0.1 GET /status/418?q=1 418 abc pid={os.getpid()}"]
+
+
+def test_default_line_is_unchanged(run_server, caplog):
+    caplog.set_level(logging.INFO, logger="tidegate.access")
+    server = run_server(ops_app, access_log=True)
+    httpx.get(server.url + "/status/204", timeout=5)
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "tidegate.access"]
+    assert '"GET /status/204 HTTP/1.1" 204' in line
+
+
+def test_json_access_log_in_a_process():
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--access-log-json"])
+    try:
+        url = serving_url(proc)
+        get(url + "/status/201?x=y", headers={"user-agent": "probe/1"})
+        line = proc.wait_for(r'^\{"time"').string
+    finally:
+        assert proc.stop() == 0
+    record = json.loads(line)
+    assert record["status"] == 201 and record["path"] == "/status/201" and record["query"] == "x=y"
+    assert record["user_agent"] == "probe/1" and record["method"] == "GET"
+
+
+def test_log_config_json(tmp_path):
+    target = tmp_path / "access.log"
+    (tmp_path / "log.json").write_text(json.dumps({
+        "version": 1, "disable_existing_loggers": False,
+        "formatters": {"plain": {"format": "ACCESS %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(target), "formatter": "plain"}},
+        "loggers": {"tidegate.access": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }))
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--log-config", str(tmp_path / "log.json"),
+                 "--access-log-format", "{method} {path} {status}"])
+    try:
+        url = serving_url(proc)
+        get(url + "/status/202")
+    finally:
+        assert proc.stop() == 0
+    assert target.read_text() == "ACCESS GET /status/202 202\n"
+
+
+def test_log_config_ini(tmp_path):
+    target = tmp_path / "errors.log"
+    (tmp_path / "log.ini").write_text(
+        "[loggers]\nkeys=root,tidegate\n\n[handlers]\nkeys=file\n\n[formatters]\nkeys=plain\n\n"
+        "[logger_root]\nlevel=WARNING\nhandlers=\n\n"
+        "[logger_tidegate]\nlevel=INFO\nhandlers=file\nqualname=tidegate\npropagate=0\n\n"
+        f"[handler_file]\nclass=FileHandler\nformatter=plain\nargs=({str(target)!r},)\n\n"
+        "[formatter_plain]\nformat=INI %(message)s\n")
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--log-config", str(tmp_path / "log.ini"),
+                 "--no-access-log"])
+    try:
+        proc.wait_for("ops-app startup")
+        # the serving line goes to the file now, not to stderr
+        text = wait_until(lambda: target.exists() and "serving on" in target.read_text() and target.read_text())
+        url = text.split("serving on ")[1].split()[0]
+        assert get(url + "/").status_code == 200
+    finally:
+        assert proc.stop() == 0
+    assert "INI tidegate serving on" in target.read_text()
+
+
+def test_log_config_yaml(tmp_path):
+    yaml = pytest.importorskip("yaml")
+    target = tmp_path / "y.log"
+    (tmp_path / "log.yaml").write_text(yaml.safe_dump({
+        "version": 1, "disable_existing_loggers": False,
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(target)}},
+        "loggers": {"tidegate.access": {"handlers": ["file"], "level": "INFO", "propagate": False}},
+    }))
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--log-config", str(tmp_path / "log.yaml")])
+    try:
+        get(serving_url(proc) + "/")
+    finally:
+        assert proc.stop() == 0
+    assert '"GET / HTTP/1.1" 200' in target.read_text()
+
+
+@pytest.mark.parametrize("name", ["missing.json", "bad.json", "bad.ini"])
+def test_bad_log_config_is_a_usage_error(tmp_path, name):
+    (tmp_path / "bad.json").write_text("{not json")
+    (tmp_path / "bad.ini").write_text("[loggers]\nkeys=nothing\n")
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--log-config", str(tmp_path / name)])
+    assert proc.wait() == 2
+    assert "log_config: " in proc.output and name in proc.output
