@@ -33,7 +33,8 @@ class ConnectionInfo:
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
-    """Request target → (raw path, query string).  Absolute-form targets (RFC 9112 §3.2.2) keep their path."""
+    """Request target → (raw path, query string).  Absolute-form targets (RFC 9112 §3.2.2) keep their path; a
+    fragment (which a request target cannot carry, but some clients send) is dropped."""
     if target[:1] != b"/":
         if target == b"*":
             return b"*", b""
@@ -45,6 +46,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
                 target = b"/" + (target[question:] if question >= 0 else b"")
             else:
                 target = target[slash:]
+    fragment = target.find(b"#")
+    if fragment >= 0:
+        target = target[:fragment]
     question = target.find(b"?")
     if question < 0:
         return target, b""
@@ -53,7 +57,7 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 # Byte tests below use int needles (``63 in target`` for b"?"): with a bytes needle, bytes.__contains__ first tries
 # it as an int and discards the TypeError, which costs ten times more.
-_QUESTION, _PERCENT = ord("?"), ord("%")
+_QUESTION, _HASH, _PERCENT = ord("?"), ord("#"), ord("%")
 
 
 def decode_path(raw_path: bytes) -> str:
@@ -64,7 +68,7 @@ def decode_path(raw_path: bytes) -> str:
 
 def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
     target = request.target
-    if target[:1] == b"/" and _QUESTION not in target:
+    if target[:1] == b"/" and _QUESTION not in target and _HASH not in target:
         raw_path, query = target, b""
     else:
         raw_path, query = split_target(target)
