@@ -21,6 +21,7 @@ from .lifespan import Lifespan
 from .listeners import bind_all
 from .sockets import describe
 from .watchdog import Watchdog
+from .ws import upgrade_websocket
 
 __all__ = ["ServerState", "serve"]
 
@@ -38,7 +39,7 @@ class ServerState:
         #: return the tasks it cancelled, for the drain to wait on)
         self.connections: set[Any] = set()
         #: ``Upgrade`` tokens we speak → handler(h1 driver, request, bytes after the head)
-        self.upgrades: dict[bytes, Callable[[H1Driver, Request, bytes], None]] = {}
+        self.upgrades: dict[bytes, Callable[[H1Driver, Request, bytes], None]] = {b"websocket": upgrade_websocket}
         self.state: dict[str, Any] = {}
         self.extensions: dict[str, Any] = {}
         self.root_path = config.app.root_path

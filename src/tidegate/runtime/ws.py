@@ -1,0 +1,430 @@
+"""The WebSocket driver: takes over an HTTP/1.1 connection after ``Upgrade: websocket``.
+
+It owns the transport, the app task, the timers (keepalive ping, pong deadline, closing-handshake deadline) and
+back-pressure both ways; it feeds bytes to the sans-IO :class:`~tidegate.protocol.websocket.WebSocketSession` and
+routes its events to the :class:`~tidegate.asgi.websocket.WebSocketExchange`, whose
+:class:`~tidegate.asgi.websocket.WebSocketStream` it is.
+
+Frames the app sends collect in one buffer and leave in one write at the end of the loop iteration (or at once past
+64 KiB), so the replies to a burst of messages cost one system call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from ..asgi.errors import ClientDisconnected
+from ..asgi.http import escape_log
+from ..asgi.scope import ConnectionInfo, websocket_scope
+from ..asgi.websocket import WebSocketExchange
+from ..protocol.events import Request
+from ..protocol.http1 import H1Connection, status_line
+from ..protocol.websocket import CONNECTING, OPEN, Close, Pong, WebSocketSession
+
+if TYPE_CHECKING:
+    from .h1 import H1Driver
+    from .server import ServerState
+
+__all__ = ["WebSocketDriver", "upgrade_websocket"]
+
+logger = logging.getLogger("tidegate.error")
+access_logger = logging.getLogger("tidegate.access")
+
+_FLUSH_BYTES = 65536
+# Bytes a client may send before its handshake is answered (it should send none) before reading pauses.
+_EARLY_LIMIT = 65536
+
+
+def upgrade_websocket(h1: H1Driver, request: Request, trailing: bytes) -> None:
+    """``ServerState.upgrades[b"websocket"]``: hand the HTTP/1.1 connection to a WebSocket driver."""
+    h1.hand_over(WebSocketDriver(h1.server, h1.info, request), trailing)
+
+
+class WebSocketDriver(asyncio.Protocol):
+    __slots__ = (
+        "_close_timer",
+        "_denial",
+        "_drain_waiter",
+        "_early",
+        "_early_bytes",
+        "_flush_handle",
+        "_lost",
+        "_out",
+        "_out_bytes",
+        "_ping_count",
+        "_ping_payload",
+        "_ping_timer",
+        "_pong_timer",
+        "exchange",
+        "info",
+        "loop",
+        "reading_paused",
+        "request",
+        "send_bytes",
+        "send_text",
+        "server",
+        "session",
+        "shutting_down",
+        "task",
+        "transport",
+        "write_paused",
+    )
+
+    def __init__(self, server: ServerState, info: ConnectionInfo, request: Request) -> None:
+        self.server = server
+        self.loop = server.loop
+        self.info = info
+        self.request = request
+        settings = server.config.websocket
+        self._out: list[bytes] = []
+        self._out_bytes = 0
+        self._flush_handle: asyncio.Handle | None = None
+        self.session = WebSocketSession(request, max_size=settings.max_size,
+                                        per_message_deflate=settings.per_message_deflate, write=self._write)
+        # the exchange's send_text/send_bytes go straight to the session (one call less per message)
+        self.send_text = self.session.send_text
+        self.send_bytes = self.session.send_bytes
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.exchange: WebSocketExchange | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._denial: H1Connection | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_count = 0
+        self._lost = False
+        self.write_paused = False
+        self.reading_paused = False
+        self.shutting_down = False
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.server.connections.add(self)
+        rejection = self.session.rejection
+        if rejection is not None:
+            logger.info("WebSocket handshake from %s refused: %s", self._client_text(), rejection.detail)
+            self._log_access(rejection.status)
+            self._respond(rejection.status, rejection.headers, rejection.detail)
+            return
+        exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), self.server.request_buffer)
+        self.exchange = exchange
+        self.task = self.loop.create_task(exchange.run(self.server.app))
+        self.task.add_done_callback(self._app_done)
+
+    def data_received(self, data: bytes) -> None:
+        session = self.session
+        if session.state == CONNECTING:
+            self._early.append(data)
+            self._early_bytes += len(data)
+            if self._early_bytes > _EARLY_LIMIT and not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
+            return
+        exchange = self.exchange
+        if exchange is None:
+            return
+        for event in session.receive_data(data):
+            kind = type(event)
+            if kind is str or kind is bytes:
+                exchange.on_message(event)  # type: ignore[arg-type]
+            elif kind is Close:
+                self._on_close(event)  # type: ignore[arg-type]
+                return
+            elif kind is Pong and event.payload == self._ping_payload:  # type: ignore[union-attr]
+                self._pong_received()
+        if exchange.over_limit and not self.reading_paused:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        # A client that half-closes without a close frame is gone: close our side too.
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self._stop_timers()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        self._out.clear()
+        if self.exchange is not None:
+            self.exchange.on_close(1006)
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+        self._release()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ session events
+
+    def _on_close(self, event: Close) -> None:
+        """The client's close frame (echoed by the session), or a failure the session closed for."""
+        if event.error:
+            logger.info("WebSocket from %s closed with %d: %s", self._client_text(), event.code,
+                        escape_log(event.reason))
+        assert self.exchange is not None
+        self.exchange.on_close(event.code, "" if event.error else event.reason)
+        self._stop_timers()
+        # the closing handshake is complete (or failed): the server closes the TCP connection first
+        self._flush()
+        self.transport.close()
+
+    def _pong_received(self) -> None:
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+
+    # ------------------------------------------------------------------ timers
+
+    def _start_keepalive(self) -> None:
+        interval = self.server.config.websocket.ping_interval
+        if interval > 0:
+            self._ping_timer = self.loop.call_later(interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        settings = self.server.config.websocket
+        self._ping_timer = None
+        if self.session.state != OPEN or self._lost:
+            return
+        if self._ping_payload is None:
+            self._ping_count += 1
+            payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
+            self._ping_payload = payload
+            self.session.ping(payload)
+            self._flush()
+            if settings.ping_timeout > 0:
+                self._pong_timer = self.loop.call_later(settings.ping_timeout, self._pong_overdue)
+        self._ping_timer = self.loop.call_later(settings.ping_interval, self._keepalive)
+
+    def _pong_overdue(self) -> None:
+        self._pong_timer = None
+        if self._lost or self.session.state != OPEN:
+            return
+        logger.info("WebSocket from %s closed: no pong within %.1fs", self._client_text(),
+                    self.server.config.websocket.ping_timeout)
+        self.session.fail(1011, "keepalive ping timeout")
+        if self.exchange is not None:
+            self.exchange.on_close(1006)
+        self._stop_timers()
+        self._flush()
+        self.transport.close()
+
+    def _await_close(self) -> None:
+        """We sent a close frame: give the client ``ws_close_timeout`` to answer with its own."""
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+        if self._close_timer is None and not self._lost:
+            self._close_timer = self.loop.call_later(self.server.config.websocket.close_timeout,
+                                                     self._close_overdue)
+
+    def _close_overdue(self) -> None:
+        self._close_timer = None
+        if self.exchange is not None:
+            self.exchange.on_close(1006)
+        self.transport.close()
+
+    def _stop_timers(self) -> None:
+        for name in ("_ping_timer", "_pong_timer", "_close_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # ------------------------------------------------------------------ lifetime
+
+    def _app_done(self, task: asyncio.Task[None]) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        """Leave the server's registry once both the connection and the app are finished."""
+        if self._lost and (self.task is None or self.task.done()) and self in self.server.connections:
+            self.server.connections.discard(self)
+            self.server.connection_closed()
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: the app gets websocket.disconnect (1001), then the client a close frame (1001)."""
+        self.shutting_down = True
+        if self.session.state == OPEN:
+            self._go_away()
+        # before the handshake is answered the app decides; an accept is followed at once by the close
+
+    def _go_away(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_close(1001, "server shutting down")
+        self.session.send_close(1001, "server shutting down")
+        self._await_close()
+
+    def force_close(self) -> list[asyncio.Task[None]]:
+        """Shutdown ran out of time: cancel the app and drop the connection; return the task cancelled."""
+        task = self.task
+        self.transport.abort()
+        if task is not None and task.cancel():
+            return [task]
+        return []
+
+    # ------------------------------------------------------------------ WebSocketStream (used by the exchange)
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        status, response = self.session.accept(subprotocol, headers)
+        defaults = self.server.defaults
+        has_server = has_date = False
+        parts = [status_line(status)]
+        for name, value in response:
+            lname = name.lower()
+            if lname == b"server":
+                has_server = True
+            elif lname == b"date":
+                has_date = True
+            parts += (name, b": ", value, b"\r\n")
+        if not has_server:
+            parts.append(defaults.server)
+        if not has_date:
+            parts.append(defaults.date)
+        parts.append(defaults.extra)
+        parts.append(b"\r\n")
+        self._write(b"".join(parts))
+        self._flush()
+        self._log_access(status)
+        if self._early:
+            early = b"".join(self._early)
+            self._early.clear()
+            self._early_bytes = 0
+            self.data_received(early)
+            if self.reading_paused and self.exchange is not None and not self.exchange.over_limit:
+                self.resume_reading()
+        if self.session.state != OPEN:
+            return  # the early bytes closed it
+        self._start_keepalive()
+        if self.shutting_down:
+            self._go_away()
+
+    # send_text / send_bytes are the session's own (see __init__)
+
+    def close(self, code: int, reason: str) -> None:
+        self.session.send_close(code, reason)
+        self._await_close()
+
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """The denial response's head (an HTTP response instead of the upgrade)."""
+        conn = H1Connection(self.server.defaults, self._write)
+        conn.keep_alive = False
+        conn.start_response(self.request, status, list(headers))
+        self.session.reject()
+        self._denial = conn
+        self._log_access(status)
+
+    def send_data(self, data: bytes, end: bool) -> None:
+        assert self._denial is not None
+        self._denial.send_body(data, end)
+        if end:
+            self._flush()
+            self.transport.close()
+
+    def send_error(self, status: int) -> None:
+        self.session.reject()
+        self._log_access(status)
+        self._respond(status, [], "")
+
+    def abort(self) -> None:
+        self._flush()
+        self.transport.close()
+
+    async def drain(self) -> None:
+        if self.write_paused and not self._lost:
+            waiter = self.loop.create_future()
+            self._drain_waiter = waiter
+            await waiter
+        if self._lost:
+            raise ClientDisconnected("the client has disconnected")
+
+    def create_waiter(self) -> asyncio.Future[None]:
+        return self.loop.create_future()
+
+    def resume_reading(self) -> None:
+        if self.reading_paused and not self._lost:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    # ------------------------------------------------------------------ writing
+
+    def _write(self, data: bytes) -> None:
+        self._out.append(data)
+        self._out_bytes += len(data)
+        if self._out_bytes > _FLUSH_BYTES:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = self.loop.call_soon(self._flush_soon)
+
+    def _flush_soon(self) -> None:
+        self._flush_handle = None
+        self._flush()
+
+    def _flush(self) -> None:
+        out = self._out
+        if out:
+            if not self._lost:
+                if len(out) == 1:
+                    self.transport.write(out[0])
+                else:
+                    self.transport.writelines(out)
+                if self.transport.is_closing():
+                    # a failed transport no longer pauses its writer: make send() wait for the loss
+                    self.write_paused = True
+            out.clear()
+        self._out_bytes = 0
+
+    def _respond(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
+        """Answer the handshake with a short HTTP error and close."""
+        conn = H1Connection(self.server.defaults, self._write)
+        if headers:
+            body = (detail + "\n").encode()
+            conn.keep_alive = False
+            conn.start_response(self.request, status, [*headers, (b"content-type", b"text/plain; charset=utf-8")])
+            conn.send_body(body, True)
+        else:
+            self._write(conn.error_response(status, detail))
+        self._flush()
+        self.transport.close()
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_access(self, status: int) -> None:
+        if self.server.access_log:
+            scope = self.exchange.scope if self.exchange is not None else None
+            target = self.request.target.decode("latin-1") if scope is None else (
+                scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""))
+            access_logger.info('%s - "WebSocket %s" %d', self._client_text(), escape_log(target), status)
+
+    def _client_text(self) -> str:
+        client = self.info.client if self.info is not None else None
+        return f"{client[0]}:{client[1]}" if client else "-"
+
+    def __repr__(self) -> str:
+        return f"<WebSocketDriver {self._client_text()} {self.request.target!r}>"
