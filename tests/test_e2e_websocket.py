@@ -764,3 +764,26 @@ def test_cli_flags() -> None:
         (16 * 1024 * 1024, 20.0, 20.0, True)
     with pytest.raises(SystemExit):
         parse_args(["app:app", "--ws-max-size", "0"])
+
+
+# ---------------------------------------------------------------------------------------------- the demo app
+
+def test_demo_websocket_echo(run_server: Any) -> None:
+    from tidegate import demo
+
+    server = run_server(demo.app, lifespan="on")
+
+    async def main() -> None:
+        async with client(server, "/ws") as ws:
+            await ws.send("hello demo")
+            assert await ws.recv() == "hello demo"
+            await ws.send(b"\x01\x02")
+            assert await ws.recv() == b"\x01\x02"
+        with pytest.raises(InvalidStatus) as info:
+            async with client(server, "/elsewhere"):
+                pass
+        assert info.value.response.status_code == 403
+    run(main())
+    with RawClient(server.port) as page:
+        page.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert b'+ location.host + "/ws"' in page.read_response().body

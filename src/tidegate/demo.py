@@ -4,6 +4,7 @@
 - ``GET /json``    a JSON document describing the request
 - ``GET /events``  a Server-Sent Events clock, one event a second
 - ``POST /echo``   streams the request body back as it arrives
+- ``/ws``          a WebSocket echo: every message comes back as it was sent
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ code,pre{background:#f3f3f3;padding:.1rem .3rem}</style></head>
 <h2>Server-Sent Events</h2><p>Clock: <code id="clock">waiting…</code></p>
 <h2>Streamed upload echo</h2>
 <p><input id="text" value="hello tidegate"> <button id="send">POST /echo</button> <code id="echo"></code></p>
+<h2>WebSocket echo</h2>
+<p><input id="ws-text" value="hello over WebSocket"> <button id="ws-send">send</button>
+<code id="ws-state">connecting…</code> <code id="ws-echo"></code></p>
 <h2>Request as JSON</h2><pre id="json"></pre>
 <script>
 const clock = document.getElementById("clock");
@@ -32,6 +36,12 @@ document.getElementById("send").onclick = async () => {
   const r = await fetch("/echo", {method: "POST", body: document.getElementById("text").value});
   document.getElementById("echo").textContent = await r.text();
 };
+const wsState = document.getElementById("ws-state");
+const ws = new WebSocket((location.protocol === "https:" ? "wss://" : "ws://") + location.host + "/ws");
+ws.onopen = () => { wsState.textContent = "open"; ws.send("hello from the browser"); };
+ws.onmessage = (e) => { document.getElementById("ws-echo").textContent = e.data; };
+ws.onclose = (e) => { wsState.textContent = "closed (" + e.code + ")"; };
+document.getElementById("ws-send").onclick = () => ws.send(document.getElementById("ws-text").value);
 fetch("/json").then((r) => r.json()).then((j) => {
   document.getElementById("json").textContent = JSON.stringify(j, null, 2);
 });
@@ -49,6 +59,9 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+    if scope["type"] == "websocket":
+        await _websocket(scope, receive, send)
+        return
     if scope["type"] != "http":
         return
     path, method = scope["path"], scope["method"]
@@ -100,3 +113,20 @@ async def _clock(receive: Any, send: Any) -> None:
             await asyncio.wait([disconnected], timeout=1.0)
     finally:
         disconnected.cancel()
+
+
+async def _websocket(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if (await receive())["type"] != "websocket.connect":
+        return
+    if scope["path"] != "/ws":
+        await send({"type": "websocket.close"})  # answered with 403
+        return
+    await send({"type": "websocket.accept"})
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        if message.get("text") is not None:
+            await send({"type": "websocket.send", "text": message["text"]})
+        else:
+            await send({"type": "websocket.send", "bytes": message.get("bytes") or b""})
