@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -97,6 +98,27 @@ def test_stuck_in_a_library_names_the_application_frame(run_server, reports):
     assert "Stuck in app() at " + __file__ in message
     assert "threading.py" in message  # shown in the stack, innermost last
     assert message.index("in app") < message.index("threading.py")
+
+
+def test_request_handled_in_a_task_of_its_own(run_server, reports):
+    """Django runs each request in a new task: no exchange frame under it, the request object names it."""
+
+    class Request:
+        def __init__(self, scope: dict[str, Any]) -> None:
+            self.scope = scope
+
+    async def view(request: Request) -> None:
+        reports.seen.wait(WAIT)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await asyncio.get_running_loop().create_task(view(Request(scope)))
+        await send({"type": "http.response.start", "status": 204})
+        await send({"type": "http.response.body"})
+
+    server = run_server(app, warn_blocking=THRESHOLD)
+    assert httpx.delete(server.url + "/items/7", timeout=WAIT).status_code == 204
+    assert "while handling DELETE /items/7 from 127.0.0.1:" in reports.messages[0]
+    assert "Stuck in view() at " + __file__ in reports.messages[0]
 
 
 def test_blocking_outside_a_request(run_server, reports):

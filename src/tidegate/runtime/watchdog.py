@@ -79,14 +79,40 @@ def describe_scope(scope: Any) -> str | None:
     return escape_log(text)
 
 
+def _scope_in_frame(frame: FrameType) -> str | None:
+    """A request scope an application frame holds: a ``scope`` local, or the ``scope`` of ``request``/``self``.
+
+    Attributes are read from the instance dict only, so no property or ``__getattr__`` of the app runs here.
+    """
+    names = frame.f_locals
+    described = describe_scope(names.get("scope"))
+    if described is not None:
+        return described
+    for name in ("request", "self"):
+        try:
+            attributes = object.__getattribute__(names.get(name), "__dict__")
+        except AttributeError:
+            continue
+        if isinstance(attributes, dict):
+            described = describe_scope(attributes.get("scope"))
+            if described is not None:
+                return described
+    return None
+
+
 def analyse(frame: FrameType | None) -> tuple[str, list[FrameType]]:
-    """The loop thread's innermost frame → (what it is handling, the application frames outermost first)."""
+    """The loop thread's innermost frame → (what it is handling, the application frames outermost first).
+
+    The request is the one whose exchange is running (its ``run`` frame is on the stack).  An app that handles
+    each request in a task of its own (Django does) leaves no exchange frame under it: then the innermost
+    application frame that holds a scope names it.
+    """
     chain: list[FrameType] = []
     while frame is not None:
         chain.append(frame)
         frame = frame.f_back
     chain.reverse()
-    handling = "outside any request"
+    handling = None
     app_start = 0
     for index, f in enumerate(chain):
         code = f.f_code
@@ -99,7 +125,13 @@ def analyse(frame: FrameType | None) -> tuple[str, list[FrameType]]:
             handling = "during the application's lifespan"
             app_start = index + 1
     app_frames = [f for f in chain[app_start:] if not _is_internal(f.f_code.co_filename)]
-    return handling, app_frames
+    if handling is None:
+        for f in reversed(app_frames):
+            described = _scope_in_frame(f)
+            if described is not None:
+                handling = "while handling " + described
+                break
+    return handling or "outside any request", app_frames
 
 
 class Watchdog:
