@@ -1,0 +1,8 @@
+"""The WSGI entry point: ``tidegate --app-dir examples/django mysite.wsgi:application`` (no WebSocket)."""
+
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mysite.settings")
+application = get_wsgi_application()
