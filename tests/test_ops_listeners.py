@@ -73,7 +73,8 @@ def test_systemd_variables_for_another_process_are_ignored_and_removed():
     assert environ == {}
 
 
-def test_systemd_socket_activation(tmp_path):
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]])
+def test_systemd_socket_activation(workers):
     """A parent binds the socket and starts tidegate with it as fd 3 and LISTEN_PID/LISTEN_FDS set, as systemd does:
     tidegate serves on it without binding anything itself."""
     listener = socket.socket()
@@ -86,7 +87,8 @@ def test_systemd_socket_activation(tmp_path):
         f"os.dup2({fd}, 3)\n"
         f"os.close({fd})\n"
         "os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS='1')\n"
-        "os.execv(sys.executable, [sys.executable, '-m', 'tidegate', 'tests.ops_apps:app', '--port', '1'])\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'tidegate', 'tests.ops_apps:app', '--port', '1', "
+        f"{', '.join(repr(w) for w in workers)}])\n"
     )
     proc = Proc([], argv0=[sys.executable, "-c", launcher], pass_fds=(fd,))
     try:
@@ -94,8 +96,11 @@ def test_systemd_socket_activation(tmp_path):
         url = serving_url(proc)
         assert url == f"http://127.0.0.1:{port}"
         listener.close()  # only the server holds it now
+        if workers:
+            for _ in range(2):
+                proc.wait_for(r"worker \d+ \(pid \d+\) ready")
         response = get(f"http://127.0.0.1:{port}/")
-        assert response.json()["pid"] == proc.pid
+        assert (response.json()["pid"] == proc.pid) == (not workers)
     finally:
         code = proc.stop()
     assert code == 0, proc.output

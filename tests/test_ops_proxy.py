@@ -170,3 +170,18 @@ def test_through_a_server(run_server):
     server = run_server(ops_app)
     data = json.loads(httpx.get(server.url + "/", headers=headers, timeout=5).content)
     assert data["client"][0] == "127.0.0.1"
+
+
+def test_behind_a_proxy_on_a_unix_socket(run_server, tmp_path):
+    """nginx → unix socket: its headers are believed with --forwarded-allow-ips unix, as nginx writes them."""
+    path = str(tmp_path / "app.sock")
+    headers = {"x-forwarded-for": "6.6.6.6, 198.51.100.4", "x-forwarded-proto": "https", "host": "example.com"}
+    server = run_server(ops_app, uds=path, proxy_headers=True, forwarded_allow_ips="unix")
+    assert server.sockets
+    with httpx.Client(transport=httpx.HTTPTransport(uds=path), timeout=5) as client:
+        data = client.get("http://example.com/", headers=headers).json()
+    assert data["client"] == ["198.51.100.4", 0] and data["scheme"] == "https"
+    server = run_server(ops_app, uds=str(tmp_path / "b.sock"), proxy_headers=True)  # 127.0.0.1 only
+    with httpx.Client(transport=httpx.HTTPTransport(uds=str(tmp_path / "b.sock")), timeout=5) as client:
+        data = client.get("http://example.com/", headers=headers).json()
+    assert data["client"] is None and data["scheme"] == "http"
