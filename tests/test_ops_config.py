@@ -48,8 +48,21 @@ def get(config: Config, flat: str):
 
 
 def base_for(flat):
-    # max_requests is only meaningful with workers; everything else stands alone
-    return {"app": "a:b"} if flat != "app" else {}
+    """Other settings this one needs to be valid on its own (flat name → value)."""
+    base = {} if flat == "app" else {"app": "a:b"}
+    if flat.startswith("ssl_") and flat not in ("ssl_certfile", "ssl_min_version"):
+        base["ssl_certfile"] = "cert.pem"
+    if flat == "ssl_cert_reqs":
+        base["ssl_ca_certs"] = "ca.pem"
+    return base
+
+
+def as_args(settings):
+    decls = declarations()
+    args = []
+    for flat, value in settings.items():
+        args += [value] if flat == "app" else [decls[flat].flag, value]
+    return args
 
 
 @pytest.mark.parametrize("flat", sorted(declarations()))
@@ -57,8 +70,7 @@ def test_every_setting_has_a_flag_an_env_var_and_a_file_key(flat, tmp_path):
     decl = declarations()[flat]
     value, text, args = sample(decl)
     # the command line
-    argv = args + ([] if flat == "app" else ["a:b"])
-    assert get(parse_args(argv), flat) == value
+    assert get(parse_args(args + as_args(base_for(flat))), flat) == value
     # the environment
     resolved = resolve(base_for(flat), environ={env_name(flat): text}, cwd=tmp_path)
     assert get(resolved.config, flat) == value
