@@ -149,6 +149,19 @@ def test_connection_close_from_the_app(run_server: Any, loop: str) -> None:
         assert client.wait_closed() == b""
 
 
+@needs_curl
+def test_curl_reuses_the_connection_and_uploads_chunked(run_server: Any) -> None:
+    server = run_server(echo)
+    out = subprocess.run([CURL, "-sS", "-v", "--http1.1", server.url + "/a", server.url + "/b"],
+                         capture_output=True, timeout=20, check=True)
+    assert out.stdout == b""  # echo of two empty GET bodies
+    assert b"Re-using existing connection" in out.stderr
+    upload = b"line of text\n" * 5000
+    out = subprocess.run([CURL, "-sS", "--http1.1", "-T", "-", server.url + "/upload"], input=upload,
+                         capture_output=True, timeout=20, check=True)
+    assert out.stdout == upload
+
+
 # ---------------------------------------------------------------------------------------------------- methods
 
 
