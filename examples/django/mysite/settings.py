@@ -13,7 +13,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "example-only-not-secret-change-me-for-any-real-deployment")
 DEBUG = os.environ.get("DJANGO_DEBUG", "1") == "1"
-ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]", *filter(None, os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(","))]
+ALLOWED_HOSTS = ["127.0.0.1", "localhost", "[::1]",
+                 *filter(None, os.environ.get("DJANGO_ALLOWED_HOSTS", "").split(","))]
 
 INSTALLED_APPS = [
     # before django.contrib.staticfiles: its runserver serves through tidegate (HTTP, WebSocket, static files)
