@@ -342,7 +342,7 @@ class LineReader:
 
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SERVING = re.compile(r"serving on (?:http://\[?([^\]\s]*?)\]?:(\d+)|unix:(\S+))")
+SERVING = re.compile(r"serving on (?:https?://(\[[^\]]+\]|[^:\s]+):(\d+)|unix:(\S+))")
 
 
 class ServerProcess:

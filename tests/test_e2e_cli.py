@@ -224,3 +224,23 @@ def test_root_path_lifespan_and_access_log(server_process: Any) -> None:
     assert httpx.get(process.url + "/quiet", timeout=5).status_code == 200
     stop(process)
     assert "/quiet" not in process.stderr.text()
+
+
+def _has_ipv6() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _has_ipv6(), reason="no IPv6 loopback")
+def test_ipv6_host(server_process: Any) -> None:
+    process = server_process("tests.apps:scope_json", "--host", "::1", "--port", "0")
+    port = process.wait_serving()
+    assert f"serving on http://[::1]:{port}" in process.stderr.text()
+    scope = httpx.get(f"http://[::1]:{port}/six", timeout=5).json()
+    assert scope["server"] == ["::1", port]
+    assert scope["client"][0] == "::1" and scope["client_types"] == ["str", "int"]
+    stop(process)
