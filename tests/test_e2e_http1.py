@@ -260,6 +260,60 @@ def test_the_request_after_a_slow_one_is_not_lost(run_server: Any, loop: str) ->
         assert client.read_response().body == b"/fourth:"
 
 
+def test_an_invalid_request_is_answered_after_the_pipelined_ones_before_it(run_server: Any, loop: str) -> None:
+    started, release = Gate(), Gate()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["path"] == "/slow":
+            started.set()
+            await release.wait()
+        await pipeline_app(scope, receive, send)
+
+    server = run_server(app, loop=loop)
+    with RawClient(server.port) as client:
+        client.send(get("/slow") + post("/b", b"bee") + b"GET /c HTTP/1.1\r\n\r\n")  # /c has no Host: 400
+        started.wait_sync()
+        release.set()
+        assert client.read_response().body == b"GET /slow "
+        assert client.read_response().body == b"POST /b bee"
+        error = client.read_response()
+        assert error.status == 400 and error.header(b"connection") == b"close"
+        assert client.wait_closed() == b""
+
+
+@pytest.mark.parametrize("started_response", [False, True])
+def test_a_broken_request_body_tells_the_app(run_server: Any, loop: str, logs: LogRecords,
+                                             started_response: bool) -> None:
+    got_some, finished = Gate(), Gate()
+    messages: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if started_response:
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"streaming", "more_body": True})
+        while True:
+            messages.append(await asyncio.wait_for(receive(), 10))
+            got_some.set()
+            if messages[-1]["type"] == "http.disconnect":
+                break
+        finished.set()
+
+    server = run_server(app, loop=loop)
+    with RawClient(server.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nhost: t\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        got_some.wait_sync()
+        client.send(b"zz\r\n")  # not a chunk size
+        seen = client.wait_closed()
+    finished.wait_sync()
+    assert messages == [{"type": "http.request", "body": b"hello", "more_body": True}, {"type": "http.disconnect"}]
+    if started_response:
+        assert seen.count(b"HTTP/1.1") == 1 and b"streaming" in seen and not seen.endswith(b"0\r\n\r\n")
+    else:
+        assert seen.startswith(b"HTTP/1.1 400 Bad Request\r\n") and seen.count(b"HTTP/1.1") == 1
+    server.stop()
+    assert not [r for r in logs.records if r.levelno >= logging.WARNING]
+
+
 # ---------------------------------------------------------------------------------------------------- request bodies
 
 

@@ -204,12 +204,23 @@ class H1Driver(asyncio.Protocol):
 
     def _on_request_error(self, error: RequestError) -> None:
         logger.info("invalid request from %s: %s", self._client_text(), escape_log(error.detail))
-        if self.current is None:
+        current = self.current
+        if current is None:
             self._write_error(error.status, error.detail)
-        else:
-            # answer it once the request in progress is answered
-            self._pending_error = error
-            self.conn.keep_alive = False
+            return
+        last = self._last
+        if last is not None and not last.request_complete:
+            # the body being received is broken: that request will not be answered
+            if last is current:
+                current.on_disconnect()  # its app hears http.disconnect, its sends fail quietly
+                if self.conn.response_started:
+                    self.abort()
+                else:
+                    self._write_error(error.status, error.detail)
+                return
+            self.pipeline.pop()
+        # answer it once the requests before it are answered
+        self._pending_error = error
 
     def _on_upgrade(self, upgrade: Upgrade) -> None:
         request = self._upgrade_request
@@ -248,11 +259,6 @@ class H1Driver(asyncio.Protocol):
         self.current = None
         self.current_request = None
         self.task = None
-        if self._pending_error is not None:
-            error, self._pending_error = self._pending_error, None
-            self.conn.next_response()
-            self._write_error(error.status, error.detail)
-            return
         if not self.conn.keep_alive or not exchange.request_complete or self.shutting_down:
             self.transport.close()
             return
@@ -262,6 +268,8 @@ class H1Driver(asyncio.Protocol):
             if self.reading_paused and exchange.buffered <= self.server.request_buffer:
                 self.resume_reading()
             self._start(exchange, request)
+        elif self._pending_error is not None:
+            self._write_error(self._pending_error.status, self._pending_error.detail)
         elif self._eof:
             self.transport.close()
         else:
