@@ -550,6 +550,24 @@ def test_a_wrong_body_length_closes_the_connection(run_server: Any, loop: str, l
     assert f"GET {path}" in record.getMessage()
 
 
+def test_default_response_headers(run_server: Any) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        own = [(b"server", b"mine"), (b"date", b"Thu, 01 Jan 1970 00:00:00 GMT")] if scope["path"] == "/own" else []
+        await respond(send, body=b"x", headers=own)
+
+    server = run_server(app, headers=("x-extra: one", "x-more:two"))
+    with RawClient(server.port) as client:
+        client.send(get("/") + get("/own"))
+        plain = client.read_response()
+        assert plain.header(b"server") == b"tidegate"
+        assert plain.header(b"date") is not None and plain.header(b"date").endswith(b" GMT")
+        assert plain.header(b"x-extra") == b"one" and plain.header(b"x-more") == b"two"
+        own = client.read_response()
+        assert own.header(b"server") == b"mine"  # the app's own, and only one
+        assert own.header(b"date") == b"Thu, 01 Jan 1970 00:00:00 GMT"
+        assert own.header(b"x-extra") == b"one"
+
+
 # ---------------------------------------------------------------------------------------------------- streaming
 
 
@@ -738,7 +756,7 @@ def test_app_exception_before_start_gives_500_logged_once(run_server: Any, loop:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise RuntimeError("boom")
 
-    server = run_server(app, loop=loop)
+    server = run_server(app, loop=loop, access_log=True)
     with RawClient(server.port) as client:
         client.send(get("/explode?x=1"))
         response = client.read_response()
@@ -749,6 +767,8 @@ def test_app_exception_before_start_gives_500_logged_once(run_server: Any, loop:
     assert len(errors) == 1
     assert "GET /explode?x=1" in errors[0].getMessage()
     assert errors[0].exc_info is not None and str(errors[0].exc_info[1]) == "boom"
+    access = logs.messages("tidegate.access")
+    assert len(access) == 1 and '"GET /explode?x=1 HTTP/1.1" 500 ' in access[0]
 
 
 def test_app_exception_after_start_closes_the_connection(run_server: Any, loop: str, logs: LogRecords) -> None:
