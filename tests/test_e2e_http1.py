@@ -8,7 +8,9 @@ import logging
 import select
 import shutil
 import socket
+import struct
 import subprocess
+import threading
 from typing import Any
 
 import httpx
@@ -160,6 +162,28 @@ def test_curl_reuses_the_connection_and_uploads_chunked(run_server: Any) -> None
     out = subprocess.run([CURL, "-sS", "--http1.1", "-T", "-", server.url + "/upload"], input=upload,
                          capture_output=True, timeout=20, check=True)
     assert out.stdout == upload
+
+
+def test_many_concurrent_keep_alive_connections(run_server: Any, loop: str) -> None:
+    server = run_server(echo, loop=loop)
+    failures: list[str] = []
+
+    def client_thread(n: int) -> None:
+        try:
+            with RawClient(server.port, timeout=10) as client:
+                for i in range(10):
+                    body = b"%d-%d " % (n, i) * (i * 100 + 1)
+                    client.send(post("/", body))
+                    assert client.read_response().body == body
+        except Exception as exc:
+            failures.append(f"{n}: {exc!r}")
+
+    threads = [threading.Thread(target=client_thread, args=(n,)) for n in range(40)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not failures
 
 
 # ---------------------------------------------------------------------------------------------------- methods
@@ -653,7 +677,8 @@ def test_send_waits_while_the_client_does_not_read(run_server: Any, loop: str) -
 # ---------------------------------------------------------------------------------------------------- disconnect
 
 
-def test_http_disconnect_reaches_a_waiting_app(run_server: Any, loop: str, logs: LogRecords) -> None:
+@pytest.mark.parametrize("reset", [False, True])
+def test_http_disconnect_reaches_a_waiting_app(run_server: Any, loop: str, logs: LogRecords, reset: bool) -> None:
     streaming = Gate()
     finished = Gate()
     outcome: dict[str, Any] = {}
@@ -678,6 +703,8 @@ def test_http_disconnect_reaches_a_waiting_app(run_server: Any, loop: str, logs:
         client.send(get("/events"))
         client.read_until(b"data: hello\n\n\r\n")
         streaming.wait_sync()
+        if reset:  # close with an RST rather than a FIN
+            client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     finished.wait_sync(5)
     assert outcome["message"] == {"type": "http.disconnect"}
     assert isinstance(outcome["error"], OSError)
