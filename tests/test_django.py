@@ -140,6 +140,18 @@ def test_streaming_response(asgi: tuple[Proc, str]) -> None:
         assert response.read() == b"part 0\npart 1\npart 2\n"
 
 
+@pytest.mark.skipif(importlib.util.find_spec("tidegate.runtime.h2") is None,
+                    reason="this build of tidegate does not speak HTTP/2")
+def test_over_http2(asgi: tuple[Proc, str]) -> None:
+    _, url = asgi
+    with httpx.Client(base_url=url, http1=False, http2=True, timeout=WAIT) as client:
+        page = client.get("/")
+        assert page.http_version == "HTTP/2" and "Hello from Django on tidegate" in page.text
+        created = client.post("/notes/", content=json.dumps({"text": "over HTTP/2"}))
+        assert created.json()["notes"][0]["text"] == "over HTTP/2"
+        assert client.get("/stream/").content == b"part 0\npart 1\npart 2\n"
+
+
 def test_request_body(asgi: tuple[Proc, str]) -> None:
     _, url = asgi
     payload = os.urandom(1_500_000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import os
 import socket
@@ -629,6 +630,40 @@ def test_websocket_scope_is_refused():
         middleware.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tidegate.runtime.h2") is None,
+                    reason="this build of tidegate does not speak HTTP/2")
+def test_over_http2(run_server):
+    """The same adapter behind an HTTP/2 stream (cleartext, prior knowledge)."""
+    seen: dict[str, Any] = {}
+
+    def app(environ, start_response):
+        seen.update(environ)
+        size = len(environ["wsgi.input"].read())
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return iter([b"got ", str(size).encode()])
+
+    server = run_server(app)
+    with httpx.Client(base_url=server.url, http1=False, http2=True, timeout=WAIT) as client:
+        response = client.post("/h2?x=1", content=iter([b"a" * 70000, b"b" * 30000]))
+    assert response.http_version == "HTTP/2"
+    assert response.text == "got 100000"
+    assert seen["SERVER_PROTOCOL"] == "HTTP/2" and seen["PATH_INFO"] == "/h2" and seen["QUERY_STRING"] == "x=1"
+    assert seen["REQUEST_METHOD"] == "POST" and seen["HTTP_HOST"] == f"127.0.0.1:{server.port}"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tidegate.runtime.ws") is None,
+                    reason="this build of tidegate does not serve WebSocket")
+def test_websocket_to_a_wsgi_app_is_refused(run_server):
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    server = run_server(hello_app)
+    with pytest.raises(InvalidStatus) as refused:
+        connect(server.url.replace("http://", "ws://") + "/", open_timeout=WAIT)
+    assert refused.value.response.status_code == 403
+    assert httpx.get(server.url, timeout=WAIT).text == "Hello, WSGI!"
 
 
 def test_flask(run_server):
