@@ -91,6 +91,29 @@ def test_idle_keep_alive_connection_is_closed(run_server: Any, loop: str) -> Non
         assert client.wait_closed() == b""
 
 
+def test_a_request_head_must_come_within_the_keep_alive_timeout(run_server: Any, loop: str) -> None:
+    """The idle deadline is not pushed back by a few bytes (a slowloris client): only a whole request head ends it."""
+    server = run_server(hello, loop=loop, timeout_keep_alive=0.2)
+    with RawClient(server.port, timeout=5) as client:
+        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n")
+        assert client.wait_closed() == b""
+    with RawClient(server.port, timeout=5) as client:
+        client.send(get())
+        assert client.read_response().status == 200
+        client.send(b"GET / HTTP/1.1\r\n")
+        assert client.wait_closed() == b""
+
+
+def test_keep_alive_timer_does_not_cut_a_slow_upload(run_server: Any, loop: str) -> None:
+    server = run_server(echo, loop=loop, timeout_keep_alive=0.1)
+    with RawClient(server.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nhost: t\r\ncontent-length: 6\r\n\r\nabc")
+        ready, _, _ = select.select([client.sock], [], [], 0.5)  # several keep-alive periods
+        assert not ready
+        client.send(b"def")
+        assert client.read_response().body == b"abcdef"
+
+
 def test_keep_alive_timer_does_not_cut_a_slow_app(run_server: Any, loop: str) -> None:
     release = Gate()
     started = Gate()

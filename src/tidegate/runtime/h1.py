@@ -130,7 +130,6 @@ class H1Driver(asyncio.Protocol):
         self.server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
-        self._idle = False
         for event in self.conn.receive_data(data):
             kind = type(event)
             if kind is Request:
@@ -181,6 +180,7 @@ class H1Driver(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, request: Request) -> None:
+        self._idle = False
         if request.upgrade is not None and self.current is None and request.upgrade in self.server.upgrades:
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
@@ -275,8 +275,10 @@ class H1Driver(asyncio.Protocol):
         else:
             self._arm_idle_timer()
 
-    # The keep-alive deadline runs from the end of the last response.  Rather than cancel and re-arm a timer for
-    # every request, one timer per connection is armed lazily: when it fires early it re-arms for the rest.
+    # The keep-alive deadline runs from the end of the last response (or the connection's start) until a whole
+    # request head has come: bytes that trickle in do not push it back (a slowloris client).  Rather than cancel
+    # and re-arm a timer for every request, one timer per connection is armed lazily: when it fires early it
+    # re-arms for the rest.
 
     def _arm_idle_timer(self) -> None:
         loop = self.server.loop
