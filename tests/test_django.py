@@ -322,7 +322,8 @@ def test_runserver_reloads_on_code_changes(database: dict[str, str], tmp_path: P
         template = project / "notes" / "templates" / "notes" / "index.html"
         template.write_text(template.read_text().replace("Hello from Django", "Reloaded Django"))
         proc.wait_for(r"views\.py changed, reloading", start=mark)
-        url = serving_url(proc, start=mark)
+        changed = next(i for i, line in enumerate(proc.lines) if i >= mark and "views.py changed" in line)
+        url = serving_url(proc, start=changed)  # the server started after that change
         assert "Reloaded Django on tidegate" in httpx.get(url + "/", timeout=WAIT).text
     finally:
         if proc.proc.poll() is None:
