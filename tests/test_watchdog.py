@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import logging
 import threading
 import time
@@ -119,6 +120,36 @@ def test_request_handled_in_a_task_of_its_own(run_server, reports):
     assert httpx.delete(server.url + "/items/7", timeout=WAIT).status_code == 204
     assert "while handling DELETE /items/7 from 127.0.0.1:" in reports.messages[0]
     assert "Stuck in view() at " + __file__ in reports.messages[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tidegate.runtime.ws") is None,
+                    reason="this build of tidegate does not serve WebSocket")
+def test_reports_a_websocket_session(run_server, reports):
+    from websockets.sync.client import connect
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        assert scope["type"] == "websocket"
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        reports.seen.wait(WAIT)  # a blocking call while handling a message
+        await send({"type": "websocket.send", "text": message["text"]})
+
+    server = run_server(app, warn_blocking=THRESHOLD)
+    with connect(server.url.replace("http://", "ws://") + "/live?room=1", open_timeout=WAIT) as ws:
+        ws.send("ping")
+        assert ws.recv(WAIT) == "ping"
+    assert "while handling WebSocket /live?room=1 from 127.0.0.1:" in reports.messages[0]
+    assert "Stuck in app() at " + __file__ in reports.messages[0]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tidegate.runtime.h2") is None,
+                    reason="this build of tidegate does not speak HTTP/2")
+def test_reports_a_request_over_http2(run_server, reports):
+    server = run_server(make_blocking_app(reports), warn_blocking=THRESHOLD)
+    with httpx.Client(base_url=server.url, http1=False, http2=True, timeout=WAIT) as client:
+        assert client.get("/wait?h=2").status_code == 200
+    assert "while handling GET /wait?h=2 from 127.0.0.1:" in reports.messages[0]
 
 
 def test_blocking_outside_a_request(run_server, reports):
