@@ -138,6 +138,14 @@ async def lifespan_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         await scope_json(scope, receive, send)
 
 
+async def hanging_startup_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """Its lifespan startup never completes."""
+    if scope["type"] == "lifespan":
+        await receive()
+        print("lifespan: startup begun", flush=True)
+        await asyncio.Event().wait()
+
+
 async def slow_body_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """For shutdown tests in a subprocess: answers once the whole request body has come, whenever that is."""
     if scope["type"] == "lifespan":

@@ -152,3 +152,12 @@ def test_cli_shutdown_runs_when_serving_fails(server_process: Any) -> None:
     assert code != 0
     assert f"{port}" in process.stderr.text()  # the error names what could not be bound
     assert process.stdout.text() == "lifespan: startup\nlifespan: shutdown\n"
+
+
+def test_cli_a_signal_during_a_hanging_startup_stops(server_process: Any) -> None:
+    process = server_process("tests.apps:hanging_startup_app", "--port", "0")
+    process.stdout.wait_for("lifespan: startup begun")
+    process.signal(signal.SIGTERM)
+    assert process.wait() == 0
+    assert "stopping before the server started" in process.stderr.text()
+    assert "serving on" not in process.stderr.text()

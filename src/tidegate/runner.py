@@ -72,14 +72,24 @@ def run_config(config: Config, app: Any = None) -> int:
     loop = new_event_loop(config.app.loop)
     asyncio.set_event_loop(loop)
     stop = asyncio.Event()
-    main = loop.create_task(serve(app, config, shutdown_trigger=stop.wait))
+    serving = False
+
+    def on_started(sockets: list[Any]) -> None:
+        nonlocal serving
+        serving = True
+
+    main = loop.create_task(serve(app, config, shutdown_trigger=stop.wait, on_started=on_started))
     signals = 0
 
     def on_signal() -> None:
         nonlocal signals
         signals += 1
-        if signals == 1:
+        if signals == 1 and serving:
             stop.set()
+        elif signals == 1:
+            # still in lifespan startup, which may never end: nothing to drain yet
+            logger.info("stopping before the server started")
+            main.cancel()
         else:
             logger.warning("second signal: stopping now")
             main.cancel()
