@@ -11,6 +11,7 @@ Units: every duration is a float of seconds, every size an int of bytes.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +45,9 @@ def setting(default: Any, help: str, *, metavar: str | None = None, choices: tup
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a sequence default")
     return field(default=default, metadata=meta)
+
+
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 
 def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
@@ -126,11 +130,18 @@ class HTTPSettings:
 
     def validate(self) -> None:
         for item in self.headers:
-            name, sep, _ = item.partition(":")
+            name, sep, value = item.partition(":")
             if not sep or not name.strip():
                 raise ConfigError(f"header must look like NAME:VALUE, not {item!r}")
             if any(c in item for c in "\r\n\0"):
                 raise ConfigError(f"header must not contain CR, LF or NUL: {item!r}")
+            if not _TOKEN.fullmatch(name.strip()):
+                raise ConfigError(f"header name must be a token (letters, digits and !#$%&'*+-.^_`|~), not "
+                                  f"{name.strip()!r}")
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ConfigError(f"header value must be Latin-1 text: {item!r}") from None
 
     def header_pairs(self) -> list[tuple[bytes, bytes]]:
         pairs = []
@@ -366,14 +377,17 @@ class Config:
 
     @classmethod
     def from_flat(cls, **settings: Any) -> Config:
-        """Build a Config from flat keys as the CLI spells them (``port=0``, ``timeout_keep_alive=2.0``)."""
+        """Build a Config from flat keys as the CLI spells them (``port=0``, ``timeout_keep_alive=2.0``).
+
+        A value of the wrong type is a ConfigError naming the setting (an int serves for a float, a list of
+        strings for a tuple)."""
         grouped: dict[str, dict[str, Any]] = {name: {} for name, _ in GROUPS}
         index = flat_index()
         for key, value in settings.items():
             if key not in index:
                 raise ConfigError(f"unknown setting {key!r}")
             group, fname = index[key]
-            grouped[group][fname] = value
+            grouped[group][fname] = _typed(key, group, fname, value)
         return cls(**{name: kind(**grouped[name]) for name, kind in GROUPS})
 
     def replace(self, **settings: Any) -> Config:
@@ -384,9 +398,40 @@ class Config:
             if key not in index:
                 raise ConfigError(f"unknown setting {key!r}")
             group, fname = index[key]
-            changes.setdefault(group, {})[fname] = value
+            changes.setdefault(group, {})[fname] = _typed(key, group, fname, value)
         groups = {g: dataclasses.replace(getattr(self, g), **c) for g, c in changes.items()}
         return dataclasses.replace(self, **groups)
+
+
+def _typed(flat: str, group: str, fname: str, value: Any) -> Any:
+    """``value`` checked against the declared type of setting ``flat`` (and its choices)."""
+    declared = next(f for f in dataclasses.fields(dict(GROUPS)[group]) if f.name == fname)
+    annotation = str(declared.type)
+    kinds = {part.strip() for part in annotation.split("|")}
+    if value is None and "None" in kinds:
+        return None
+    if annotation.startswith("tuple"):
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        expected = "a list of strings"
+    elif "bool" in kinds:
+        if isinstance(value, bool):
+            return value
+        expected = "True or False"
+    elif "int" in kinds:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an int"
+    elif "float" in kinds:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    else:
+        choices = declared.metadata.get("choices") or ()
+        if isinstance(value, str) and (not choices or value in choices):
+            return value
+        expected = "one of " + ", ".join(repr(c) for c in choices) if choices else "a string"
+    raise ConfigError(f"{flat} must be {expected}, not {value!r}")
 
 
 def flat_index() -> dict[str, tuple[str, str]]:
