@@ -1,0 +1,263 @@
+"""Settings and the command line: every flag of the issue maps to its setting, bad values name it, Config is data."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import tidegate
+from tidegate.cli import build_parser, parse_args
+from tidegate.config import GROUPS, Config, ConfigError, flat_index
+
+APP = "tidegate.demo:app"
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No TIDEGATE_* variables and no config file in the working directory: only the command line counts."""
+    for name in list(os.environ):
+        if name.startswith("TIDEGATE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    yield
+
+
+def value(config: Config, flat: str) -> Any:
+    group, name = flat_index()[flat]
+    return getattr(getattr(config, group), name)
+
+
+def parse(*argv: str) -> Config:
+    return parse_args([APP, *argv])
+
+
+def usage_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    """The message of a command line refused with exit code 2."""
+    with pytest.raises(SystemExit) as info:
+        parse_args(list(argv))
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------- flags
+
+
+FLAGS = [
+    # (arguments, flat setting, value)
+    (["--host", "::1"], "host", "::1"),
+    (["--host", "0.0.0.0"], "host", "0.0.0.0"),
+    (["--port", "9000"], "port", 9000),
+    (["--port", "0"], "port", 0),
+    (["--uds", "/tmp/tidegate.sock"], "uds", "/tmp/tidegate.sock"),
+    (["--fd", "3"], "fd", 3),
+    (["--app-dir", "src"], "app_dir", "src"),
+    (["--factory"], "factory", True),
+    (["--root-path", "/api"], "root_path", "/api"),
+    (["--loop", "auto"], "loop", "auto"),
+    (["--loop", "asyncio"], "loop", "asyncio"),
+    (["--loop", "uvloop"], "loop", "uvloop"),
+    (["--lifespan", "auto"], "lifespan", "auto"),
+    (["--lifespan", "on"], "lifespan", "on"),
+    (["--lifespan", "off"], "lifespan", "off"),
+    (["--timeout-keep-alive", "2.5"], "timeout_keep_alive", 2.5),
+    (["--timeout-keep-alive", "10"], "timeout_keep_alive", 10.0),
+    (["--timeout-graceful-shutdown", "0"], "timeout_graceful_shutdown", 0.0),
+    (["--timeout-graceful-shutdown", "45"], "timeout_graceful_shutdown", 45.0),
+    (["--log-level", "critical"], "log_level", "critical"),
+    (["--log-level", "error"], "log_level", "error"),
+    (["--log-level", "warning"], "log_level", "warning"),
+    (["--log-level", "info"], "log_level", "info"),
+    (["--log-level", "debug"], "log_level", "debug"),
+    (["--log-level", "trace"], "log_level", "trace"),
+    (["--access-log"], "access_log", True),
+    (["--no-access-log"], "access_log", False),
+    (["--server-header"], "server_header", True),
+    (["--no-server-header"], "server_header", False),
+    (["--date-header"], "date_header", True),
+    (["--no-date-header"], "date_header", False),
+    (["--header", "X-Frame-Options:DENY"], "headers", ("X-Frame-Options:DENY",)),
+    (["--header", "X-A: 1", "--header", "x-b:two words"], "headers", ("X-A: 1", "x-b:two words")),
+    (["--port=8080"], "port", 8080),
+]
+
+
+@pytest.mark.parametrize(("argv", "flat", "expected"), FLAGS, ids=[" ".join(f[0]) for f in FLAGS])
+def test_each_flag_sets_its_setting(argv: list[str], flat: str, expected: Any) -> None:
+    config = parse(*argv)
+    assert value(config, flat) == expected
+    assert type(value(config, flat)) is type(expected)
+
+
+def test_the_app_argument() -> None:
+    assert parse_args(["main:api.app"]).app.app == "main:api.app"
+
+
+def test_defaults() -> None:
+    config = parse()
+    expected = {
+        "app": APP, "host": "127.0.0.1", "port": 8000, "uds": None, "fd": None, "app_dir": ".", "factory": False,
+        "root_path": "", "loop": "auto", "lifespan": "auto", "timeout_keep_alive": 5.0,
+        "timeout_graceful_shutdown": 30.0, "log_level": "info", "access_log": True, "server_header": True,
+        "date_header": True, "headers": (),
+    }
+    assert {flat: value(config, flat) for flat in expected} == expected
+    assert config == Config.from_flat(app=APP)
+
+
+def test_header_pairs_for_the_response() -> None:
+    config = parse("--header", "X-A: 1", "--header", "Cache-Control:no-store, private ")
+    assert config.http.header_pairs() == [(b"x-a", b"1"), (b"cache-control", b"no-store, private")]
+
+
+def test_every_setting_has_one_flag_and_the_help_lists_the_issues_flags(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    dests = {action.dest for action in parser._actions}
+    assert set(flat_index()) <= dests
+    with pytest.raises(SystemExit) as info:
+        parser.parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--host", "--port", "--uds", "--fd", "--app-dir", "--factory", "--root-path", "--loop",
+                 "--lifespan", "--timeout-keep-alive", "--timeout-graceful-shutdown", "--log-level",
+                 "--access-log", "--no-access-log", "--server-header", "--no-server-header", "--date-header",
+                 "--no-date-header", "--header", "--version", "--help"):
+        assert flag in text, flag
+
+
+def test_flat_names_are_unique_across_groups() -> None:
+    names = [kind.PREFIX + f.name for _, kind in GROUPS for f in dataclasses.fields(kind)]
+    assert len(names) == len(set(names))
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse_args(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tidegate {tidegate.__version__}"
+
+
+@pytest.mark.parametrize("command", [[sys.executable, "-m", "tidegate"]], ids=["python -m tidegate"])
+def test_the_module_runs_the_cli(command: list[str], tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+    done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                          env=env, check=False)
+    assert (done.returncode, done.stdout.strip()) == (0, f"tidegate {tidegate.__version__}")
+    done = subprocess.run([*command, "--port", "nope", APP], capture_output=True, text=True, timeout=30,
+                          cwd=tmp_path, env=env, check=False)
+    assert done.returncode == 2
+    assert "--port" in done.stderr and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- bad values
+
+
+BAD_ARGS = [
+    # (arguments, what the message must name)
+    ([APP, "--port", "http"], "--port"),
+    ([APP, "--port", "70000"], "port"),
+    ([APP, "--port", "-1"], "port"),
+    ([APP, "--fd", "three"], "--fd"),
+    ([APP, "--fd", "-1"], "fd"),
+    ([APP, "--timeout-keep-alive", "soon"], "--timeout-keep-alive"),
+    ([APP, "--timeout-keep-alive", "0"], "timeout_keep_alive"),
+    ([APP, "--timeout-keep-alive", "-5"], "timeout_keep_alive"),
+    ([APP, "--timeout-graceful-shutdown", "-1"], "timeout_graceful_shutdown"),
+    ([APP, "--loop", "tokio"], "--loop"),
+    ([APP, "--lifespan", "sometimes"], "--lifespan"),
+    ([APP, "--log-level", "verbose"], "--log-level"),
+    ([APP, "--root-path", "api"], "root_path"),
+    ([APP, "--root-path", "/api/"], "root_path"),
+    ([APP, "--header", "no-colon"], "header"),
+    ([APP, "--header", ":value"], "header"),
+    ([APP, "--header", "Bad Name:1"], "header"),
+    ([APP, "--header", "X-A:a\r\nInjected: 1"], "header"),
+    ([APP, "--header", "X-A:\u65e5\u672c"], "header"),
+    ([APP, "--no-such-flag"], "--no-such-flag"),
+    ([APP, "--access-log=yes"], "--access-log"),
+    ([], "APP"),
+]
+
+
+@pytest.mark.parametrize(("argv", "named"), BAD_ARGS, ids=[" ".join(a[1:]) or "no APP" for a, _ in BAD_ARGS])
+def test_bad_values_are_usage_errors_naming_the_setting(capsys: pytest.CaptureFixture[str], argv: list[str],
+                                                        named: str) -> None:
+    message = usage_error(capsys, *argv)
+    assert named in message
+    assert "Traceback" not in message
+
+
+BAD_FLAT = [
+    ({"port": "80"}, "port"),
+    ({"port": True}, "port"),
+    ({"port": 8000.0}, "port"),
+    ({"fd": "3"}, "fd"),
+    ({"timeout_keep_alive": "5"}, "timeout_keep_alive"),
+    ({"timeout_keep_alive": False}, "timeout_keep_alive"),
+    ({"access_log": "yes"}, "access_log"),
+    ({"access_log": 1}, "access_log"),
+    ({"lifespan": "sometimes"}, "lifespan"),
+    ({"loop": "tokio"}, "loop"),
+    ({"log_level": "verbose"}, "log_level"),
+    ({"log_level": "INFO"}, "log_level"),
+    ({"host": None}, "host"),
+    ({"uds": 5}, "uds"),
+    ({"headers": "X-A:1"}, "headers"),
+    ({"headers": [b"X-A:1"]}, "headers"),
+    ({"headers": ("Bad Name:1",)}, "header"),
+    ({"root_path": "api"}, "root_path"),
+]
+
+
+@pytest.mark.parametrize(("settings", "named"), BAD_FLAT, ids=[repr(s) for s, _ in BAD_FLAT])
+def test_bad_values_from_python_name_the_setting(settings: dict[str, Any], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Config.from_flat(**settings)
+    with pytest.raises(ConfigError, match=named):
+        Config().replace(**settings)
+
+
+def test_from_python_an_int_serves_for_a_float_and_a_list_for_a_tuple() -> None:
+    config = Config.from_flat(timeout_keep_alive=10, headers=["X-A:1"])
+    assert value(config, "timeout_keep_alive") == 10.0 and type(value(config, "timeout_keep_alive")) is float
+    assert value(config, "headers") == ("X-A:1",)
+    hash(config)
+
+
+@pytest.mark.parametrize("key", ["nope", "keep_alive", "timeout-keep-alive", "bind_host", "Port"])
+def test_unknown_keys_are_refused(key: str) -> None:
+    with pytest.raises(ConfigError, match=f"unknown setting '{key}'"):
+        Config.from_flat(**{key: 1})
+    with pytest.raises(ConfigError, match=f"unknown setting '{key}'"):
+        Config().replace(**{key: 1})
+
+
+# ---------------------------------------------------------------------------------------------------- Config is data
+
+
+def test_config_pickles() -> None:
+    config = Config.from_flat(app="m:app", port=0, host="::1", timeout_keep_alive=2.0, lifespan="on",
+                              headers=("X-A:1",), access_log=False, root_path="/api")
+    copy = pickle.loads(pickle.dumps(config))
+    assert copy == config
+    assert copy.http.header_pairs() == [(b"x-a", b"1")]
+
+
+def test_config_is_frozen_and_replace_makes_a_copy() -> None:
+    config = Config.from_flat(port=1234)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.bind.port = 1  # type: ignore[misc]
+    changed = config.replace(port=0, timeout_keep_alive=1.5, access_log=False)
+    assert (changed.bind.port, changed.timeouts.keep_alive, changed.logging.access_log) == (0, 1.5, False)
+    assert (config.bind.port, config.timeouts.keep_alive, config.logging.access_log) == (1234, 5.0, True)
+    assert changed.bind.host == config.bind.host
+    with pytest.raises(ConfigError, match="port"):
+        config.replace(port=-1)
+
