@@ -699,6 +699,7 @@ def test_informational_refuses_bad_headers_and_comes_only_before_the_response() 
         H1Connection().informational(103, [(b"bad name", b"a")])
     sink = Sink()
     sink.conn.start_response(request(), 200, [])
+    sink.conn.send_body(b"head and a first piece are out", False)
     with pytest.raises(ProtocolError):
         sink.conn.informational(100)
 
