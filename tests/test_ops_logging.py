@@ -63,7 +63,8 @@ def test_format_through_a_server(run_server, caplog):
     server = run_server(ops_app, access_log=True,
                         access_log_format="{client_addr} {method} {target} {status} {header:x-trace} pid={pid}")
     httpx.get(server.url + "/status/418?q=1", headers={"x-trace": "abc"}, timeout=5)
-    lines = [r.getMessage() for r in caplog.records if r.name == "tidegate.access"]
+    # the line is written once the response is, in the server's thread
+    lines = wait_until(lambda: [r.getMessage() for r in caplog.records if r.name == "tidegate.access"])
     assert lines == [f"127.0.0.1 GET /status/418?q=1 418 abc pid={os.getpid()}"]
 
 
@@ -71,7 +72,7 @@ def test_default_line_is_unchanged(run_server, caplog):
     caplog.set_level(logging.INFO, logger="tidegate.access")
     server = run_server(ops_app, access_log=True)
     httpx.get(server.url + "/status/204", timeout=5)
-    (line,) = [r.getMessage() for r in caplog.records if r.name == "tidegate.access"]
+    (line,) = wait_until(lambda: [r.getMessage() for r in caplog.records if r.name == "tidegate.access"])
     assert '"GET /status/204 HTTP/1.1" 204' in line
 
 
