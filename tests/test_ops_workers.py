@@ -263,3 +263,12 @@ def test_workers_stop_when_the_supervisor_is_killed(supervisor):
     proc.signal(signal.SIGKILL)
     proc.wait()
     wait_until(lambda: not any(alive(pid) for pid in pids))
+
+
+def test_max_requests_alone_runs_one_supervised_worker(supervisor):
+    proc = supervisor("--max-requests", "2")
+    url = serving_url(proc)
+    ready_pids(proc, 1)
+    pids = {get(url + "/").json()["pid"] for _ in range(4)}
+    assert len(pids) >= 2 and proc.pid not in pids
+    assert proc.stop() == 0

@@ -10,16 +10,18 @@ __all__ = ["run", "run_config", "uses_supervisor"]
 
 
 def uses_supervisor(config: Config) -> bool:
-    """Worker processes, reload and the metrics endpoint are run by a supervising parent process."""
-    return config.workers.workers is not None or config.reload.reload or config.metrics.bind is not None
+    """Worker processes (also for --max-requests alone), reload and the metrics endpoint are run by a
+    supervising parent process."""
+    return (config.workers.workers is not None or config.workers.max_requests > 0 or config.reload.reload
+            or config.metrics.bind is not None)
 
 
 def run_config(config: Config, app: Any = None) -> int:
     """Serve as ``config`` says; return the process exit code."""
     if uses_supervisor(config):
         if app is not None:
-            raise ConfigError("workers, reload and metrics_bind need the app as an import string ('module:attr'), "
-                              "since each worker process imports it")
+            raise ConfigError("workers, max_requests, reload and metrics_bind need the app as an import string "
+                              "('module:attr'), since each worker process imports it")
         from .supervisor import supervise
 
         return supervise(config)
