@@ -171,15 +171,17 @@ def test_off_by_default_installs_nothing(run_server):
         return [t for t in threading.enumerate() if t.name == "tidegate-watchdog"]
 
     assert not watchdogs()
-    server = run_server(make_blocking_app(Reports()))
+    def heartbeats(server: Any) -> list[Any]:
+        return [h for h in list(server.loop._scheduled) if "_beat" in repr(h)]  # asyncio's timer heap
+
+    server = run_server(make_blocking_app(Reports()), loop="asyncio")
     assert httpx.get(server.url + "/fast", timeout=WAIT).status_code == 200
     assert not watchdogs()
-    assert server.loop is not None
-    handles = getattr(server.loop, "_scheduled", [])  # asyncio's timer heap, when the loop is asyncio's
-    assert not any("_beat" in repr(h) for h in handles)
-    on = run_server(make_blocking_app(Reports()), warn_blocking=5.0)
+    assert heartbeats(server) == []
+    on = run_server(make_blocking_app(Reports()), warn_blocking=5.0, loop="asyncio")
     assert httpx.get(on.url + "/fast", timeout=WAIT).status_code == 200
     assert len(watchdogs()) == 1
+    assert len(heartbeats(on)) == 1
     on.stop()
     assert not watchdogs()
 
