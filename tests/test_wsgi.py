@@ -86,7 +86,7 @@ def test_settings():
         Config.from_flat(threads=0)
     with pytest.raises(ConfigError, match="warn_blocking"):
         Config.from_flat(warn_blocking=-1.0)
-    assert default_threads() == min(64, 10 * (os.cpu_count() or 1))
+    assert default_threads() == min(64, 10 * len(os.sched_getaffinity(0)))
 
 
 def test_cli_flags():

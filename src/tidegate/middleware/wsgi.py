@@ -42,8 +42,12 @@ MAX_DEFAULT_THREADS = 64
 
 
 def default_threads() -> int:
-    """Threads for a WSGI app when ``--threads`` is not given: 10 per core, at most 64."""
-    return min(MAX_DEFAULT_THREADS, 10 * (os.cpu_count() or 1))
+    """Threads for a WSGI app when ``--threads`` is not given: 10 per core this process may run on, at most 64."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - platforms without CPU affinity
+        cores = os.cpu_count() or 1
+    return min(MAX_DEFAULT_THREADS, 10 * max(cores, 1))
 
 
 def is_wsgi_app(app: Any) -> bool:
