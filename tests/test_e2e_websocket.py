@@ -535,6 +535,36 @@ def test_permessage_deflate_context_takeover_parameters(run_server: Any, params:
     run(main())
 
 
+def test_compression_state_released_on_each_keepalive_tick_stays_valid(run_server: Any) -> None:
+    """The server drops its zlib objects at every ping; its compressed echoes still decode with the client's
+    one long-lived decompressor, and the client's compressed messages with context takeover still arrive."""
+    server = run_server(echo_app(Recorder()), ws_ping_interval=0.02, ws_ping_timeout=5)
+    inflater = zlib.decompressobj(wbits=-12)
+    deflater = zlib.compressobj(wbits=-9)
+    with RawWS(server.port) as raw:
+        status, headers = raw.handshake(
+            extra=b"Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits=9\r\n")
+        assert status == 101
+        assert dict(headers)[b"sec-websocket-extensions"] == (b"permessage-deflate; server_max_window_bits=12; "
+                                                               b"client_max_window_bits=9")
+        for i in range(6):
+            message = f"tick {i % 2}: " + "the same words again and again " * 4
+            compressed = deflater.compress(message.encode()) + deflater.flush(zlib.Z_SYNC_FLUSH)
+            raw.send(masked(compressed[:-4], 0xC1))
+            while True:
+                b0, payload = raw.read_frame()
+                if b0 == 0x89:
+                    raw.send(masked(payload, 0x8A))
+                    continue
+                assert b0 == 0xC1  # compressed text
+                assert inflater.decompress(payload + b"\x00\x00\xff\xff").decode() == message
+                break
+            # let a keepalive tick (and its compaction) pass before the next message
+            b0, payload = raw.read_frame()
+            assert b0 == 0x89
+            raw.send(masked(payload, 0x8A))
+
+
 def test_permessage_deflate_can_be_disabled(run_server: Any) -> None:
     server = run_server(echo_app(Recorder()), ws_per_message_deflate=False)
 

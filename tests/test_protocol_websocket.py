@@ -625,3 +625,61 @@ def test_agrees_with_websockets_parser(frames, rnd):
         return
     assert messages == expected_messages
     assert code == expected_code
+
+
+@pytest.mark.parametrize("params", [
+    {},
+    {"client_max_window_bits": True},
+    {"server_max_window_bits": 9, "client_max_window_bits": 9},
+    {"server_no_context_takeover": True},
+    {"client_no_context_takeover": True},
+])
+def test_compact_between_messages_keeps_the_stream_valid(params):
+    """Dropping the zlib objects and rebuilding them from the window of history is invisible to the peer."""
+    pair = connect(extensions=deflate_client(**params))
+    deflate = pair.session.deflate
+    assert deflate is not None
+    # repetitive messages, so that each one refers back into the ones before it
+    messages = [f"event {i % 7}: " + "tidegate websocket " * (i % 5 + 1) + os.urandom(8).hex() for i in range(60)]
+    for i, message in enumerate(messages):
+        pair.session.send_text(message)
+        pair.client.send_text(message.encode())
+        assert pair.to_server() == [message]
+        if i % 3 == 0:
+            pair.session.compact()
+            assert deflate.idle
+    frames = pair.to_client()
+    assert [f.data.decode() for f in frames] == messages
+    # and history longer than a window
+    big = os.urandom(6000).hex()
+    pair.session.send_text(big)
+    pair.session.compact()
+    pair.session.send_text(big[-3000:])
+    pair.client.send_text(big.encode())
+    pair.to_server()
+    pair.session.compact()
+    pair.client.send_text(big[-3000:].encode())
+    assert pair.to_server() == [big[-3000:]]
+    assert [f.data.decode() for f in pair.to_client()] == [big, big[-3000:]]
+
+
+def test_compact_keeps_a_compressed_message_being_received():
+    pair = connect(extensions=deflate_client())
+    compressor = zlib.compressobj(wbits=-12)
+    data = compressor.compress(b"fragmented " * 100) + compressor.flush(zlib.Z_SYNC_FLUSH)
+    assert pair.to_server(masked(data[:10], 0x41)) == []
+    pair.session.compact()
+    assert pair.to_server(masked(data[10:-4], 0x80)) == ["fragmented " * 100]
+
+
+def test_compact_keeps_the_history():
+    pair = connect(extensions=deflate_client())
+    message = os.urandom(1500).hex()  # 3000 bytes that do not compress on their own
+    pair.session.send_text(message)
+    first = len(b"".join(pair.out))
+    pair.to_client()
+    pair.session.compact()
+    pair.session.send_text(message)
+    second = len(b"".join(pair.out))
+    assert second < first / 10  # a back-reference to the previous message, across the compaction
+    assert [f.data.decode() for f in pair.to_client()] == [message]

@@ -209,6 +209,8 @@ class WebSocketDriver(asyncio.Protocol):
         self._ping_timer = None
         if self.session.state != OPEN or self._lost:
             return
+        # once per interval, release the compression state (rebuilt from its history by the next message)
+        self.session.compact()
         if self._ping_payload is None:
             self._ping_count += 1
             payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
