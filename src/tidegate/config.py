@@ -163,11 +163,30 @@ class TimeoutSettings:
     worker_healthcheck: float = setting(
         10.0, "Replace a worker process whose event loop has not answered the supervisor for this long.",
         metavar="SECONDS")
+    request_header: float = setting(
+        30.0, "A request head must be complete this long after its first byte (not pushed back by further "
+        "bytes); else 408 and the connection closes.", metavar="SECONDS")
+    request_body: float = setting(
+        60.0, "Longest wait for the next piece of a request body the app is reading; past it the app gets "
+        "http.disconnect and the client 408 (if no response started).", metavar="SECONDS")
+    write: float = setting(
+        60.0, "Drop a connection whose client has not taken the response bytes we queued for this long.",
+        metavar="SECONDS")
+    tls_handshake: float = setting(10.0, "Drop a connection whose TLS handshake has not completed in this long.",
+                                   metavar="SECONDS")
+    ws_handshake: float = setting(
+        10.0, "The app must accept or refuse a WebSocket within this long of its request; else 503 and the app "
+        "gets websocket.disconnect.", metavar="SECONDS")
 
     def validate(self) -> None:
         _positive("timeout_keep_alive", self.keep_alive)
         _positive("timeout_graceful_shutdown", self.graceful_shutdown, zero_ok=True)
         _positive("timeout_worker_healthcheck", self.worker_healthcheck)
+        _positive("timeout_request_header", self.request_header)
+        _positive("timeout_request_body", self.request_body)
+        _positive("timeout_write", self.write)
+        _positive("timeout_tls_handshake", self.tls_handshake)
+        _positive("timeout_ws_handshake", self.ws_handshake)
 
 
 @dataclass(frozen=True)
@@ -180,10 +199,32 @@ class LimitSettings:
         metavar="BYTES")
     pipeline_depth: int = setting(
         16, "Pipelined requests queued per connection before reading from it pauses.", metavar="N")
+    request_line: int = setting(8192, "Longest request target; a longer one is answered 414.", metavar="BYTES")
+    request_headers: int = setting(
+        65536, "Largest request header section (names, values and their separators); larger is answered 431.",
+        metavar="BYTES")
+    request_header_count: int = setting(100, "Most request header fields; more are answered 431.", metavar="N")
+    request_body: int = setting(
+        1024 ** 3, "Largest request body; a larger Content-Length is answered 413 before the body is read, a "
+        "longer chunked body ends the request (413 if no response started). 0: no limit.", metavar="BYTES")
+    concurrency: int | None = setting(
+        None, "Requests handled at once by each process; more are answered 503 with Retry-After "
+        "[default: no limit].", metavar="N")
+    connections: int | None = setting(
+        None, "Open connections per process; at the limit it stops accepting and the kernel's listen backlog "
+        "holds new ones [default: no limit].", metavar="N")
 
     def validate(self) -> None:
         _positive("limit_request_buffer", self.request_buffer)
         _positive("limit_pipeline_depth", self.pipeline_depth)
+        _positive("limit_request_line", self.request_line)
+        _positive("limit_request_headers", self.request_headers)
+        _positive("limit_request_header_count", self.request_header_count)
+        _positive("limit_request_body", self.request_body, zero_ok=True)
+        if self.concurrency is not None:
+            _positive("limit_concurrency", self.concurrency)
+        if self.connections is not None:
+            _positive("limit_connections", self.connections)
 
 
 @dataclass(frozen=True)
