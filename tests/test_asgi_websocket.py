@@ -249,6 +249,26 @@ def test_send_after_the_client_left_raises_an_oserror():
     run(main())
 
 
+def test_session_ending_while_being_accepted():
+    async def main() -> None:
+        exchange, stream = make()
+        await exchange.receive()
+        original = stream.accept
+
+        def accept_then_close(subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+            original(subprotocol, headers)
+            exchange.on_close(1001, "server shutting down")
+
+        stream.accept = accept_then_close  # type: ignore[method-assign]
+        await exchange.send({"type": "websocket.accept"})
+        assert exchange.status == 101
+        assert await exchange.receive() == {"type": "websocket.disconnect", "code": 1001,
+                                            "reason": "server shutting down"}
+        with pytest.raises(ClientDisconnected):
+            await exchange.send({"type": "websocket.send", "text": "x"})
+    run(main())
+
+
 def test_disconnect_during_the_handshake():
     async def main() -> None:
         exchange, _ = make()

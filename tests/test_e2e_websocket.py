@@ -439,6 +439,45 @@ def test_server_shutdown_is_1001_after_the_app_got_disconnect(run_server: Any, l
     assert ("send after close", "ClientDisconnected") in rec.events
 
 
+def test_shutdown_while_the_app_decides(run_server: Any, logs: LogRecords) -> None:
+    """A session accepted after the shutdown began is closed with 1001 at once, the app told first."""
+    deciding, decide = Gate(), Gate()
+    rec = Recorder()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        deciding.set()
+        await decide.wait(TIMEOUT)
+        await send({"type": "websocket.accept"})
+        rec.events.append(await receive())
+        try:
+            await send({"type": "websocket.send", "text": "too late"})
+        except OSError as exc:
+            rec.events.append(type(exc).__name__)
+        rec.done.set()
+
+    server = run_server(app)
+
+    async def open_client() -> Any:
+        return await client(server)
+
+    async def main() -> None:
+        opening = asyncio.ensure_future(open_client())
+        await asyncio.to_thread(deciding.wait_sync)
+        server.request_stop()
+        await asyncio.to_thread(logs.wait_for, lambda r: r.getMessage() == "shutting down")
+        decide.set()
+        ws = await opening
+        with pytest.raises(ConnectionClosed) as info:
+            await ws.recv()
+        assert info.value.rcvd is not None and info.value.rcvd.code == 1001
+        await ws.close()
+    run(main())
+    rec.done.wait_sync()
+    assert rec.events == [{"type": "websocket.disconnect", "code": 1001, "reason": "server shutting down"},
+                          "ClientDisconnected"]
+
+
 def test_close_timeout_when_the_client_never_answers(run_server: Any) -> None:
     rec = Recorder()
     server = run_server(echo_app(rec), ws_close_timeout=0.2)

@@ -239,8 +239,9 @@ class WebSocketExchange:
             self.stream.accept(subprotocol, headers)
         except ProtocolError as exc:
             raise ASGIError(f"invalid 'websocket.accept': {exc}") from None
-        self._state = _OPEN
         self.status = 101
+        if self._state == _HANDSHAKE:  # the session may have ended at once (bytes already received, shutdown)
+            self._state = _OPEN
 
     # ------------------------------------------------------------------ running the app
 
