@@ -7,7 +7,7 @@ from typing import Any
 import h11
 import pytest
 
-from tidegate.protocol.events import Data, EndOfMessage, ProtocolError, Request, RequestError, Upgrade
+from tidegate.protocol.events import Data, EndOfMessage, Preface, ProtocolError, Request, RequestError, Upgrade
 from tidegate.protocol.http1 import H1Connection, ResponseDefaults, status_line
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -342,8 +342,14 @@ def test_other_major_versions_get_505(version: bytes) -> None:
     assert error_status(b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n") == 505
 
 
-def test_http2_prior_knowledge_preface_gets_505() -> None:
-    assert error_status(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") == 505
+def test_http2_prior_knowledge_preface_is_handed_to_the_driver() -> None:
+    # the driver switches to HTTP/2 (or answers 505 when it does not speak it): the event carries every byte
+    frames = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    for chunks in ([b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames], [b"PRI * HTT", b"P/2.0\r\n\r\nSM\r\n\r\n" + frames]):
+        conn = H1Connection()
+        events = [event for chunk in chunks for event in conn.receive_data(chunk)]
+        assert len(events) == 1 and isinstance(events[0], Preface)
+        assert events[0].data == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames
 
 
 def test_upgrade_request_carries_the_token_and_the_bytes_after_the_head() -> None:

@@ -20,13 +20,16 @@ __all__ = [
     "BindSettings",
     "Config",
     "ConfigError",
+    "HTTP2Settings",
     "HTTPSettings",
     "LimitSettings",
     "LoggingSettings",
     "MetricsSettings",
+    "ProtocolSettings",
     "ProxySettings",
     "ReloadSettings",
     "SyncSettings",
+    "TLSSettings",
     "TimeoutSettings",
     "WebSocketSettings",
     "WorkerSettings",
@@ -376,6 +379,63 @@ class WebSocketSettings:
         _positive("ws_close_timeout", self.close_timeout)
 
 
+@dataclass(frozen=True)
+class ProtocolSettings:
+    """Which HTTP versions to speak."""
+
+    PREFIX = ""
+    http: Literal["auto", "1", "2"] = setting(
+        "auto", "HTTP versions: 'auto' speaks HTTP/1.1 and HTTP/2 (chosen by TLS ALPN; on cleartext by the HTTP/2 "
+        "preface or 'Upgrade: h2c'), '1' only HTTP/1.1, '2' only HTTP/2.", choices=("auto", "1", "2"))
+
+
+@dataclass(frozen=True)
+class HTTP2Settings:
+    """HTTP/2."""
+
+    PREFIX = "h2_"
+    max_concurrent_streams: int = setting(
+        100, "Streams one HTTP/2 connection may have open at once (also bounds the apps still running for "
+        "streams the client reset).", metavar="N")
+    max_header_list_size: int = setting(
+        65536, "Largest HTTP/2 request header list (RFC 9113 size: names + values + 32 per field); larger is "
+        "answered 431, twice as large ends the connection.", metavar="BYTES")
+
+    def validate(self) -> None:
+        _positive("h2_max_concurrent_streams", self.max_concurrent_streams)
+        _positive("h2_max_header_list_size", self.max_header_list_size)
+
+
+@dataclass(frozen=True)
+class TLSSettings:
+    """TLS."""
+
+    PREFIX = "ssl_"
+    certfile: str | None = setting(None, "Serve HTTPS with this certificate chain (PEM; may include the key).",
+                                   metavar="PATH")
+    keyfile: str | None = setting(None, "The private key of --ssl-certfile (PEM).", metavar="PATH")
+    keyfile_password: str | None = setting(None, "Password of an encrypted --ssl-keyfile.", metavar="PASSWORD")
+    ca_certs: str | None = setting(None, "CA certificates (PEM) that client certificates are checked against.",
+                                   metavar="PATH")
+    cert_reqs: Literal["none", "optional", "required"] = setting(
+        "none", "Ask clients for a certificate: 'optional' checks one if given, 'required' refuses clients "
+        "without one (needs --ssl-ca-certs).", choices=("none", "optional", "required"))
+    ciphers: str | None = setting(None, "OpenSSL cipher list for TLS 1.2 [default: Python's].", metavar="CIPHERS")
+    min_version: Literal["1.2", "1.3"] = setting("1.2", "Oldest TLS version accepted.", choices=("1.2", "1.3"))
+
+    def problem(self) -> str | None:
+        """Why these settings cannot make a TLS context (checked when serving: each may be set on its own)."""
+        if self.certfile is None:
+            for name in ("keyfile", "keyfile_password", "ca_certs", "ciphers"):
+                if getattr(self, name) is not None:
+                    return f"ssl_{name} needs ssl_certfile"
+            if self.cert_reqs != "none":
+                return "ssl_cert_reqs needs ssl_certfile"
+        if self.cert_reqs != "none" and self.ca_certs is None:
+            return f"ssl_cert_reqs {self.cert_reqs!r} needs ssl_ca_certs"
+        return None
+
+
 GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("app", AppSettings),
     ("bind", BindSettings),
@@ -389,6 +449,9 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("metrics", MetricsSettings),
     ("sync", SyncSettings),
     ("websocket", WebSocketSettings),
+    ("protocols", ProtocolSettings),
+    ("h2", HTTP2Settings),
+    ("tls", TLSSettings),
 )
 
 
@@ -408,6 +471,9 @@ class Config:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
+    protocols: ProtocolSettings = field(default_factory=ProtocolSettings)
+    h2: HTTP2Settings = field(default_factory=HTTP2Settings)
+    tls: TLSSettings = field(default_factory=TLSSettings)
 
     def __post_init__(self) -> None:
         for name, _ in GROUPS:

@@ -33,6 +33,7 @@ from .events import (
     EndOfMessage,
     Event,
     Headers,
+    Preface,
     ProtocolError,
     Request,
     RequestError,
@@ -210,7 +211,7 @@ class H1Connection:
                 events.append(error)
         return events
 
-    def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | None:
+    def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | Preface | None:
         cause = exc.__context__
         if isinstance(cause, _ParseAbort):
             return cause.error
@@ -221,7 +222,12 @@ class H1Connection:
             # a method the parser knows from another protocol (RTSP's DESCRIBE, SETUP...): well-formed, not ours
             return RequestError(501, "method not implemented")
         if message.startswith("Pause on PRI"):
-            return RequestError(505, "HTTP version not supported")  # the HTTP/2 connection preface
+            # the HTTP/2 connection preface: the parser stopped after its first line, which ends this data's first
+            # line when nothing came before it on the connection (the driver checks that)
+            newline = data.find(b"\n")
+            if self._url == b"*" and newline >= 0:
+                return Preface(b"PRI * HTTP/2.0\r\n" + data[newline + 1:])
+            return RequestError(505, "HTTP version not supported")
         if message.startswith("Data after"):
             # the peer said it would close (RFC 9112 §9.6): what it sends after that is not read, nor answered
             self.keep_alive = False

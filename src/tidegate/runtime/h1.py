@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
-from ..protocol.events import Data, EndOfMessage, Request, RequestError, Upgrade
+from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 
 if TYPE_CHECKING:
@@ -148,6 +148,8 @@ class H1Driver(asyncio.Protocol):
                 self._on_request_error(event)  # type: ignore[arg-type]
             elif kind is Upgrade:
                 self._on_upgrade(event)  # type: ignore[arg-type]
+            elif kind is Preface:
+                self._on_preface(event)  # type: ignore[arg-type]
 
     def eof_received(self) -> bool | None:
         # The client sends nothing more.  Whether it still reads is unknown: a half-closing client wants its
@@ -231,6 +233,23 @@ class H1Driver(asyncio.Protocol):
         elif upgrade.trailing:
             # an upgrade we do not speak: the request was answered as a plain one; keep parsing after it
             self.data_received(upgrade.trailing)
+
+    def _on_preface(self, preface: Preface) -> None:
+        # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3)
+        handler = self.server.h2_prior_knowledge
+        if handler is not None and self._last is None and self.current is None:
+            handler(self, preface.data)
+        else:
+            self._on_request_error(RequestError(505, "HTTP/2 is not spoken here"))
+
+    def decline_upgrade(self, request: Request, trailing: bytes) -> None:
+        """Answer an upgrade request as a plain one (the upgrade was not acceptable) and parse what follows."""
+        request.upgrade = None
+        self._on_request(request)
+        if self._last is not None:
+            self._last.on_end()  # the parser ends an upgrade request with its head
+        if trailing:
+            self.data_received(trailing)
 
     def hand_over(self, protocol: asyncio.Protocol, data: bytes = b"") -> None:
         """Give this connection's transport to another protocol (after an upgrade), with bytes already read."""

@@ -17,9 +17,10 @@ from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.events import Request
 from ..protocol.http1 import ResponseDefaults
 from .h1 import H1Driver
+from .h2 import alpn_protocols, connection_factory, install
 from .lifespan import Lifespan
 from .listeners import bind_all
-from .sockets import describe
+from .sockets import describe, ssl_context
 from .watchdog import Watchdog
 from .ws import upgrade_websocket
 
@@ -40,6 +41,10 @@ class ServerState:
         self.connections: set[Any] = set()
         #: ``Upgrade`` tokens we speak → handler(h1 driver, request, bytes after the head)
         self.upgrades: dict[bytes, Callable[[H1Driver, Request, bytes], None]] = {b"websocket": upgrade_websocket}
+        #: HTTP/2 with prior knowledge on a cleartext HTTP/1.1 connection: handler(h1 driver, bytes from the preface)
+        self.h2_prior_knowledge: Callable[[H1Driver, bytes], None] | None = None
+        #: whether HTTP/2 extended CONNECT (RFC 8441, SETTINGS_ENABLE_CONNECT_PROTOCOL) is offered
+        self.h2_connect_protocol = False
         self.state: dict[str, Any] = {}
         self.extensions: dict[str, Any] = {}
         self.root_path = config.app.root_path
@@ -124,6 +129,9 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     state = ServerState(app, config, loop)
     if prepare is not None:
         prepare(state)
+    tls = ssl_context(config.tls, alpn_protocols(config.protocols.http))
+    install(state)
+    factory = connection_factory(state, tls is not None)
     lifespan = Lifespan(app, config.app.lifespan, state.state)
     await lifespan.startup()
     servers: list[asyncio.base_events.Server] = []
@@ -135,9 +143,9 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             sockets = bind_all(config.bind)
         state.start_clock()
         for sock in sockets:
-            server = await loop.create_server(lambda: state.h1_driver(state), sock=sock, backlog=config.bind.backlog)
+            server = await loop.create_server(factory, sock=sock, backlog=config.bind.backlog, ssl=tls)
             servers.append(server)
-            logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock))
+            logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock, "https" if tls else "http"))
         if on_started is not None:
             on_started(sockets)
         if shutdown_trigger is None:

@@ -1,15 +1,43 @@
-"""Binding and inheriting listening sockets."""
+"""Binding and inheriting listening sockets; the TLS context."""
 
 from __future__ import annotations
 
 import contextlib
 import os
 import socket
+import ssl
 import stat
 
-from ..config import BindSettings, ConfigError
+from ..config import BindSettings, ConfigError, TLSSettings
 
-__all__ = ["bind_socket", "describe"]
+__all__ = ["bind_socket", "describe", "ssl_context"]
+
+_CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
+_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+
+
+def ssl_context(tls: TLSSettings, alpn: list[str]) -> ssl.SSLContext | None:
+    """The server TLS context ``tls`` asks for (None without a certificate), offering ``alpn`` in that order."""
+    problem = tls.problem()
+    if problem is not None:
+        raise ConfigError(problem)
+    if tls.certfile is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = _VERSIONS[tls.min_version]
+    try:
+        context.load_cert_chain(tls.certfile, tls.keyfile, tls.keyfile_password)
+        if tls.ca_certs is not None:
+            context.load_verify_locations(tls.ca_certs)
+        if tls.ciphers is not None:
+            context.set_ciphers(tls.ciphers)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate, key or CA file: {exc}") from None
+    context.verify_mode = _CERT_REQS[tls.cert_reqs]
+    context.set_alpn_protocols(alpn)
+    # HTTP/2 over TLS (RFC 9113 §9.2): no renegotiation, no compression
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    return context
 
 
 def bind_socket(bind: BindSettings) -> socket.socket:
@@ -51,10 +79,10 @@ def bind_socket(bind: BindSettings) -> socket.socket:
     return sock
 
 
-def describe(sock: socket.socket) -> str:
+def describe(sock: socket.socket, scheme: str = "http") -> str:
     name = sock.getsockname()
     if sock.family == socket.AF_UNIX:
         return f"unix:{name}"
     if sock.family == socket.AF_INET6:
-        return f"http://[{name[0]}]:{name[1]}"
-    return f"http://{name[0]}:{name[1]}"
+        return f"{scheme}://[{name[0]}]:{name[1]}"
+    return f"{scheme}://{name[0]}:{name[1]}"
