@@ -272,3 +272,17 @@ def test_max_requests_alone_runs_one_supervised_worker(supervisor):
     pids = {get(url + "/").json()["pid"] for _ in range(4)}
     assert len(pids) >= 2 and proc.pid not in pids
     assert proc.stop() == 0
+
+
+def test_a_worker_stuck_while_draining_is_killed(supervisor):
+    proc = supervisor("--workers", "1", "--timeout-graceful-shutdown", "0.5", "--timeout-worker-healthcheck", "30")
+    url = serving_url(proc)
+    (stuck,) = ready_pids(proc, 1)
+    mark = proc.mark()
+    threading.Thread(target=lambda: _quiet_get(url + "/block?60"), daemon=True).start()
+    proc.wait_for("ops-app block", start=mark)
+    proc.signal(signal.SIGHUP)  # a new worker comes up; the old one cannot drain with its loop blocked
+    proc.wait_for(rf"pid {stuck}\) is still draining", start=mark)
+    proc.wait_for(rf"pid {stuck}\) exited with signal 9", start=mark)
+    assert get(url + "/").status_code == 200
+    assert proc.stop() == 0

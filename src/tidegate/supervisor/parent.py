@@ -315,6 +315,7 @@ class Supervisor:
         elif op == "retiring":
             if worker.state in (BOOTING, READY):
                 worker.state = RETIRING
+                self._draining(worker)
                 logger.info("supervisor: worker %d (pid %d) retiring after --max-requests", worker.number,
                             worker.pid)
                 self._maintain()
@@ -326,9 +327,13 @@ class Supervisor:
         elif op == "bye" and message.get("metrics") is not None:
             worker.metrics = message["metrics"]
 
+    def _draining(self, worker: Worker) -> None:
+        worker.stop_deadline = time.monotonic() + self.config.timeouts.graceful_shutdown + 5.0
+
     def _terminate(self, worker: Worker, sig: int) -> None:
         if worker.state not in (STOPPING,) or sig == signal.SIGQUIT:
             worker.state = STOPPING
+            self._draining(worker)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, sig)
 
@@ -346,6 +351,12 @@ class Supervisor:
         now = time.monotonic()
         timeout = self.config.timeouts.worker_healthcheck
         for worker in list(self.workers):
+            if worker.stop_deadline is not None and now > worker.stop_deadline:
+                logger.error("supervisor: worker %d (pid %d) is still draining after --timeout-graceful-shutdown: "
+                             "killing it", worker.number, worker.pid)
+                worker.stop_deadline = None
+                self._kill(worker)
+                continue
             if worker.state != READY:
                 continue
             if now - worker.last_seen > timeout:
