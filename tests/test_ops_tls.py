@@ -98,3 +98,103 @@ def test_server_cert_pem(tmp_path):
     assert server_cert_pem(str(tmp_path / "missing.pem")) is None
     (tmp_path / "junk.pem").write_text("not a certificate")
     assert server_cert_pem(str(tmp_path / "junk.pem")) is None
+
+
+# ---------------------------------------------------------------- through a server: mTLS and the scope
+
+
+async def tls_app(scope, receive, send):
+    import json
+
+    body = json.dumps({"http_version": scope["http_version"], "scheme": scope["scheme"],
+                       "tls": scope["extensions"].get("tls")}).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+@pytest.fixture(scope="module")
+def pki(ca, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("pki")
+    server = ca.issue_cert("127.0.0.1", "localhost")
+    server.cert_chain_pems[0].write_to_path(str(directory / "cert.pem"))
+    server.private_key_pem.write_to_path(str(directory / "key.pem"))
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    client = ca.issue_cert("client.example", common_name="client one", organization_name="Example")
+    return {"cert": str(directory / "cert.pem"), "key": str(directory / "key.pem"), "ca": str(directory / "ca.pem"),
+            "client": client, "server": server}
+
+
+def client_context(ca, cert=None):
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    if cert is not None:
+        cert.configure_cert(context)
+    return context
+
+
+def tls_server(run_server, pki, **settings):
+    return run_server(tls_app, ssl_certfile=pki["cert"], ssl_keyfile=pki["key"], ssl_ca_certs=pki["ca"], **settings)
+
+
+@pytest.mark.parametrize("http2", [False, True])
+def test_mtls_required_and_the_scope(run_server, pki, ca, http2):
+    import httpx
+
+    server = tls_server(run_server, pki, ssl_cert_reqs="required")
+    url = f"https://127.0.0.1:{server.port}/"
+    with httpx.Client(verify=client_context(ca, pki["client"]), http2=http2, timeout=5) as client:
+        data = client.get(url).json()
+    assert data["http_version"] == ("2" if http2 else "1.1") and data["scheme"] == "https"
+    tls = data["tls"]
+    leaf = x509.load_pem_x509_certificate(pki["client"].cert_chain_pems[0].bytes())
+    assert x509.load_pem_x509_certificate(tls["client_cert_chain"][0].encode()) == leaf
+    assert tls["client_cert_name"] == leaf.subject.rfc4514_string()
+    assert "CN=client one" in tls["client_cert_name"]
+    assert x509.load_pem_x509_certificate(tls["server_cert"].encode()) == \
+        x509.load_pem_x509_certificate(pki["server"].cert_chain_pems[0].bytes())
+    assert tls["tls_version"] in (0x0303, 0x0304) and isinstance(tls["cipher_suite"], int)
+    assert tls["client_cert_error"] is None
+    # without a client certificate the handshake is refused
+    with httpx.Client(verify=client_context(ca), http2=http2, timeout=5) as client, \
+            pytest.raises(httpx.TransportError):
+        client.get(url)
+
+
+def test_mtls_optional(run_server, pki, ca):
+    import httpx
+
+    server = tls_server(run_server, pki, ssl_cert_reqs="optional")
+    url = f"https://127.0.0.1:{server.port}/"
+    tls = httpx.get(url, verify=client_context(ca), timeout=5).json()["tls"]
+    assert tls["client_cert_chain"] == [] and tls["client_cert_name"] is None
+    tls = httpx.get(url, verify=client_context(ca, pki["client"]), timeout=5).json()["tls"]
+    assert len(tls["client_cert_chain"]) >= 1 and tls["client_cert_name"]
+    # a certificate from another CA is refused
+    other = trustme.CA().issue_cert("intruder")
+    with pytest.raises(httpx.TransportError):
+        httpx.get(url, verify=client_context(ca, other), timeout=5)
+
+
+def test_no_tls_extension_without_tls(run_server):
+    import httpx
+
+    server = run_server(tls_app)
+    data = httpx.get(server.url + "/", timeout=5).json()
+    assert data["tls"] is None and data["scheme"] == "http"
+
+
+def test_tls_in_worker_processes(pki, ca):
+    import httpx
+
+    from .ops_helpers import Proc
+
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--workers", "1", "--ssl-certfile", pki["cert"],
+                 "--ssl-keyfile", pki["key"], "--ssl-ca-certs", pki["ca"], "--ssl-cert-reqs", "required"])
+    try:
+        url = proc.wait_for(r"listening on (https://\S+)").group(1)
+        proc.wait_for(r"worker 1 \(pid \d+\) ready")
+        response = httpx.get(url + "/", verify=client_context(ca, pki["client"]), timeout=10)
+        assert response.json()["scheme"] == "https"
+    finally:
+        assert proc.stop() == 0

@@ -20,6 +20,7 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
+from .tls import with_tls
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -107,8 +108,9 @@ class H1Driver(asyncio.Protocol):
             local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
         else:
             local = _address(sock)
-        self.info = ConnectionInfo(_address(peer), local, scheme, server.root_path, server.state,
-                                   server.extensions)
+        extensions = server.extensions if scheme == "http" else with_tls(server.extensions, transport,
+                                                                          server.config.tls.certfile)
+        self.info = ConnectionInfo(_address(peer), local, scheme, server.root_path, server.state, extensions)
         server.connections.add(self)
         self._arm_idle_timer()
 

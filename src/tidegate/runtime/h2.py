@@ -38,6 +38,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from .h1 import H1Driver, _address
+from .tls import with_tls
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -196,8 +197,10 @@ class H2Driver(asyncio.Protocol):
             local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
         else:
             local = _address(sock)
+        extensions = server.extensions if scheme == "http" else with_tls(server.extensions, transport,
+                                                                          server.config.tls.certfile)
         self.info = ConnectionInfo(_address(transport.get_extra_info("peername")), local, scheme,
-                                   server.root_path, server.state, server.extensions)
+                                   server.root_path, server.state, extensions)
         server.connections.add(self)
         if self._upgrade is None:
             self.conn.initiate()

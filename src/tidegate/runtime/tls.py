@@ -15,7 +15,7 @@ import functools
 import ssl
 from typing import Any
 
-__all__ = ["rfc4514", "server_cert_pem", "tls_extension"]
+__all__ = ["rfc4514", "server_cert_pem", "tls_extension", "with_tls"]
 
 _VERSIONS = {"TLSv1": 0x0301, "TLSv1.1": 0x0302, "TLSv1.2": 0x0303, "TLSv1.3": 0x0304}
 
@@ -105,3 +105,11 @@ def tls_extension(ssl_object: ssl.SSLObject, server_cert: str | None) -> dict[st
         "tls_version": _VERSIONS.get(version) if version else None,
         "cipher_suite": _cipher_suite(ssl_object, cipher[0]) if cipher else None,
     }
+
+
+def with_tls(extensions: dict[str, Any], transport: Any, certfile: str | None) -> dict[str, Any]:
+    """A connection's scope ``extensions``: the server's, plus ``tls`` when the transport is a TLS one."""
+    ssl_object = transport.get_extra_info("ssl_object")
+    if ssl_object is None:
+        return extensions
+    return {**extensions, "tls": tls_extension(ssl_object, server_cert_pem(certfile))}

@@ -98,7 +98,8 @@ class Supervisor:
             logger.error("%s", exc)
             return EXIT_USAGE
         for sock in self.sockets:
-            logger.info("supervisor %d listening on %s", os.getpid(), describe(sock))
+            logger.info("supervisor %d listening on %s", os.getpid(),
+                        describe(sock, "https" if self.config.tls.certfile else "http"))
         metrics_task = None
         if self.config.metrics.bind is not None:
             metrics_task = await self._start_metrics()
