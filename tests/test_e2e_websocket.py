@@ -176,6 +176,32 @@ def test_scope(run_server: Any) -> None:
     assert scope["state"] == {} and scope["extensions"] == {"websocket.http.response": {}}
 
 
+def test_wss_over_tls(run_server: Any, loop: str, tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    certfile = tmp_path / "server.pem"
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(str(certfile))
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    rec = Recorder()
+    server = run_server(echo_app(rec), loop=loop, ssl_certfile=str(certfile))
+
+    async def main() -> None:
+        async with connect(f"wss://127.0.0.1:{server.port}/secure", ssl=client_context, open_timeout=10,
+                           close_timeout=10, ping_interval=None) as ws:
+            for message in ["over TLS", b"\x00" * 100000]:
+                await ws.send(message)
+                assert await ws.recv() == message
+    run(main())
+    rec.done.wait_sync()
+    assert rec.scope["scheme"] == "wss"
+    assert "tls" in rec.scope["extensions"] and "websocket.http.response" in rec.scope["extensions"]
+    assert rec.messages("websocket.disconnect")[0]["code"] == 1000
+
+
 def test_accept_with_subprotocol_and_headers(run_server: Any) -> None:
     rec = Recorder()
     server = run_server(echo_app(rec, {"subprotocol": "json", "headers": [(b"x-room", b"lobby")]}))
