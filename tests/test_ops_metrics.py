@@ -9,6 +9,7 @@ import signal
 import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from websockets.sync.client import connect
 
 from tidegate.metrics import BUCKETS, Metrics, MetricsMiddleware, merge, render
 
@@ -133,15 +134,22 @@ def test_metrics_summed_over_workers():
             assert get(url + "/status/404").status_code == 404
         assert get(url + "/boom").status_code == 500
         assert httpx.post(url + "/upload", content=b"x" * 1000, timeout=10).status_code == 200
-        with httpx.Client(timeout=10) as client:  # one keep-alive connection stays open during the scrape
+        ws_url = url.replace("http://", "ws://") + "/ws"
+        with httpx.Client(timeout=10) as client, connect(ws_url, open_timeout=10) as ws:
+            # one keep-alive connection and one WebSocket session stay open during the scrape
             client.get(url + "/")
+            ws.send("hello")
+            assert ws.recv(timeout=10) == "hello"
             found = scrape(metrics_url)
+        assert value(found, "tidegate_websocket_sessions_open") == 1
+        assert value(found, "tidegate_websocket_sessions_total") == 1
+        assert value(found, "tidegate_connections_open", protocol="websocket") == 1
         assert value(found, "tidegate_requests_total", status="2xx") == 7
         assert value(found, "tidegate_requests_total", status="4xx") == 2
         assert value(found, "tidegate_requests_total", status="5xx") == 1
         assert value(found, "tidegate_request_duration_seconds_count") == 10
         assert value(found, "tidegate_app_exceptions_total") == 1
-        assert value(found, "tidegate_received_bytes_total") == 1000
+        assert value(found, "tidegate_received_bytes_total") == 1000 + len("hello")
         assert value(found, "tidegate_sent_bytes_total") > 0
         assert value(found, "tidegate_connections_open", protocol="http/1.1") >= 1
         assert value(found, "tidegate_workers") == 2
