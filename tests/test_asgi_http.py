@@ -512,7 +512,8 @@ BAD_MESSAGES: list[tuple[list[Any], str]] = [
     ([START, {"type": "http.response.body", "body": b"x"}, {"type": "http.response.body", "body": b"y"}],
      "'http.response.body' sent after the response was complete"),
     ([START, {"type": "http.response.body", "body": b"x"}, START], "'http.response.start' sent twice"),
-    ([START, {"type": "http.response.early_hint", "links": []}], "'http.response.early_hint' sent after"),
+    ([START, {"type": "http.response.body", "body": b"x"}, {"type": "http.response.early_hint", "links": []}],
+     "'http.response.early_hint' sent after the response was complete"),
     ([{"type": "http.response.early_hint", "links": ["</a.css>"]}], "'links' items must be bytes, not str"),
     ([{"type": "http.response.early_hint", "links": 5}], "'links' must be"),
 ]

@@ -53,7 +53,7 @@ def test_values_and_types() -> None:
         "client": ("203.0.113.7", 51234),
         "server": ("127.0.0.1", 8000),
         "state": {},
-        "extensions": {},
+        "extensions": {"http.response.early_hint": {}},
     }
     assert type(scope["http_version"]) is str and type(scope["method"]) is str
     assert type(scope["path"]) is str and type(scope["root_path"]) is str

@@ -6,6 +6,10 @@ its :class:`Stream` (send a head, a body piece, a 1xx).  It validates every mess
 
     START --http.response.start--> STARTED --http.response.body(more_body)--> STREAMING --(last body)--> DONE
 
+A response started with ``trailers: True`` (the ``http.response.trailers`` extension) takes the parallel states
+STARTED_T, STREAMING_T, then TRAILERS after its last body, and is DONE with the last ``http.response.trailers``.
+``http.response.early_hint`` (103) is sent while the head is not on the wire yet (START, STARTED, STARTED_T).
+
 Anything out of order, of the wrong type or unknown raises :class:`ASGIError` from ``send()``, naming the field.
 When the app fails, :meth:`run` answers 500 if nothing was sent yet, else closes the connection, and logs the
 exception once with the request line.  ``receive`` and ``send`` are the coroutines ASGI asks for; the only thing
@@ -32,8 +36,9 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
-# Response states.  _GONE: the client disconnected before the response was complete.
-_START, _STARTED, _STREAMING, _DONE, _GONE = range(5)
+# Response states.  _GONE: the client disconnected before the response was complete.  _STARTED_T, _STREAMING_T and
+# _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
+_START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE = range(8)
 
 
 
@@ -54,6 +59,7 @@ class Stream(Protocol):
     def response_done(self) -> None: ...
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def send_error(self, status: int) -> None: ...
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
     def abort(self) -> None: ...
     def drain(self) -> Awaitable[None]: ...
     def create_waiter(self) -> Waiter: ...
@@ -70,6 +76,7 @@ class HTTPExchange:
         "_expect_continue",
         "_more_body",
         "_state",
+        "_trailers",
         "_waiter",
         "buffered",
         "bytes_sent",
@@ -207,21 +214,74 @@ class HTTPExchange:
                 raise ASGIError(f"'status' must be an int, not {status!r}")
             self.stream.send_head(status, message.get("headers", ()))
             self.status = status
-            self._state = _STARTED
+            self._state = _STARTED_T if message.get("trailers") else _STARTED
+        elif kind == "http.response.body" and (state == _STARTED_T or state == _STREAMING_T):
+            await self._send_body_before_trailers(message, state)
+        elif kind == "http.response.trailers":
+            await self._send_trailers(message, state)
         elif kind == "http.response.body":
             raise ASGIError("'http.response.body' sent before 'http.response.start'" if state == _START
                             else "'http.response.body' sent after the response was complete")
         elif kind == "http.response.early_hint":
-            if state != _START:
-                raise ASGIError(f"{kind!r} sent after the response started")
+            # asgiref extensions.rst: any time before the final body, the response start included (its head is
+            # held until the first body); once a body piece put the head on the wire, a hint can no longer go
+            # before it and is ignored, as the spec lets a server do
+            if state >= _DONE:
+                raise ASGIError(f"{kind!r} sent after the response was complete")
             links = message.get("links", ())
             try:
                 hints = [(b"link", _as_bytes(link, "'links' items")) for link in links]
             except TypeError:
                 raise ASGIError(f"'links' must be an iterable of bytes, not {links!r}") from None
-            self.stream.send_informational(103, hints)
+            if state == _START or state == _STARTED or state == _STARTED_T:
+                self.stream.send_informational(103, hints)
         else:
             raise ASGIError(f"unknown message type {kind!r} for an HTTP connection")
+
+    async def _send_body_before_trailers(self, message: Message, state: int) -> None:
+        body = message.get("body", b"")
+        if type(body) is not bytes:
+            body = _as_bytes(body, "'body'")
+        more = message.get("more_body", False)
+        self._state = _STREAMING_T if more else _TRAILERS
+        self.bytes_sent += len(body)
+        stream = self.stream
+        if body or state == _STARTED_T:
+            try:
+                stream.send_data(body, False)  # the trailers end the stream
+            except ProtocolError:
+                stream.abort()
+                raise
+        if not more:
+            self._trailers: list[tuple[bytes, bytes]] = []
+        if stream.write_paused:
+            await stream.drain()
+
+    async def _send_trailers(self, message: Message, state: int) -> None:
+        if state != _TRAILERS:
+            raise ASGIError("'http.response.trailers' sent before the last body" if state in (_STARTED_T, _STREAMING_T)
+                            else "'http.response.trailers' needs 'trailers': True in 'http.response.start'"
+                            if state < _DONE else "'http.response.trailers' sent after the response was complete")
+        headers = message.get("headers", ())
+        try:
+            self._trailers.extend((_as_bytes(n, "trailer names"), _as_bytes(v, "trailer values")) for n, v in headers)
+        except (TypeError, ValueError):
+            raise ASGIError(f"'headers' must be an iterable of [name, value] byte strings, not {headers!r}") from None
+        if message.get("more_trailers", False):
+            return
+        self._state = _DONE
+        # sent only to a client that said it takes them (TE: trailers); the body ends either way
+        trailers = self._trailers if "http.response.trailers" in self.scope["extensions"] else []
+        stream = self.stream
+        try:
+            stream.send_trailers(trailers)
+        except ProtocolError:
+            stream.abort()
+            raise
+        stream.response_done()
+        self._wake()
+        if stream.write_paused:
+            await stream.drain()
 
     # ------------------------------------------------------------------ running the app
 

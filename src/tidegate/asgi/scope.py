@@ -18,7 +18,8 @@ _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PAT
 class ConnectionInfo:
     """What every request on one connection shares: addresses, scheme, mount point, lifespan state."""
 
-    __slots__ = ("client", "extensions", "root_path", "root_path_bytes", "scheme", "server", "state")
+    __slots__ = ("client", "extensions", "http_extensions", "root_path", "root_path_bytes", "scheme", "server",
+                 "state")
 
     def __init__(self, client: tuple[str, int] | None, server: tuple[str, int | None] | None, scheme: str,
                  root_path: str = "", state: dict[str, Any] | None = None,
@@ -30,6 +31,17 @@ class ConnectionInfo:
         self.root_path_bytes = root_path.encode("utf-8")
         self.state = state if state is not None else {}
         self.extensions = extensions if extensions is not None else {}
+        #: ``extensions`` of an http scope: made at the first request (see :meth:`make_http_extensions`)
+        self.http_extensions: dict[str, Any] | None = None
+
+    def make_http_extensions(self, trailers: bool) -> dict[str, Any]:
+        """``extensions`` plus the HTTP response extensions: early hints always, trailers for a client that takes
+        them (``TE: trailers``)."""
+        extensions = {**self.extensions, "http.response.early_hint": {}}
+        if not trailers:
+            self.http_extensions = extensions
+            return extensions
+        return {**extensions, "http.response.trailers": {}}
 
 
 def split_target(target: bytes) -> tuple[bytes, bytes]:
@@ -77,6 +89,9 @@ def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
     else:
         path = unquote_to_bytes(raw_path).decode("utf-8", "replace")
     method = _METHODS.get(request.method) or request.method.decode("ascii")
+    extensions = info.http_extensions
+    if extensions is None or request.trailers:
+        extensions = info.make_http_extensions(request.trailers)
     root = info.root_path
     return {
         "type": "http",
@@ -92,7 +107,7 @@ def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
         "client": info.client,
         "server": info.server,
         "state": info.state.copy(),
-        "extensions": info.extensions,
+        "extensions": extensions,
     }
 
 

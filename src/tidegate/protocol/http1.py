@@ -71,7 +71,7 @@ _known_names: set[bytes] = set()
 _known_values: set[bytes] = set()
 _KNOWN_MAX = 4096
 
-_WATCHED_REQUEST = frozenset({b"host", b"expect"})
+_WATCHED_REQUEST = frozenset({b"host", b"expect", b"te"})
 
 # Response states
 _IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
@@ -143,6 +143,7 @@ class H1Connection:
         "_remaining",
         "_response_keep_alive",
         "_state",
+        "_te_trailers",
         "_url",
         "_version10",
         "broken",
@@ -166,6 +167,7 @@ class H1Connection:
         self._headers: Headers = []
         self._hosts = 0
         self._expect = False
+        self._te_trailers = False
         self._state = _IDLE
         self._head = b""
         self._framing = _LENGTH
@@ -293,6 +295,9 @@ class H1Connection:
         if name in _WATCHED_REQUEST:
             if name == b"host":
                 self._hosts += 1
+            elif name == b"te":
+                if b"trailers" in value.lower():
+                    self._te_trailers = True
             elif value.lower() == b"100-continue":
                 self._expect = True
 
@@ -318,8 +323,12 @@ class H1Connection:
                     upgrade = value.strip().lower()
                     break
         self._headers = _TRAILERS
-        self._events.append(Request(parser.get_method(), self._url, version, headers,
-                                    parser.should_keep_alive(), self._expect and version == "1.1", 0, upgrade))
+        request = Request(parser.get_method(), self._url, version, headers, parser.should_keep_alive(),
+                          self._expect and version == "1.1", 0, upgrade)
+        if self._te_trailers:  # rare: reset only when set
+            self._te_trailers = False
+            request.trailers = version == "1.1"
+        self._events.append(request)
 
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
@@ -504,11 +513,34 @@ class H1Connection:
         self.keep_alive = False
         self._state = _DONE
 
+    def send_trailers(self, headers: Headers) -> None:
+        """End a body sent with ``end`` False: a chunked body gets the trailer fields, other framings end as is."""
+        if self._state == _HEAD_PENDING:
+            self.send_body(b"", False)
+        elif self._state != _SENDING:
+            raise ProtocolError("the response is complete" if self._state == _DONE
+                                else "the response has not started")
+        if self._framing == _LENGTH and self._remaining:
+            self._fail()
+            raise ProtocolError(f"the app ended the body {self._remaining} bytes short of its content-length")
+        self._state = _DONE
+        if self._framing != _CHUNKED:
+            return  # only a chunked body carries trailers (RFC 9112 §7.1.2)
+        lines = [b"0\r\n"]
+        for name, value in headers:
+            if (type(name) is not bytes or type(value) is not bytes or not _TOKEN.fullmatch(name)
+                    or b"\r" in value or b"\n" in value or b"\0" in value):
+                self._fail()
+                raise ProtocolError(f"invalid trailer {name!r}")
+            lines.append(b"%s: %s\r\n" % (name, value))
+        lines.append(b"\r\n")
+        self.write(b"".join(lines))
+
     def informational(self, status: int, headers: Headers | None = None) -> bytes:
         """Bytes of a 1xx response (100 Continue, 103 Early Hints) before the final one."""
         if not 100 <= status <= 199 or status == 101:
             raise ProtocolError(f"not an informational status: {status}")
-        if self._state != _IDLE:
+        if self._state != _IDLE and self._state != _HEAD_PENDING:
             raise ProtocolError("the final response has already started")
         lines = [_STATUS_LINES.get(status) or status_line(status)]
         for name, value in headers or ():

@@ -386,6 +386,10 @@ class H1Driver(asyncio.Protocol):
         if self.current_request is not None and self.current_request.http_version != "1.0":
             self.transport.write(self.conn.informational(status, headers))
 
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        self.conn.send_trailers(headers)
+        self._flush()
+
     def send_error(self, status: int) -> None:
         self._flush()
         self.transport.write(self.conn.error_response(status))
