@@ -39,6 +39,7 @@ ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 # Response states.  _GONE: the client disconnected before the response was complete.  _STARTED_T, _STREAMING_T and
 # _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
 _START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE = range(8)
+_NO_LIMIT = 1 << 62
 
 
 
@@ -70,6 +71,7 @@ class HTTPExchange:
     """One request and its response."""
 
     __slots__ = (
+        "_body_left",
         "_chunks",
         "_end_delivered",
         "_eof",
@@ -85,10 +87,13 @@ class HTTPExchange:
         "stream",
     )
 
-    def __init__(self, stream: Stream, scope: dict[str, Any], expect_continue: bool = False) -> None:
+    def __init__(self, stream: Stream, scope: dict[str, Any], expect_continue: bool = False,
+                 body_limit: int = 0) -> None:
         self.stream = stream
         self.scope = scope
         self._state = _START
+        # request body bytes still allowed (--limit-request-body; 0: no limit)
+        self._body_left = body_limit or _NO_LIMIT
         self._chunks: list[bytes] = []
         self._more_body = True
         self._end_delivered = False
@@ -103,10 +108,18 @@ class HTTPExchange:
 
     # ------------------------------------------------------------------ from the driver
 
-    def on_data(self, data: bytes) -> None:
+    def on_data(self, data: bytes) -> bool:
+        """A piece of the request body; False (the piece is dropped) when the body would pass its size limit: the
+        driver then refuses the request (413) and tells the app it is gone (:meth:`on_disconnect`)."""
+        size = len(data)
+        left = self._body_left - size
+        if left < 0:
+            return False
+        self._body_left = left
         self._chunks.append(data)
-        self.buffered += len(data)
+        self.buffered += size
         self._wake()
+        return True
 
     def on_end(self) -> None:
         self._more_body = False

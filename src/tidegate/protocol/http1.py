@@ -14,6 +14,12 @@ Rules this file enforces (RFC 9112):
   well-formed method the parser cannot carry, 505 for a version we do not speak), after which the connection
   delivers nothing more;
 - chunked trailers are parsed and dropped: they never reach the request's headers;
+- limits (:class:`RequestLimits`): a request target longer than ``line`` → 414; a header section larger than
+  ``fields`` bytes, or with more than ``field_count`` fields → 431, found while the head is still coming (a head
+  that never ends is refused within one read of the limit); a ``Content-Length`` over ``body`` → 413 before any of
+  the body; more than ``fields`` bytes that make no event (chunk extensions, trailer fields) → 431;
+- a read larger than 64 KiB is parsed a slice at a time, and once ``pipeline`` requests came out of it the rest
+  waits unparsed (:attr:`H1Connection.held`): a flood of pipelined requests is parsed only so far ahead;
 - responses: the app's ``content-length`` is respected and checked; without one, a body sent in one piece gets a
   ``content-length``, a streamed body is chunked for HTTP/1.1 and close-delimited for HTTP/1.0; HEAD, 1xx, 204 and
   304 carry no body (a ``content-length`` on a 204 is left out); header names must be tokens and values free of CR,
@@ -71,7 +77,9 @@ _known_names: set[bytes] = set()
 _known_values: set[bytes] = set()
 _KNOWN_MAX = 4096
 
-_WATCHED_REQUEST = frozenset({b"host", b"expect", b"te"})
+_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"expect", b"te"})
+# The room a request line takes besides its target (method, spaces, version, CRLF).
+_LINE_EXTRA = 64
 
 # Response states
 _IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
@@ -93,6 +101,32 @@ class ResponseDefaults:
     def set_date(self, date: bytes) -> None:
         self.date = date
         self.together = self.server + date + self.extra
+
+
+class RequestLimits:
+    """Sizes a request head and body may have (bytes), and how many header fields; ``body`` 0: no limit."""
+
+    __slots__ = ("body", "field_count", "fields", "line", "pipeline")
+
+    def __init__(self, line: int = 8192, fields: int = 65536, field_count: int = 100, body: int = 1024 ** 3,
+                 pipeline: int = 16) -> None:
+        #: longest request target (414 past it)
+        self.line = line
+        #: largest header section: names, values, ": " and CRLF of each field (431 past it)
+        self.fields = fields
+        #: most header fields (431 past it)
+        self.field_count = field_count
+        #: largest request body (413 past it), 0 for none
+        self.body = body
+        #: requests parsed ahead of the one being answered, after which a large read is not parsed further (at most
+        #: one slice of _SLICE bytes holds more)
+        self.pipeline = pipeline
+
+
+_DEFAULT_LIMITS = RequestLimits()
+_NO_BODY_LIMIT = 1 << 62
+# Reads larger than this are parsed in slices of this size (see H1Connection._receive_sliced).
+_SLICE = 65536
 
 
 def _discard(data: bytes) -> None:
@@ -129,6 +163,8 @@ class H1Connection:
 
     __slots__ = (
         "_begun",
+        "_carried",
+        "_checking",
         "_chunked_ok",
         "_defaults",
         "_events",
@@ -136,10 +172,16 @@ class H1Connection:
         "_framing",
         "_head",
         "_headers",
+        "_held",
         "_hosts",
+        "_lean",
+        "_limits",
+        "_max_body",
+        "_max_fields",
         "_parser",
         "_probe",
         "_probe_first_line",
+        "_quiet",
         "_remaining",
         "_response_keep_alive",
         "_state",
@@ -152,7 +194,7 @@ class H1Connection:
     )
 
     def __init__(self, defaults: ResponseDefaults | None = None,
-                 write: Callable[[bytes], object] | None = None) -> None:
+                 write: Callable[[bytes], object] | None = None, limits: RequestLimits | None = None) -> None:
         #: where response bytes go (the driver sets its transport's ``write``)
         self.write: Callable[[bytes], object] = write if write is not None else _discard
         self._parser = httptools.HttpRequestParser(self)
@@ -164,8 +206,23 @@ class H1Connection:
         self._probe: bytes | None = None
         self._probe_first_line = True
         self._url = b""
-        self._headers: Headers = []
+        # _TRAILERS between heads, the head's own list while one is being parsed (see in_head)
+        self._headers: Headers = _TRAILERS
         self._hosts = 0
+        limits = limits if limits is not None else _DEFAULT_LIMITS
+        self._limits = limits
+        self._max_fields = limits.field_count
+        self._max_body = limits.body or _NO_BODY_LIMIT
+        # a read this small cannot hold a head over the limits: only the field count is checked then
+        self._lean = min(limits.line, limits.fields)
+        #: bytes of the head being received, from earlier reads (0: none, or it began in this read)
+        self._carried = 0
+        #: bytes received since the last event (chunk framing, trailers)
+        self._quiet = 0
+        #: the head sizes are checked in on_headers_complete (a large read, or a head spread over reads)
+        self._checking = False
+        #: bytes received and not parsed yet: as many requests as may be queued are waiting (see _receive_sliced)
+        self._held = b""
         self._expect = False
         self._te_trailers = False
         self._state = _IDLE
@@ -193,13 +250,21 @@ class H1Connection:
             return [verdict] if verdict is not None else []
         events: list[Event] = []
         self._events = events
+        checking = len(data) > self._lean or self._carried or self._held
+        if checking:
+            if len(data) > _SLICE or self._held:
+                return self._receive_sliced(data)
+            self._checking = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
+            self._checking = False
             offset = exc.args[0]
             events.append(Upgrade(bytes(data[offset:])))
+            return events
         except httptools.HttpParserError as exc:
             self.broken = True
+            data = bytes(data)
             # a request whose body the parser refused is not delivered: the error answers it
             for i in range(len(events) - 1, -1, -1):
                 kind = type(events[i])
@@ -211,7 +276,84 @@ class H1Connection:
             error = self._classify(exc, data, events)
             if error is not None:
                 events.append(error)
+            return events
+        if checking:
+            self._checking = False
+        if not events or self._headers is not _TRAILERS or self._quiet:
+            self._after_read(data, events)
         return events
+
+    @property
+    def in_head(self) -> bool:
+        """Whether part of a request head has come and not all of it."""
+        return self._headers is not _TRAILERS and not self.broken
+
+    @property
+    def held(self) -> bool:
+        """Whether received bytes wait to be parsed (see :meth:`_receive_sliced`): call :meth:`receive_data`
+        (with ``b""``) once the requests received so far have been answered."""
+        return bool(self._held) and not self.broken
+
+    def _receive_sliced(self, data: bytes) -> list[Event]:
+        """A large read, or bytes held back: parsed a slice at a time, so that once as many requests as may be
+        queued (:attr:`RequestLimits.pipeline`) have come, no more of a flood of pipelined requests is parsed; the
+        rest waits, unparsed, in :attr:`held`."""
+        if self._held:
+            data = self._held + data
+            self._held = b""
+        view = memoryview(data)
+        size = len(data)
+        events: list[Event] = []
+        requests = 0
+        for start in range(0, size, _SLICE):
+            end = min(start + _SLICE, size)
+            got = self.receive_data(view[start:end])  # type: ignore[arg-type]
+            events += got
+            if self.broken:
+                break
+            if got and type(got[-1]) is Upgrade:
+                if end < size:
+                    events[-1] = Upgrade(got[-1].trailing + data[end:])
+                break
+            requests += sum(1 for event in got if type(event) is Request)
+            if requests >= self._limits.pipeline and end < size:
+                self._held = bytes(view[end:])
+                break
+        return events
+
+    def _after_read(self, data: bytes, events: list[Event]) -> None:
+        """Bound what a read left pending: a head not complete yet, or bytes that made no event (framing, trailers:
+        the parser keeps a field being received)."""
+        limits = self._limits
+        headers = self._headers
+        if headers is not _TRAILERS:
+            self._quiet = 0
+            if self._begun is not events:
+                size = self._carried + len(data)  # the whole read belongs to the head begun before it
+            elif not events:
+                size = len(data)  # the head is all this read holds (with the empty lines before it)
+            else:
+                # requests before it in this read: count its request line, fields and the line being received
+                size = (len(self._url) + _LINE_EXTRA + sum(len(n) + len(v) + 4 for n, v in headers)
+                        + len(data) - bytes(data).rfind(b"\n") - 1)
+            self._carried = size
+            error = None
+            if len(self._url) > limits.line:
+                error = RequestError(414, "request target too long")
+            elif len(headers) > limits.field_count:
+                error = RequestError(431, "too many header fields")
+            elif size - len(self._url) - _LINE_EXTRA > limits.fields:
+                error = RequestError(431, "request header section too large")
+        elif not events:
+            self._quiet += len(data)
+            error = RequestError(431, "too many bytes between body chunks (chunk extensions or trailer fields)") \
+                if self._quiet > limits.fields else None
+        else:
+            self._quiet = 0
+            return
+        if error is not None:
+            self.broken = True
+            events.append(error)
 
     def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | Preface | None:
         cause = exc.__context__
@@ -295,13 +437,31 @@ class H1Connection:
         if name in _WATCHED_REQUEST:
             if name == b"host":
                 self._hosts += 1
+            elif name == b"content-length":
+                if value.isdigit() and int(value) > self._max_body:
+                    raise _ParseAbort(RequestError(413, "request body larger than the limit"))
             elif name == b"te":
                 if b"trailers" in value.lower():
                     self._te_trailers = True
             elif value.lower() == b"100-continue":
                 self._expect = True
 
+    def _check_head(self, headers: Headers) -> None:
+        """The head's limits, when it may be over them (see :attr:`_checking`), and its field count."""
+        limits = self._limits
+        if len(self._url) > limits.line:
+            raise _ParseAbort(RequestError(414, "request target too long"))
+        if len(headers) > limits.field_count:
+            raise _ParseAbort(RequestError(431, "too many header fields"))
+        if self._checking:
+            self._carried = 0
+            if sum(len(n) + len(v) for n, v in headers) + 4 * len(headers) > limits.fields:
+                raise _ParseAbort(RequestError(431, "request header section too large"))
+
     def on_headers_complete(self) -> None:
+        headers = self._headers
+        if self._checking or len(headers) > self._max_fields:
+            self._check_head(headers)
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1":
@@ -316,7 +476,6 @@ class H1Connection:
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
         upgrade = None
-        headers = self._headers
         if parser.should_upgrade():
             for name, value in headers:
                 if name == b"upgrade":
@@ -550,8 +709,9 @@ class H1Connection:
         lines.append(b"\r\n")
         return b"".join(lines)
 
-    def error_response(self, status: int, detail: str = "") -> bytes:
-        """A complete short response for an error we answer ourselves; the connection closes after it."""
+    def error_response(self, status: int, detail: str = "", extra: bytes = b"") -> bytes:
+        """A complete short response for an error we answer ourselves (``extra``: more header lines, each ending
+        with CRLF); the connection closes after it."""
         self.keep_alive = False
         self._state = _DONE
         body = (HTTPStatus(status).phrase if status in _STATUS_LINES else "Error").encode()
@@ -559,7 +719,7 @@ class H1Connection:
             body += b": " + detail.encode("ascii", "backslashreplace")
         body += b"\n"
         return b"".join((_STATUS_LINES.get(status) or status_line(status), self._defaults.together,
-                         b"content-type: text/plain; charset=utf-8\r\n", b"connection: close\r\n",
+                         b"content-type: text/plain; charset=utf-8\r\n", b"connection: close\r\n", extra,
                          b"content-length: %d\r\n\r\n" % len(body), body))
 
     @property

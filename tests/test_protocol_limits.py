@@ -1,0 +1,301 @@
+"""Limits of the sans-IO HTTP/1.1 connection (request line, header section, field count, body, pipelined bytes) and
+its strict rules, without sockets.  The same behaviours end to end: test_e2e_limits.py, test_e2e_smuggling.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tidegate.asgi.http import HTTPExchange
+from tidegate.protocol.events import Data, EndOfMessage, Request, RequestError, Upgrade
+from tidegate.protocol.http1 import H1Connection, RequestLimits
+
+from .test_protocol_http1 import GET, summary
+
+
+def conn_with(**limits: Any) -> H1Connection:
+    return H1Connection(limits=RequestLimits(**limits))
+
+
+def feed_pieces(conn: H1Connection, data: bytes, size: int) -> list[Any]:
+    events: list[Any] = []
+    for i in range(0, len(data), size):
+        events += conn.receive_data(data[i:i + size])
+    return events
+
+
+def errors(events: list[Any]) -> list[int]:
+    return [e.status for e in events if isinstance(e, RequestError)]
+
+
+def head_with_fields(fields: list[tuple[bytes, bytes]], target: bytes = b"/") -> bytes:
+    return b"GET " + target + b" HTTP/1.1\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
+
+
+def fields_of_size(size: int) -> list[tuple[bytes, bytes]]:
+    """Header fields whose section counts exactly ``size`` bytes (name + value + 4 per field), Host first."""
+    fields = [(b"host", b"a")]  # 9
+    rest = size - 9
+    while rest:
+        value_size = min(rest - 5, 1000) if rest - 5 > 1000 else rest - 5
+        fields.append((b"x", b"v" * value_size))
+        rest -= 5 + value_size
+    return fields
+
+
+PIECES = [None, 1, 7, 1000]  # one read, or reads of that many bytes
+PIECE_IDS = ["whole", "bytewise", "7-byte reads", "1000-byte reads"]
+
+
+def run(data: bytes, piece: int | None, **limits: Any) -> list[Any]:
+    conn = conn_with(**limits)
+    return conn.receive_data(data) if piece is None else feed_pieces(conn, data, piece)
+
+
+# ---------------------------------------------------------------------------------------------------- request line
+
+
+@pytest.mark.parametrize("piece", PIECES, ids=PIECE_IDS)
+def test_a_target_at_the_limit_passes_one_byte_more_gets_414(piece: int | None) -> None:
+    target = b"/" + b"a" * 199
+    assert summary(run(head_with_fields([(b"host", b"a")], target), piece, line=200)) == [
+        ("request", b"GET", target, "1.1"), ("end",)]
+    assert errors(run(head_with_fields([(b"host", b"a")], target + b"a"), piece, line=200)) == [414]
+
+
+def test_414_comes_before_the_end_of_a_target_that_never_ends() -> None:
+    conn = conn_with(line=8192)
+    sent = conn.receive_data(b"GET /")
+    assert sent == []
+    received = 5
+    while True:
+        events = conn.receive_data(b"a" * 1000)
+        received += 1000
+        if events:
+            break
+        assert received < 20000
+    assert summary(events) == [("error", 414)]
+    assert received <= 8192 + 1000  # refused within one read of the limit: nothing more is kept
+    assert conn.broken and not conn.in_head
+
+
+# ---------------------------------------------------------------------------------------------------- header section
+
+
+@pytest.mark.parametrize("piece", PIECES, ids=PIECE_IDS)
+def test_a_header_section_at_the_limit_passes_one_byte_more_gets_431(piece: int | None) -> None:
+    at_limit = fields_of_size(3000)
+    request = [e for e in run(head_with_fields(at_limit), piece, fields=3000) if isinstance(e, Request)]
+    assert len(request) == 1 and request[0].headers == at_limit
+    over = fields_of_size(3001)
+    assert errors(run(head_with_fields(over), piece, fields=3000)) == [431]
+
+
+def test_a_field_value_that_never_ends_is_refused_within_a_read_of_the_limit() -> None:
+    # the parser keeps a field until it is complete: the connection must stop it growing
+    conn = conn_with(fields=65536)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ")
+    received = 0
+    events: list[Any] = []
+    while not events:
+        events = conn.receive_data(b"v" * 4096)
+        received += 4096
+        assert received < 1_000_000
+    assert summary(events) == [("error", 431)]
+    assert received <= 65536 + 4096
+
+
+def test_default_limits() -> None:
+    limits = RequestLimits()
+    assert (limits.line, limits.fields, limits.field_count, limits.body, limits.pipeline) == (
+        8192, 65536, 100, 1024 ** 3, 16)
+    conn = H1Connection()
+    assert errors(conn.receive_data(head_with_fields([(b"host", b"a")], b"/" + b"a" * 8192))) == [414]
+    assert errors(H1Connection().receive_data(head_with_fields(fields_of_size(65537)))) == [431]
+    assert errors(H1Connection().receive_data(head_with_fields([(b"host", b"a")] + [(b"x", b"1")] * 100))) == [431]
+    request = head_with_fields([(b"host", b"a")] + [(b"x", b"1")] * 99)
+    assert summary(H1Connection().receive_data(request))[-1] == ("end",)
+
+
+def test_requests_before_a_head_in_the_same_read_do_not_count_against_it() -> None:
+    # 100 small pipelined requests and the start of a head near the limit: nothing is refused
+    conn = conn_with(fields=2000, pipeline=1000)
+    fields = fields_of_size(1990)
+    head = head_with_fields(fields)
+    events = conn.receive_data(GET * 100 + head[:-100])
+    assert errors(events) == [] and len(events) == 200 and conn.in_head
+    events = conn.receive_data(head[-100:])
+    assert summary(events) == [("request", b"GET", b"/", "1.1"), ("end",)]
+    assert not conn.in_head
+
+
+@pytest.mark.parametrize("piece", PIECES, ids=PIECE_IDS)
+def test_field_count_at_the_limit_passes_one_more_gets_431(piece: int | None) -> None:
+    fields = [(b"host", b"a")] + [(b"x-%d" % i, b"1") for i in range(19)]
+    assert summary(run(head_with_fields(fields), piece, field_count=20))[-1] == ("end",)
+    assert errors(run(head_with_fields([*fields, (b"y", b"2")]), piece, field_count=20)) == [431]
+
+
+def test_too_many_fields_are_refused_before_the_head_ends() -> None:
+    conn = conn_with(field_count=100)
+    conn.receive_data(b"GET / HTTP/1.1\r\nHost: a\r\n")
+    events: list[Any] = []
+    sent = 0
+    while not events:
+        events = conn.receive_data(b"x: 1\r\n" * 50)
+        sent += 50
+        assert sent < 10000
+    assert summary(events) == [("error", 431)] and sent <= 150
+
+
+def test_in_head() -> None:
+    conn = H1Connection()
+    assert not conn.in_head
+    conn.receive_data(b"\r\n")  # an empty line before a request is no head yet
+    assert not conn.in_head
+    conn.receive_data(b"GE")
+    assert conn.in_head
+    conn.receive_data(GET[2:-1])
+    assert conn.in_head
+    conn.receive_data(b"\n")
+    assert not conn.in_head
+
+
+# ---------------------------------------------------------------------------------------------------- body
+
+
+def post_head(length: int, extra: bytes = b"") -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n%s\r\n" % (length, extra)
+
+
+def test_a_content_length_over_the_limit_gets_413_before_any_body() -> None:
+    assert summary(conn_with(body=1000).receive_data(post_head(1001))) == [("error", 413)]
+    # with Expect: 100-continue the request never reaches the app, so no 100 Continue is sent
+    assert summary(conn_with(body=1000).receive_data(post_head(1001, b"Expect: 100-continue\r\n"))) == [
+        ("error", 413)]
+    assert summary(conn_with(body=1000).receive_data(post_head(1000) + b"x" * 1000)) == [
+        ("request", b"POST", b"/", "1.1"), ("data", b"x" * 1000), ("end",)]
+
+
+def test_body_limit_zero_is_no_limit() -> None:
+    events = conn_with(body=0).receive_data(post_head(2 ** 40))
+    assert summary(events) == [("request", b"POST", b"/", "1.1")]
+
+
+def test_default_body_limit_is_one_gibibyte() -> None:
+    assert summary(H1Connection().receive_data(post_head(1024 ** 3 + 1))) == [("error", 413)]
+    assert summary(H1Connection().receive_data(post_head(1024 ** 3))) == [("request", b"POST", b"/", "1.1")]
+
+
+class _Stream:
+    write_paused = False
+    reading_paused = False
+
+
+def test_the_exchange_refuses_body_past_its_limit() -> None:
+    exchange = HTTPExchange(_Stream(), {}, body_limit=10)  # type: ignore[arg-type]
+    assert exchange.on_data(b"x" * 6)
+    assert exchange.on_data(b"x" * 4)
+    assert not exchange.on_data(b"x")  # the piece that crosses the limit is dropped
+    assert exchange.buffered == 10
+    unlimited = HTTPExchange(_Stream(), {})  # type: ignore[arg-type]
+    assert unlimited.on_data(b"x" * 10_000_000)
+
+
+def chunked_head() -> bytes:
+    return b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def test_trailer_fields_that_never_end_are_refused() -> None:
+    conn = conn_with(fields=10000)
+    conn.receive_data(chunked_head() + b"3\r\nabc\r\n0\r\nX-Trailer: ")
+    received = 0
+    events: list[Any] = []
+    while not events:
+        events = conn.receive_data(b"t" * 1000)
+        received += 1000
+        assert received < 100_000
+    assert summary(events) == [("error", 431)] and received <= 10000 + 1000
+
+
+def test_chunk_size_lines_in_reads_of_their_own_are_not_counted_as_framing_overflow() -> None:
+    conn = conn_with(fields=1000)
+    conn.receive_data(chunked_head())
+    for _ in range(2000):  # 2000 size lines (8000 bytes), each followed by its data in a read of its own
+        assert conn.receive_data(b"2\r\n") == []
+        assert summary(conn.receive_data(b"ab\r\n")) == [("data", b"ab")]
+    assert summary(conn.receive_data(b"0\r\n\r\n")) == [("end",)]
+
+
+def test_a_long_chunk_extension_is_refused() -> None:
+    conn = conn_with(fields=1000)
+    conn.receive_data(chunked_head() + b"3;ext=")
+    events: list[Any] = []
+    for _ in range(20):
+        events = conn.receive_data(b"e" * 100)
+        if events:
+            break
+    assert summary(events) == [("error", 431)]
+
+
+# ---------------------------------------------------------------------------------------------------- pipelining
+
+
+def test_a_flood_of_pipelined_requests_is_parsed_only_as_far_as_may_be_queued() -> None:
+    conn = conn_with(pipeline=16)
+    flood = GET * 20_000  # 780 KB in one read
+    events = conn.receive_data(flood)
+    delivered = len([e for e in events if isinstance(e, Request)])
+    assert 16 <= delivered <= 16 + 65536 // len(GET) + 1  # at most one 64 KiB slice past the queue's depth
+    assert conn.held
+    total = delivered
+    while conn.held:
+        got = conn.receive_data(b"")
+        assert got
+        total += len([e for e in got if isinstance(e, Request)])
+    assert total == 20_000
+
+
+def test_bytes_arriving_while_some_are_held_are_parsed_after_them() -> None:
+    conn = conn_with(pipeline=2)
+    first = [b"GET /%d HTTP/1.1\r\nHost: a\r\n\r\n" % i for i in range(5000)]
+    events = conn.receive_data(b"".join(first))
+    assert conn.held
+    events += conn.receive_data(b"GET /last HTTP/1.1\r\nHost: a\r\n\r\n")
+    while conn.held:
+        events += conn.receive_data(b"")
+    targets = [e.target for e in events if isinstance(e, Request)]
+    assert targets == [b"/%d" % i for i in range(5000)] + [b"/last"]
+
+
+def test_a_large_read_of_body_data_is_delivered_whole_in_slices() -> None:
+    conn = H1Connection()
+    body = bytes(range(256)) * 1024  # 256 KiB
+    events = conn.receive_data(post_head(len(body)) + body + GET)
+    assert summary(events) == [("request", b"POST", b"/", "1.1"), ("data", body), ("end",),
+                               ("request", b"GET", b"/", "1.1"), ("end",)]
+    assert not conn.held
+
+
+def test_an_upgrade_in_a_later_slice_keeps_every_byte_after_it() -> None:
+    conn = H1Connection()
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"
+    body = b"x" * 100_000
+    after = bytes(range(256)) * 400
+    events = conn.receive_data(post_head(len(body)) + body + upgrade + after)
+    assert isinstance(events[-1], Upgrade) and events[-1].trailing == after
+    assert [type(e) for e in events if not isinstance(e, Data)] == [Request, EndOfMessage, Request, EndOfMessage,
+                                                                     Upgrade]
+
+
+# ---------------------------------------------------------------------------------------------------- responses
+
+
+def test_error_response_with_extra_lines() -> None:
+    conn = H1Connection()
+    response = conn.error_response(503, "busy", b"retry-after: 1\r\n")
+    head, _, body = response.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
+    assert b"\r\nretry-after: 1" in head and b"\r\nconnection: close" in head
+    assert body == b"Service Unavailable: busy\n"
