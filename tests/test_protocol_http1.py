@@ -200,11 +200,13 @@ KNOWN_METHODS = [b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"CONNECT", b"OPTI
                  b"QUERY"]
 
 
-@pytest.mark.parametrize("method", KNOWN_METHODS, ids=[m.decode() for m in KNOWN_METHODS])
+SERVED_METHODS = [m for m in KNOWN_METHODS if m != b"CONNECT"]  # CONNECT is refused: see test_protocol_limits.py
+
+
+@pytest.mark.parametrize("method", SERVED_METHODS, ids=[m.decode() for m in SERVED_METHODS])
 def test_every_method_the_parser_knows_reaches_as_a_request(method: bytes) -> None:
-    target = b"example.com:443" if method == b"CONNECT" else b"/"
-    events = feed(method + b" " + target + b" HTTP/1.1\r\nHost: example.com\r\n\r\n")
-    assert summary(events)[:2] == [("request", method, target, "1.1"), ("end",)]
+    events = feed(method + b" / HTTP/1.1\r\nHost: example.com\r\n\r\n")
+    assert summary(events)[:2] == [("request", method, b"/", "1.1"), ("end",)]
 
 
 UNKNOWN_METHODS = [b"FOO", b"get", b"Get", b"GETX", b"GE", b"P", b"M-FOO", b"PROPFINDX", b"X_Y.Z~1!",

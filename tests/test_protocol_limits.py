@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 
 from tidegate.asgi.http import HTTPExchange
-from tidegate.protocol.events import Data, EndOfMessage, Request, RequestError, Upgrade
+from tidegate.protocol.events import Data, EndOfMessage, ProtocolError, Request, RequestError, Upgrade
 from tidegate.protocol.http1 import H1Connection, RequestLimits
 
-from .test_protocol_http1 import GET, summary
+from .test_protocol_http1 import GET, feed, summary
 
 
 def conn_with(**limits: Any) -> H1Connection:
@@ -289,7 +289,101 @@ def test_an_upgrade_in_a_later_slice_keeps_every_byte_after_it() -> None:
                                                                      Upgrade]
 
 
+# ---------------------------------------------------------------------------------------------------- strict rules
+
+
+def test_connect_is_refused_and_nothing_after_it_is_parsed() -> None:
+    conn = H1Connection()
+    events = conn.receive_data(b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n" + GET)
+    assert summary(events) == [("error", 400)]
+    assert conn.receive_data(GET) == []
+
+
+def test_connect_after_good_requests_keeps_them() -> None:
+    events = feed(GET + b"CONNECT a:1 HTTP/1.1\r\nHost: a:1\r\n\r\n")
+    assert summary(events) == [("request", b"GET", b"/", "1.1"), ("end",), ("error", 400)]
+
+
+@pytest.mark.parametrize(("method", "status"), [(b"OPTIONS", None), (b"GET", 400), (b"POST", 400), (b"HEAD", 400)])
+def test_the_asterisk_target_is_only_for_options(method: bytes, status: int | None) -> None:
+    events = feed(method + b" * HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert errors(events) == ([status] if status else [])
+
+
+@pytest.mark.parametrize(("codings", "status"), [
+    ([b"chunked"], None),
+    ([b"Chunked"], None),
+    ([b"CHUNKED"], None),
+    ([b"gzip, chunked"], 501),
+    ([b"gzip", b"chunked"], 501),
+    ([b"deflate,chunked"], 501),
+    ([b"gzip"], 400),
+    ([b"chunked, gzip"], 400),
+    ([b"chunked", b"gzip"], 400),
+    ([b"chunked", b"chunked"], 400),
+    ([b"identity"], 400),
+    ([b"identity, chunked"], 501),
+])
+def test_transfer_codings(codings: list[bytes], status: int | None) -> None:
+    head = b"POST / HTTP/1.1\r\nHost: a\r\n" + b"".join(b"Transfer-Encoding: " + c + b"\r\n" for c in codings)
+    events = feed(head + b"\r\n0\r\n\r\n")
+    assert errors(events) == ([status] if status else [])
+    if status is None:
+        assert summary(events) == [("request", b"POST", b"/", "1.1"), ("end",)]
+
+
+def test_transfer_encoding_in_an_http10_request_is_refused() -> None:
+    assert errors(feed(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")) == [400]
+
+
+@pytest.mark.parametrize("host", [b"example.com", b"example.com:8080", b"127.0.0.1:80", b"[::1]", b"[::1]:8000",
+                                  b"xn--caf-dma.example", b"a_b.local", b"", b"h:", b"%41b.c", b"a,b!$&'()*+;="])
+def test_valid_host_values(host: bytes) -> None:
+    assert errors(feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")) == []
+
+
+@pytest.mark.parametrize("host", [b"a b", b"a/b", b"user@host", b"a:b:c", b"[::1", b"a\x85b", b"h:8x", b"a?b",
+                                  b"a#b", b"\"a\""])
+def test_invalid_host_values_get_400(host: bytes) -> None:
+    assert errors(feed(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")) == [400]
+
+
+def test_obs_text_in_a_field_value_is_an_opaque_byte() -> None:
+    # RFC 9110 §5.5: obs-text (0x80-0xFF) may appear in a value; it is passed on as is, never as a line break
+    events = feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-A: a\x85b\xa0c\xffd\r\n\r\n")
+    request = events[0]
+    assert isinstance(request, Request)
+    assert request.headers == [(b"host", b"a"), (b"x-a", b"a\x85b\xa0c\xffd")]
+
+
 # ---------------------------------------------------------------------------------------------------- responses
+
+
+def started(conn: H1Connection | None = None) -> tuple[H1Connection, list[bytes]]:
+    out: list[bytes] = []
+    conn = conn or H1Connection(write=out.append)
+    conn.write = out.append
+    return conn, out
+
+
+@pytest.mark.parametrize("value", [b"a\x0bb", b"a\x0cb", b"a\x1cb", b"a\x1db", b"a\x1eb", b"a\x7fb", b"a\x01b",
+                                   b"\x1f"])
+def test_a_response_value_with_a_control_character_is_refused(value: bytes) -> None:
+    conn, out = started()
+    request = Request(b"GET", b"/", "1.1", [(b"host", b"a")], True, False)
+    with pytest.raises(ProtocolError, match="control character"):
+        conn.start_response(request, 200, [(b"x-bad", value)])
+    assert out == []
+    with pytest.raises(ProtocolError):
+        conn.informational(103, [(b"link", value)])
+
+
+def test_a_response_value_with_htab_or_obs_text_is_sent() -> None:
+    conn, out = started()
+    request = Request(b"GET", b"/", "1.1", [(b"host", b"a")], True, False)
+    conn.start_response(request, 200, [(b"x-a", b"a\tb"), (b"x-b", b"caf\xe9")])
+    conn.send_body(b"", True)
+    assert b"x-a: a\tb\r\nx-b: caf\xe9\r\n" in b"".join(out)
 
 
 def test_error_response_with_extra_lines() -> None:

@@ -20,10 +20,15 @@ Rules this file enforces (RFC 9112):
   the body; more than ``fields`` bytes that make no event (chunk extensions, trailer fields) → 431;
 - a read larger than 64 KiB is parsed a slice at a time, and once ``pipeline`` requests came out of it the rest
   waits unparsed (:attr:`H1Connection.held`): a flood of pipelined requests is parsed only so far ahead;
+- ``CONNECT`` (a tunnel: this is not a proxy) → 400, and nothing after it is parsed; the ``*`` target only with
+  ``OPTIONS`` (§3.2.4); a ``Host`` that is not ``host[:port]`` → 400;
+- transfer codings (§6.1): ``chunked`` must be the last and only once (else 400); another coding before it → 501
+  (none is implemented); ``Transfer-Encoding`` in an HTTP/1.0 request → 400;
+- field values may hold obs-text (0x80-0xFF): passed on as opaque bytes, never taken for a line break;
 - responses: the app's ``content-length`` is respected and checked; without one, a body sent in one piece gets a
   ``content-length``, a streamed body is chunked for HTTP/1.1 and close-delimited for HTTP/1.0; HEAD, 1xx, 204 and
-  304 carry no body (a ``content-length`` on a 204 is left out); header names must be tokens and values free of CR,
-  LF and NUL (else :class:`ProtocolError`).
+  304 carry no body (a ``content-length`` on a 204 is left out); header names must be tokens and values free of
+  control characters but HTAB (RFC 9110 §5.5; CR, LF and NUL above all) (else :class:`ProtocolError`).
 """
 
 from __future__ import annotations
@@ -77,7 +82,12 @@ _known_names: set[bytes] = set()
 _known_values: set[bytes] = set()
 _KNOWN_MAX = 4096
 
-_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"expect", b"te"})
+_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te"})
+# A Host value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP literal or a reg-name (RFC 3986 §3.2.2).
+_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_valid_hosts: set[bytes] = set()
+# Bytes a field value must not hold (RFC 9110 §5.5: no control character but HTAB).
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # The room a request line takes besides its target (method, spaces, version, CRLF).
 _LINE_EXTRA = 64
 
@@ -185,6 +195,7 @@ class H1Connection:
         "_remaining",
         "_response_keep_alive",
         "_state",
+        "_te_other",
         "_te_trailers",
         "_url",
         "_version10",
@@ -221,6 +232,7 @@ class H1Connection:
         self._quiet = 0
         #: the head sizes are checked in on_headers_complete (a large read, or a head spread over reads)
         self._checking = False
+        self._te_other = False
         #: bytes received and not parsed yet: as many requests as may be queued are waiting (see _receive_sliced)
         self._held = b""
         self._expect = False
@@ -260,7 +272,8 @@ class H1Connection:
         except httptools.HttpParserUpgrade as exc:
             self._checking = False
             offset = exc.args[0]
-            events.append(Upgrade(bytes(data[offset:])))
+            if not self._connect(events):
+                events.append(Upgrade(bytes(data[offset:])))
             return events
         except httptools.HttpParserError as exc:
             self.broken = True
@@ -355,6 +368,20 @@ class H1Connection:
             self.broken = True
             events.append(error)
 
+    def _connect(self, events: list[Event]) -> bool:
+        """CONNECT asks for a tunnel, which an origin server does not open: refuse it (the parser stops reading
+        after it, so nothing the client sends next is taken for a request)."""
+        for i in range(len(events) - 1, -1, -1):
+            event = events[i]
+            if type(event) is Request:
+                if event.method != b"CONNECT":
+                    return False
+                del events[i:]
+                self.broken = True
+                events.append(RequestError(400, "CONNECT is not served here (this is not a proxy)"))
+                return True
+        return False
+
     def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | Preface | None:
         cause = exc.__context__
         if isinstance(cause, _ParseAbort):
@@ -437,14 +464,30 @@ class H1Connection:
         if name in _WATCHED_REQUEST:
             if name == b"host":
                 self._hosts += 1
+                if value not in _valid_hosts:
+                    if not _HOST.fullmatch(value):
+                        raise _ParseAbort(RequestError(400, "invalid Host header"))
+                    if len(_valid_hosts) < _KNOWN_MAX:
+                        _valid_hosts.add(value)
             elif name == b"content-length":
                 if value.isdigit() and int(value) > self._max_body:
                     raise _ParseAbort(RequestError(413, "request body larger than the limit"))
+            elif name == b"transfer-encoding":
+                if value.lower() != b"chunked" or self._te_other:
+                    self._transfer_coding(value)
             elif name == b"te":
                 if b"trailers" in value.lower():
                     self._te_trailers = True
             elif value.lower() == b"100-continue":
                 self._expect = True
+
+    def _transfer_coding(self, value: bytes) -> None:
+        # RFC 9112 §6.1: a request's transfer codings must end with chunked (else the parser answers 400); one we do
+        # not implement before it gets 501.  A request that sets _te_other always ends with one of these errors.
+        codings = [c.strip() for c in value.lower().split(b",")]
+        if codings[-1] == b"chunked" and (self._te_other or len(codings) > 1):
+            raise _ParseAbort(RequestError(501, "transfer coding not implemented"))
+        self._te_other = True
 
     def _check_head(self, headers: Headers) -> None:
         """The head's limits, when it may be over them (see :attr:`_checking`), and its field count."""
@@ -458,6 +501,11 @@ class H1Connection:
             if sum(len(n) + len(v) for n, v in headers) + 4 * len(headers) > limits.fields:
                 raise _ParseAbort(RequestError(431, "request header section too large"))
 
+    def _check_target(self, method: bytes, url: bytes) -> None:
+        # RFC 9112 §3.2.4: the asterisk form only with OPTIONS
+        if url == b"*" and method != b"OPTIONS":
+            raise _ParseAbort(RequestError(400, "the '*' target is only for OPTIONS"))
+
     def on_headers_complete(self) -> None:
         headers = self._headers
         if self._checking or len(headers) > self._max_fields:
@@ -468,6 +516,9 @@ class H1Connection:
             if version == "1.0":
                 if self._hosts > 1:
                     raise _ParseAbort(RequestError(400, "more than one Host header"))
+                if any(name == b"transfer-encoding" for name, _ in headers):
+                    # RFC 9112 §6.1: the framing of an HTTP/1.0 message with Transfer-Encoding is faulty
+                    raise _ParseAbort(RequestError(400, "Transfer-Encoding in an HTTP/1.0 request"))
             elif version[:2] == "1.":
                 version = "1.1"  # a higher minor version of HTTP/1: handled as HTTP/1.1 (RFC 9110 §2.5)
             else:
@@ -475,6 +526,8 @@ class H1Connection:
         if self._hosts != 1 and version == "1.1":
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
+        if self._url[:1] != b"/":
+            self._check_target(parser.get_method(), self._url)
         upgrade = None
         if parser.should_upgrade():
             for name, value in headers:
@@ -543,8 +596,9 @@ class H1Connection:
                     if len(_known_names) < _KNOWN_MAX:
                         _known_names.add(lname)
                 if value not in _known_values:
-                    if b"\r" in value or b"\n" in value or b"\0" in value:
-                        raise ProtocolError(f"header {name!r} has CR, LF or NUL in its value")
+                    if _BAD_VALUE.search(value) is not None:
+                        raise ProtocolError(f"header {name!r} has CR, LF or NUL (or another control character) "
+                                            "in its value")
                     if len(value) <= 64 and len(_known_values) < _KNOWN_MAX:
                         _known_values.add(value)
                 parts += (name, b": ", value, b"\r\n")
@@ -688,7 +742,7 @@ class H1Connection:
         lines = [b"0\r\n"]
         for name, value in headers:
             if (type(name) is not bytes or type(value) is not bytes or not _TOKEN.fullmatch(name)
-                    or b"\r" in value or b"\n" in value or b"\0" in value):
+                    or _BAD_VALUE.search(value) is not None):
                 self._fail()
                 raise ProtocolError(f"invalid trailer {name!r}")
             lines.append(b"%s: %s\r\n" % (name, value))
@@ -703,7 +757,7 @@ class H1Connection:
             raise ProtocolError("the final response has already started")
         lines = [_STATUS_LINES.get(status) or status_line(status)]
         for name, value in headers or ():
-            if not _TOKEN.fullmatch(name) or b"\r" in value or b"\n" in value or b"\0" in value:
+            if not _TOKEN.fullmatch(name) or _BAD_VALUE.search(value) is not None:
                 raise ProtocolError(f"invalid informational header {name!r}")
             lines.append(b"%s: %s\r\n" % (name, value))
         lines.append(b"\r\n")
