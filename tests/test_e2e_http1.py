@@ -91,16 +91,19 @@ def test_idle_keep_alive_connection_is_closed(run_server: Any, loop: str) -> Non
         assert client.wait_closed() == b""
 
 
-def test_a_request_head_must_come_within_the_keep_alive_timeout(run_server: Any, loop: str) -> None:
-    """The idle deadline is not pushed back by a few bytes (a slowloris client): only a whole request head ends it."""
-    server = run_server(hello, loop=loop, timeout_keep_alive=0.2)
+def test_a_request_head_must_come_within_the_header_timeout(run_server: Any, loop: str) -> None:
+    """The head's deadline is not pushed back by a few bytes (a slowloris client): only a whole request head ends it.
+    (More in test_e2e_limits.py.)"""
+    server = run_server(hello, loop=loop, timeout_keep_alive=0.2, timeout_request_header=0.2)
     with RawClient(server.port, timeout=5) as client:
         client.send(b"GET / HTTP/1.1\r\nhost: t\r\n")
+        assert client.read_response().status == 408
         assert client.wait_closed() == b""
     with RawClient(server.port, timeout=5) as client:
         client.send(get())
         assert client.read_response().status == 200
         client.send(b"GET / HTTP/1.1\r\n")
+        assert client.read_response().status == 408
         assert client.wait_closed() == b""
 
 

@@ -32,6 +32,12 @@ logger = logging.getLogger("tidegate.error")
 _FLUSH_BYTES = 65536
 access_logger = logging.getLogger("tidegate.access")
 
+# Phases of the connection's read side (see "Deadlines" below).
+_BUSY, _IDLE, _HEAD = 0, 1, 2
+# After an error response, how long the client may go on sending (read and dropped) before the connection is cut:
+# closing at once while its bytes arrive would reset the connection, and the client might never read the answer.
+LINGER = 2.0
+
 
 def _address(value: Any) -> tuple[str, int] | None:
     if isinstance(value, tuple) and len(value) >= 2:
@@ -41,18 +47,25 @@ def _address(value: Any) -> tuple[str, int] | None:
 
 class H1Driver(asyncio.Protocol):
     __slots__ = (
+        "_body_since",
+        "_body_waiter",
+        "_closing_for",
+        "_closing_since",
+        "_drain_since",
         "_drain_waiter",
         "_eof",
         "_flush_handle",
-        "_idle",
+        "_head_since",
         "_idle_since",
         "_last",
         "_lost",
         "_out",
         "_out_bytes",
         "_pending_error",
+        "_phase",
         "_started_at",
         "_timer",
+        "_timer_at",
         "_upgrade_request",
         "conn",
         "current",
@@ -75,7 +88,7 @@ class H1Driver(asyncio.Protocol):
         self._out: list[bytes] = []
         self._out_bytes = 0
         self._flush_handle: asyncio.Handle | None = None
-        self.conn = H1Connection(server.defaults, self._out.append)
+        self.conn = H1Connection(server.defaults, self._out.append, server.request_limits)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.info: ConnectionInfo = None  # type: ignore[assignment]
         self.current: HTTPExchange | None = None
@@ -84,8 +97,15 @@ class H1Driver(asyncio.Protocol):
         self.pipeline: deque[tuple[HTTPExchange, Request]] = deque()
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._idle = False
+        self._timer_at = 0.0
+        self._phase = _BUSY
         self._idle_since = 0.0
+        self._head_since = 0.0
+        self._body_waiter: asyncio.Future[None] | None = None
+        self._body_since = 0.0
+        self._drain_since = 0.0
+        self._closing_since = 0.0
+        self._closing_for = 0.0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pending_error: RequestError | None = None
         self._upgrade_request: Request | None = None
@@ -139,7 +159,9 @@ class H1Driver(asyncio.Protocol):
             elif kind is Data:
                 last = self._last
                 if last is not None:
-                    last.on_data(event.data)  # type: ignore[union-attr]
+                    if not last.on_data(event.data):  # type: ignore[union-attr]
+                        self._body_too_large()
+                        return
                     if last.buffered > self.server.request_buffer and not self.reading_paused:
                         self.reading_paused = True
                         self.transport.pause_reading()
@@ -152,14 +174,20 @@ class H1Driver(asyncio.Protocol):
                 self._on_upgrade(event)  # type: ignore[arg-type]
             elif kind is Preface:
                 self._on_preface(event)  # type: ignore[arg-type]
+        if self._phase == _IDLE and self.conn.in_head:
+            # the first byte of a request head: its deadline runs from now, whatever comes after
+            self._phase = _HEAD
+            self._head_since = self.server.loop.time()
 
     def eof_received(self) -> bool | None:
         # The client sends nothing more.  Whether it still reads is unknown: a half-closing client wants its
         # answers, a closed browser tab does not.  So requests already received are answered, and an app that
         # asks for more (waits in receive() for http.disconnect) is told the client is gone.
+        if self._closing_since:
+            return None  # lingering after an error response: the client is done, close
         current = self.current
         if current is None:
-            self.transport.close()
+            self._close()
             return None
         current.on_eof()
         if self.pipeline:
@@ -184,12 +212,13 @@ class H1Driver(asyncio.Protocol):
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, request: Request) -> None:
-        self._idle = False
+        self._phase = _BUSY
         if request.upgrade is not None and self.current is None and request.upgrade in self.server.upgrades:
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
             return
-        exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue)
+        exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
+                                self.server.body_limit)
         self._last = exchange
         if self.current is None:
             self._start(exchange, request)
@@ -266,11 +295,40 @@ class H1Driver(asyncio.Protocol):
         if data:
             protocol.data_received(data)
 
-    def _write_error(self, status: int, detail: str) -> None:
+    def _body_too_large(self) -> None:
+        self.conn.broken = True  # what follows the refused part of the body is not read as requests
+        self._on_request_error(RequestError(413, "request body larger than the limit"))
+
+    def _write_error(self, status: int, detail: str, extra: bytes = b"") -> None:
         self._flush()
-        if not self.transport.is_closing():
-            self.transport.write(self.conn.error_response(status, detail))
-            self.transport.close()
+        transport = self.transport
+        if not transport.is_closing():
+            transport.write(self.conn.error_response(status, detail, extra))
+            self.conn.broken = True
+            if transport.can_write_eof():
+                # linger: send the answer and a FIN, read (and drop) what the client still sends until it closes
+                transport.write_eof()
+                self._closing(LINGER)
+                if self.reading_paused:
+                    self.reading_paused = False
+                    transport.resume_reading()
+            else:
+                self._close()
+
+    def _close(self) -> None:
+        """Close once what is queued is written; past --timeout-write for that, drop the connection."""
+        transport = self.transport
+        transport.close()
+        if not self._lost and transport.get_write_buffer_size():
+            self._closing(self.server.write_timeout)
+
+    def _closing(self, limit: float) -> None:
+        if self._lost:
+            return
+        now = self.server.loop.time()
+        self._closing_since = now
+        self._closing_for = limit
+        self._watch(now + limit)
 
     def response_done(self) -> None:
         exchange = self.current
@@ -281,43 +339,116 @@ class H1Driver(asyncio.Protocol):
         self.current_request = None
         self.task = None
         if not self.conn.keep_alive or not exchange.request_complete or self.shutting_down:
-            self.transport.close()
+            self._close()
             return
         self.conn.next_response()
         if self.pipeline:
             exchange, request = self.pipeline.popleft()
-            if self.reading_paused and exchange.buffered <= self.server.request_buffer:
-                self.resume_reading()
             self._start(exchange, request)
+            conn = self.conn
+            if conn.held:
+                self.data_received(b"")  # the requests not parsed while as many as may be queued were waiting
+            if (self.reading_paused and not conn.held and len(self.pipeline) < self.server.pipeline_depth
+                    and exchange.buffered <= self.server.request_buffer):
+                self.resume_reading()
         elif self._pending_error is not None:
             self._write_error(self._pending_error.status, self._pending_error.detail)
         elif self._eof:
-            self.transport.close()
+            self._close()
         else:
             self._arm_idle_timer()
 
-    # The keep-alive deadline runs from the end of the last response (or the connection's start) until a whole
-    # request head has come: bytes that trickle in do not push it back (a slowloris client).  Rather than cancel
-    # and re-arm a timer for every request, one timer per connection is armed lazily: when it fires early it
-    # re-arms for the rest.
+    # Deadlines, each for one phase and none pushed back by bytes that trickle in:
+    #   idle: from the end of the last response (or the connection's start) to the first byte of a request:
+    #     --timeout-keep-alive, then the connection closes quietly;
+    #   head: from that first byte until the head is complete: --timeout-request-header, then 408;
+    #   body: while the app waits in receive() for more of the request body: --timeout-request-body, then the app
+    #     gets http.disconnect and the client 408 (if no response started);
+    #   write: while send() waits for the client to take what is queued, or a closed connection still has bytes to
+    #     write: --timeout-write, then the connection is dropped.
+    # A phase begins with an attribute write or two, never a timer: one timer per connection is armed lazily.  When
+    # it fires it works out the deadline of the phase the connection is in now: past it, it acts; else it re-arms
+    # for it, and never for later than one idle period, so that the next idle phase finds it armed in time.
 
     def _arm_idle_timer(self) -> None:
         loop = self.server.loop
-        self._idle = True
-        self._idle_since = loop.time()
+        self._phase = _IDLE
+        self._idle_since = now = loop.time()
         if self._timer is None:
-            self._timer = loop.call_at(self._idle_since + self.server.keep_alive_timeout, self._on_idle_timer)
+            self._timer_at = now + self.server.idle_check
+            self._timer = loop.call_at(self._timer_at, self._on_timer)
 
-    def _on_idle_timer(self) -> None:
+    def _watch(self, deadline: float) -> None:
+        """Make the timer fire by ``deadline``."""
+        timer = self._timer
+        if timer is not None:
+            if self._timer_at <= deadline:
+                return
+            timer.cancel()
+        self._timer_at = deadline
+        self._timer = self.server.loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
         self._timer = None
-        if not self._idle or self.current is not None or self.pipeline:
-            return  # busy: _arm_idle_timer re-arms when the connection goes idle again
-        deadline = self._idle_since + self.server.keep_alive_timeout
-        loop = self.server.loop
-        if loop.time() >= deadline:
-            self.transport.close()
+        if self._lost:
+            return
+        server = self.server
+        loop = server.loop
+        now = loop.time()
+        if self._closing_since:
+            deadline = self._closing_since + self._closing_for
+            if now >= deadline:
+                self.transport.abort()
+                return
+        elif self._phase:
+            if self._phase == _IDLE and self.conn.in_head:
+                # part of a pipelined head came while the previous request ran: its time counts from then
+                self._phase = _HEAD
+                self._head_since = self._idle_since
+            if self._phase == _IDLE:
+                deadline = self._idle_since + server.keep_alive_timeout
+                if now >= deadline:
+                    self._close()
+                    return
+            else:
+                deadline = self._head_since + server.header_timeout
+                if now >= deadline:
+                    logger.info("request head from %s not complete within %gs: answering 408", self._client_text(),
+                                server.header_timeout)
+                    self._write_error(408, "request head not received in time")
+                    return
         else:
-            self._timer = loop.call_at(deadline, self._on_idle_timer)
+            deadline = 0.0
+            waiter = self._body_waiter
+            if waiter is not None and not waiter.done() and self.current is not None:
+                deadline = self._body_since + server.body_timeout
+                if now >= deadline:
+                    self._body_timed_out()
+                    return
+            if self._drain_waiter is not None:
+                write_deadline = self._drain_since + server.write_timeout
+                if now >= write_deadline:
+                    logger.info("client %s has not read the response for %gs: dropping the connection",
+                                self._client_text(), server.write_timeout)
+                    self.transport.abort()
+                    return
+                deadline = min(deadline, write_deadline) if deadline else write_deadline
+            if not deadline:
+                return  # nothing to watch while the app runs: _arm_idle_timer or _watch arm it again
+        self._timer_at = min(deadline, now + server.idle_check)
+        self._timer = loop.call_at(self._timer_at, self._on_timer)
+
+    def _body_timed_out(self) -> None:
+        logger.info("request body from %s stalled for %gs: the app gets http.disconnect", self._client_text(),
+                    self.server.body_timeout)
+        current = self.current
+        assert current is not None
+        self.conn.broken = True
+        current.on_disconnect()
+        if self.conn.response_started:
+            self.abort()
+        else:
+            self._write_error(408, "request body not received in time")
 
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
@@ -326,7 +457,7 @@ class H1Driver(asyncio.Protocol):
         # A connection that has not sent its first request yet may have one on the way (it was accepted just
         # before the listener closed): answer it, with connection: close; the idle timer bounds the wait.
         if self.current is None and self._last is not None:
-            self.transport.close()
+            self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
         scope = exchange.scope
@@ -398,7 +529,7 @@ class H1Driver(asyncio.Protocol):
     def abort(self) -> None:
         """Close after what was written: the response in progress cannot be completed."""
         self._flush()
-        self.transport.close()
+        self._close()
 
     def force_close(self) -> list[asyncio.Task[None]]:
         """Shutdown ran out of time: cancel the app and drop the connection; return the task cancelled."""
@@ -410,16 +541,27 @@ class H1Driver(asyncio.Protocol):
 
     async def drain(self) -> None:
         if self.write_paused and not self._lost:
-            waiter = self.server.loop.create_future()
+            loop = self.server.loop
+            waiter = loop.create_future()
             self._drain_waiter = waiter
+            self._drain_since = now = loop.time()
+            self._watch(now + self.server.write_timeout)
             await waiter
         if self._lost:
             raise ClientDisconnected("the client has disconnected")
 
     def create_waiter(self) -> asyncio.Future[None]:
-        return self.server.loop.create_future()
+        loop = self.server.loop
+        waiter = loop.create_future()
+        current = self.current
+        if current is not None and not current.request_complete:
+            # the app waits for more of the request body: --timeout-request-body runs
+            self._body_waiter = waiter
+            self._body_since = now = loop.time()
+            self._watch(now + self.server.body_timeout)
+        return waiter
 
     def resume_reading(self) -> None:
-        if self.reading_paused and not self._lost:
+        if self.reading_paused and not self._lost and not self.conn.held:
             self.reading_paused = False
             self.transport.resume_reading()

@@ -15,7 +15,7 @@ from ..asgi.http import ASGIApp
 from ..config import Config
 from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.events import Request
-from ..protocol.http1 import ResponseDefaults
+from ..protocol.http1 import RequestLimits, ResponseDefaults
 from .h1 import H1Driver
 from .h2 import alpn_protocols, connection_factory, install
 from .lifespan import Lifespan
@@ -51,9 +51,20 @@ class ServerState:
         self.access_log = config.logging.access_log
         #: renders an access line from (scope, status, bytes, milliseconds) for --access-log-format/-json
         self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
-        self.keep_alive_timeout = config.timeouts.keep_alive
-        self.request_buffer = config.limits.request_buffer
-        self.pipeline_depth = config.limits.pipeline_depth
+        timeouts = config.timeouts
+        limits = config.limits
+        self.keep_alive_timeout = timeouts.keep_alive
+        self.header_timeout = timeouts.request_header
+        self.body_timeout = timeouts.request_body
+        self.write_timeout = timeouts.write
+        #: the longest a connection's deadline timer sleeps while one of its deadlines is watched
+        self.idle_check = min(timeouts.keep_alive, timeouts.request_header)
+        self.request_buffer = limits.request_buffer
+        self.pipeline_depth = limits.pipeline_depth
+        self.request_limits = RequestLimits(limits.request_line, limits.request_headers, limits.request_header_count,
+                                            limits.request_body, limits.pipeline_depth)
+        #: --limit-request-body for the exchanges (0: none)
+        self.body_limit = limits.request_body
         http = config.http
         extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
         self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"",
