@@ -1010,3 +1010,19 @@ def test_garbage_after_the_preface_never_raises(garbage: bytes) -> None:
     conn.receive_data(PREFACE + frame(4, 0, 0))
     events = conn.receive_data(garbage)
     assert all(isinstance(e, (Request, Data, EndOfMessage, StreamReset, ConnectionClosed, Writable)) for e in events)
+
+
+def test_the_http1_connection_hands_over_a_large_first_read_whole() -> None:
+    # prior knowledge: the HTTP/1.1 parser sees the preface; every byte after it belongs to the HTTP/2 connection,
+    # however large the read (the parser takes large reads in slices)
+    from tidegate.protocol.events import Preface
+    from tidegate.protocol.http1 import H1Connection
+
+    data = PREFACE + frame(4, 0, 0) + frame(4, 1, 0) + frame(1, 0x4, 1, RAW_GET) + b"".join(
+        frame(0, 0, 1, bytes([i]) * 16384) for i in range(8))
+    events = H1Connection().receive_data(data)
+    assert len(events) == 1 and isinstance(events[0], Preface) and events[0].data == data
+    conn = H2Connection(initial_window_size=2**20, max_concurrent_streams=1)
+    conn.initiate()
+    events = conn.receive_data(events[0].data)
+    assert kinds(events) == ["Request"] + ["Data"] * 8

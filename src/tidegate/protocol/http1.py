@@ -323,6 +323,9 @@ class H1Connection:
             got = self.receive_data(view[start:end])  # type: ignore[arg-type]
             events += got
             if self.broken:
+                if got and type(got[-1]) is Preface and end < size:
+                    # HTTP/2 with prior knowledge: its bytes go on past this slice
+                    events[-1] = Preface(got[-1].data + data[end:])
                 break
             if got and type(got[-1]) is Upgrade:
                 if end < size:
