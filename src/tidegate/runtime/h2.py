@@ -28,22 +28,25 @@ import base64
 import binascii
 import logging
 import re
-from collections.abc import Callable
+import struct
+from collections.abc import Callable, Iterable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
-from ..asgi.scope import ConnectionInfo, http_scope
+from ..asgi.scope import ConnectionInfo, http_scope, websocket_scope
+from ..asgi.websocket import WebSocketExchange
 from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
+from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
 from .h1 import H1Driver, _address
 from .tls import with_tls
 
 if TYPE_CHECKING:
     from .server import ServerState
 
-__all__ = ["H2Driver", "H2Stream", "alpn_protocols", "connection_factory", "install"]
+__all__ = ["H2Driver", "H2Stream", "H2WebSocket", "alpn_protocols", "connection_factory", "install"]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
@@ -82,6 +85,26 @@ class H2Stream:
             await self.exchange.run(self.driver.server.app)
         finally:
             self.driver._stream_finished(self)
+
+    # ------------------------------------------------------------------ from the driver
+
+    def on_data(self, data: bytes) -> None:
+        self.unacked += len(data)
+        self.reading_paused = True
+        self.exchange.on_data(data)
+
+    def on_end(self) -> None:
+        self.exchange.on_end()
+
+    def on_reset(self) -> None:
+        """The stream was reset, or the connection is gone."""
+        if not self.gone:
+            self.gone = True
+            self.exchange.on_disconnect()
+            self.wake()
+
+    def shutdown(self) -> None:
+        pass  # a request in progress is answered
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -148,11 +171,312 @@ class H2Stream:
     def resume_reading(self) -> None:
         self.reading_paused = False
         size = self.unacked
+        driver = self.driver
         if size:
             self.unacked = 0
-            driver = self.driver
             driver.conn.acknowledge(self.id, size)
             driver.wrote(0)
+        elif driver._upgraded is self and not driver._lost:
+            driver.transport.resume_reading()  # the h2c upgrade's body, read again
+
+
+class H2WebSocket:
+    """A WebSocket over one stream (RFC 8441 extended CONNECT): the same sans-IO
+    :class:`~tidegate.protocol.websocket.WebSocketSession` and :class:`~tidegate.asgi.websocket.WebSocketExchange` as
+    over HTTP/1.1, with the stream's DATA as the byte stream; this is the exchange's ``WebSocketStream``.
+
+    The handshake is answered with HEADERS 200; frames go out as DATA (under the stream's flow control, so a
+    client that does not read makes ``send()`` wait); data received is given back to the client's window as the
+    app takes the messages.  The closing handshake ends the stream with END_STREAM; a failure or a missing close
+    resets it.  Keepalive pings and the close timeout are those of ``--ws-*``.
+    """
+
+    __slots__ = ("_close_timer", "_early", "_ending", "_ping_count", "_ping_payload", "_ping_timer", "_pong_timer",
+                 "_waiter", "driver", "exchange", "gone", "id", "reading_paused", "request", "send_bytes",
+                 "send_text", "session", "task", "unacked", "write_paused")
+
+    def __init__(self, driver: H2Driver, request: Request) -> None:
+        self.driver = driver
+        self.id = request.stream_id
+        self.request = request
+        settings = driver.server.config.websocket
+        self.session = WebSocketSession(request, max_size=settings.max_size,
+                                        per_message_deflate=settings.per_message_deflate, write=self._write)
+        self.send_text = self.session.send_text
+        self.send_bytes = self.session.send_bytes
+        self.exchange: WebSocketExchange | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.write_paused = False
+        self.reading_paused = False
+        self.unacked = 0
+        self.gone = False
+        self._ending = False
+        self._early: list[bytes] = []
+        self._waiter: asyncio.Future[None] | None = None
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_count = 0
+
+    def start(self) -> None:
+        driver = self.driver
+        rejection = self.session.rejection
+        if rejection is not None:
+            logger.info("WebSocket handshake from %s refused: %s", driver.client_text(), rejection.detail)
+            self._log_access(rejection.status)
+            conn = driver.conn
+            if rejection.headers:
+                conn.start_response(self.id, rejection.status, rejection.headers)
+                conn.send_body(self.id, (rejection.detail + "\n").encode(), True)
+            else:
+                conn.error_response(self.id, rejection.status, rejection.detail)
+            driver.wrote(0)
+            self._maybe_done()
+            return
+        self.exchange = WebSocketExchange(self, websocket_scope(self.request, driver.info),
+                                          driver.server.request_buffer)
+        self.task = driver.server.loop.create_task(self.run())
+
+    async def run(self) -> None:
+        assert self.exchange is not None
+        try:
+            await self.exchange.run(self.driver.server.app)
+        finally:
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        """Forgotten by the driver once the app returned and the stream ended."""
+        if (self.task is None or self.task.done()) and (self.gone or not self.driver.conn.is_open(self.id)):
+            self._stop_timers()
+            self.driver.forget(self)
+
+    # ------------------------------------------------------------------ from the driver
+
+    def on_data(self, data: bytes) -> None:
+        exchange = self.exchange
+        driver = self.driver
+        session = self.session
+        if exchange is None or session.state == CLOSED:
+            driver.conn.acknowledge(self.id, len(data))
+            return
+        if session.state == CONNECTING:
+            self._early.append(data)  # held (and not acknowledged) until the handshake is answered
+            return
+        for event in session.receive_data(data):
+            kind = type(event)
+            if kind is str or kind is bytes:
+                exchange.on_message(event)  # type: ignore[arg-type]
+            elif kind is Close:
+                self._on_close(event)  # type: ignore[arg-type]
+            elif kind is Pong and event.payload == self._ping_payload:  # type: ignore[union-attr]
+                self._ping_payload = None
+                if self._pong_timer is not None:
+                    self._pong_timer.cancel()
+                    self._pong_timer = None
+        if exchange.over_limit:
+            self.unacked += len(data)
+            self.reading_paused = True
+        else:
+            driver.conn.acknowledge(self.id, len(data))
+        driver.wrote(0)
+
+    def _on_close(self, event: Close) -> None:
+        """The client's close frame (echoed by the session), or a failure the session closed for."""
+        if event.error:
+            logger.info("WebSocket from %s closed with %d: %s", self.driver.client_text(), event.code,
+                        escape_log(event.reason))
+        assert self.exchange is not None
+        self.exchange.on_close(event.code, "" if event.error else event.reason)
+        self._stop_timers()
+        self._end_stream()
+
+    def on_end(self) -> None:
+        """The client ended the stream: after its close frame, the end of the session; without one, a loss."""
+        if self.session.state != CLOSED:
+            if self.exchange is not None:
+                self.exchange.on_close(1006)
+            self.driver.conn.reset_stream(self.id, CANCEL)
+            self.gone = True
+        else:
+            self._end_stream()
+        self.driver.wrote(0)
+        self._maybe_done()
+
+    def on_reset(self) -> None:
+        if not self.gone:
+            self.gone = True
+            if self.exchange is not None:
+                self.exchange.on_close(1006)
+            self._stop_timers()
+            self.wake()
+            self._maybe_done()
+
+    def shutdown(self) -> None:
+        """Server shutdown: the app gets websocket.disconnect (1001), then the client a close frame (1001)."""
+        if self.session.state == OPEN:
+            self._go_away()
+
+    def _go_away(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_close(1001, "server shutting down")
+        self.session.send_close(1001, "server shutting down")
+        self._await_close()
+
+    def _end_stream(self) -> None:
+        if not self._ending and not self.gone:
+            self._ending = True
+            self.driver.conn.send_body(self.id, b"", True)
+            self.driver.wrote(0)
+            self._maybe_done()
+
+    def wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------------ timers
+
+    def _start_keepalive(self) -> None:
+        interval = self.driver.server.config.websocket.ping_interval
+        if interval > 0:
+            self._ping_timer = self.driver.server.loop.call_later(interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        settings = self.driver.server.config.websocket
+        loop = self.driver.server.loop
+        self._ping_timer = None
+        if self.session.state != OPEN or self.gone:
+            return
+        self.session.compact()
+        if self._ping_payload is None:
+            self._ping_count += 1
+            self._ping_payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
+            self.session.ping(self._ping_payload)
+            if settings.ping_timeout > 0:
+                self._pong_timer = loop.call_later(settings.ping_timeout, self._pong_overdue)
+        self._ping_timer = loop.call_later(settings.ping_interval, self._keepalive)
+
+    def _pong_overdue(self) -> None:
+        self._pong_timer = None
+        if self.gone or self.session.state != OPEN:
+            return
+        logger.info("WebSocket from %s closed: no pong within %.1fs", self.driver.client_text(),
+                    self.driver.server.config.websocket.ping_timeout)
+        self.session.fail(1011, "keepalive ping timeout")
+        self._abandon()
+
+    def _await_close(self) -> None:
+        """We sent a close frame: give the client ``ws_close_timeout`` to answer with its own."""
+        self._stop_timers()
+        if not self.gone:
+            self._close_timer = self.driver.server.loop.call_later(
+                self.driver.server.config.websocket.close_timeout, self._abandon)
+
+    def _abandon(self) -> None:
+        """The session cannot end cleanly: the app is told, the stream reset."""
+        self._close_timer = None
+        if self.exchange is not None:
+            self.exchange.on_close(1006)
+        self.driver.conn.reset_stream(self.id, CANCEL)
+        self.driver.wrote(0)
+        self.on_reset()
+
+    def _stop_timers(self) -> None:
+        for name in ("_ping_timer", "_pong_timer", "_close_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # ------------------------------------------------------------------ WebSocketStream
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        status, response = self.session.accept(subprotocol, headers)
+        driver = self.driver
+        driver.conn.start_response(self.id, status, response)
+        driver.conn.send_body(self.id, b"", False)  # the HEADERS go now; the stream stays open both ways
+        driver.wrote(0)
+        self._log_access(status)
+        if self._early:
+            early = b"".join(self._early)
+            self._early.clear()
+            self.on_data(early)
+        if self.session.state != OPEN:
+            return
+        self._start_keepalive()
+        if driver.shutting_down:
+            self._go_away()
+
+    def close(self, code: int, reason: str) -> None:
+        self.session.send_close(code, reason)
+        self._await_close()
+
+    def _write(self, data: bytes) -> None:
+        driver = self.driver
+        if not driver.conn.send_body(self.id, data, False) or driver.write_paused:
+            self.write_paused = True
+        driver.wrote(len(data))
+
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """The denial response's head (an HTTP response instead of the WebSocket)."""
+        self.driver.conn.start_response(self.id, status, list(headers))
+        self.session.reject()
+        self._log_access(status)
+
+    def send_data(self, data: bytes, end: bool) -> None:
+        driver = self.driver
+        if not driver.conn.send_body(self.id, data, end) or driver.write_paused:
+            self.write_paused = True
+        if end and driver.conn.is_open(self.id) and not driver.conn.pending(self.id):
+            driver.conn.reset_stream(self.id, NO_ERROR)  # answered: the client's side is not wanted (RFC 9113 §8.1)
+        driver.wrote(len(data))
+        self._maybe_done()
+
+    def send_error(self, status: int) -> None:
+        self.session.reject()
+        self._log_access(status)
+        self.driver.conn.error_response(self.id, status)
+        self.driver.wrote(0)
+        self._maybe_done()
+
+    def abort(self) -> None:
+        self.driver.conn.reset_stream(self.id, CANCEL)
+        self.driver.wrote(0)
+        self.on_reset()
+
+    async def drain(self) -> None:
+        driver = self.driver
+        while not self.gone:
+            if not driver.write_paused and not driver.conn.pending(self.id):
+                self.write_paused = False
+                return
+            waiter = driver.server.loop.create_future()
+            self._waiter = waiter
+            driver.waiting.add(self)
+            try:
+                await waiter
+            finally:
+                driver.waiting.discard(self)
+        raise ClientDisconnected("the client has disconnected")
+
+    def create_waiter(self) -> asyncio.Future[None]:
+        return self.driver.server.loop.create_future()
+
+    def resume_reading(self) -> None:
+        self.reading_paused = False
+        size = self.unacked
+        if size:
+            self.unacked = 0
+            self.driver.conn.acknowledge(self.id, size)
+            self.driver.wrote(0)
+
+    def _log_access(self, status: int) -> None:
+        if self.driver.server.access_log:
+            access_logger.info('%s - "WebSocket %s HTTP/2" %d', self.driver.client_text(),
+                               escape_log(self.request.target.decode("latin-1")), status)
 
 
 class H2Driver(asyncio.Protocol):
@@ -172,14 +496,16 @@ class H2Driver(asyncio.Protocol):
                                  max_resets=MAX_RESETS)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.info: ConnectionInfo = None  # type: ignore[assignment]
-        #: streams whose app task runs (a stream the client reset stays here until its app returns)
-        self.streams: dict[int, H2Stream] = {}
+        #: streams whose app task runs (a stream the client reset stays here until its app returns; a WebSocket
+        #: until its stream ends too)
+        self.streams: dict[int, H2Stream | H2WebSocket] = {}
         #: streams waiting in drain()
-        self.waiting: set[H2Stream] = set()
+        self.waiting: set[H2Stream | H2WebSocket] = set()
         self.write_paused = False
         self.shutting_down = False
         self._upgrade = upgrade
         self._upgrade_body = 0
+        self._upgraded: H2Stream | None = None
         self._lost = False
         self._closing = False
         self._timer: asyncio.TimerHandle | None = None
@@ -219,9 +545,7 @@ class H2Driver(asyncio.Protocol):
         self._timer = self._reset_timer = None
         self._closing = True
         for stream in list(self.streams.values()):
-            stream.gone = True
-            stream.exchange.on_disconnect()
-            stream.wake()
+            stream.on_reset()
         self._out.clear()
         self.server.connection_closed()
 
@@ -241,22 +565,17 @@ class H2Driver(asyncio.Protocol):
             elif kind is EndOfMessage:
                 stream = streams.get(event.stream_id)  # type: ignore[union-attr]
                 if stream is not None:
-                    stream.exchange.on_end()
+                    stream.on_end()
             elif kind is Data:
                 stream = streams.get(event.stream_id)  # type: ignore[union-attr]
-                size = len(event.data)  # type: ignore[union-attr]
                 if stream is None or stream.gone:
-                    conn.acknowledge(event.stream_id, size)  # type: ignore[union-attr]
+                    conn.acknowledge(event.stream_id, len(event.data))  # type: ignore[union-attr]
                 else:
-                    stream.unacked += size
-                    stream.reading_paused = True
-                    stream.exchange.on_data(event.data)  # type: ignore[union-attr]
+                    stream.on_data(event.data)  # type: ignore[union-attr]
             elif kind is StreamReset:
                 stream = streams.get(event.stream_id)  # type: ignore[union-attr]
-                if stream is not None and not stream.gone:
-                    stream.gone = True
-                    stream.exchange.on_disconnect()
-                    stream.wake()
+                if stream is not None:
+                    stream.on_reset()
             elif kind is Writable:
                 stream = streams.get(event.stream_id)  # type: ignore[union-attr]
                 if stream is not None:
@@ -289,10 +608,10 @@ class H2Driver(asyncio.Protocol):
             # apps of reset streams still run: do not start more than the limit
             self.conn.reset_stream(request.stream_id, REFUSED_STREAM, client_fault=True)
             return
-        stream = H2Stream(self, request)
         if request.upgrade is not None:
-            self._on_extended_connect(stream, request)
+            self._on_extended_connect(request)
             return
+        stream = H2Stream(self, request)
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue)
         self.streams[stream.id] = stream
         server = self.server
@@ -300,17 +619,26 @@ class H2Driver(asyncio.Protocol):
             stream.started_at = perf_counter()
         stream.task = server.loop.create_task(stream.run())
 
-    def _on_extended_connect(self, stream: H2Stream, request: Request) -> None:
-        # no protocol other than those registered may be tunnelled
-        self.conn.error_response(stream.id, 501, "extended CONNECT for this protocol is not supported")
+    def _on_extended_connect(self, request: Request) -> None:
+        """RFC 8441: a WebSocket over this stream (the only protocol extended CONNECT offers)."""
+        if request.upgrade != b"websocket":
+            self.conn.error_response(request.stream_id, 501, "extended CONNECT for this protocol is not supported")
+            return
+        websocket = H2WebSocket(self, request)
+        self.streams[websocket.id] = websocket
+        websocket.start()
 
     def _stream_finished(self, stream: H2Stream) -> None:
-        self.streams.pop(stream.id, None)
         if not stream.gone and self.conn.is_open(stream.id) and not self._lost:
             # the app is done while the stream is not: the response is complete and the client still sends
             # (RFC 9113 §8.1: ask it to stop, without error), or the response was never completed
             self.conn.reset_stream(stream.id, CANCEL if stream.exchange.request_complete else NO_ERROR)
             self.wrote(0)
+        self.forget(stream)
+
+    def forget(self, stream: H2Stream | H2WebSocket) -> None:
+        """The stream's app is done (and a WebSocket's stream ended): the connection may go idle or close."""
+        self.streams.pop(stream.id, None)
         if not self.streams:
             if self.shutting_down or self.conn.peer_going_away:
                 self.close()
@@ -324,10 +652,7 @@ class H2Driver(asyncio.Protocol):
             return
         logger.info("HTTP/2 connection error with %s: %s", self._client_text(), escape_log(event.detail))
         for stream in list(self.streams.values()):
-            if not stream.gone:
-                stream.gone = True
-                stream.exchange.on_disconnect()
-                stream.wake()
+            stream.on_reset()
 
     def _clear_resets(self) -> None:
         self._reset_timer = None
@@ -344,6 +669,7 @@ class H2Driver(asyncio.Protocol):
         if self.server.access_log:
             stream.started_at = perf_counter()
         self._upgrade_body = body_length
+        self._upgraded = stream if body_length else None
         if not body_length:
             stream.exchange.on_end()
         stream.task = self.server.loop.create_task(stream.run())
@@ -352,11 +678,17 @@ class H2Driver(asyncio.Protocol):
         """The upgrading request's body comes first, as HTTP/1.1 bytes; the HTTP/2 preface follows it."""
         size = min(len(data), self._upgrade_body)
         self._upgrade_body -= size
-        stream = self.streams.get(1)
+        stream = self._upgraded
         if stream is not None and not stream.gone:
-            stream.exchange.on_data(data[:size])
+            exchange = stream.exchange
+            exchange.on_data(data[:size])
             if not self._upgrade_body:
-                stream.exchange.on_end()
+                exchange.on_end()
+                self._upgraded = None
+            elif exchange.buffered > self.server.request_buffer and not stream.reading_paused:
+                # these bytes are not flow-controlled: read no more until the app takes them
+                stream.reading_paused = True
+                self.transport.pause_reading()
         return data[size:]
 
     # ------------------------------------------------------------------ writing
@@ -410,6 +742,8 @@ class H2Driver(asyncio.Protocol):
         """Graceful shutdown: GOAWAY with the last stream id; close once the open streams are answered."""
         self.shutting_down = True
         self.conn.goaway()
+        for stream in list(self.streams.values()):
+            stream.shutdown()
         self._flush()
         if not self.streams:
             self.close()
@@ -438,6 +772,9 @@ class H2Driver(asyncio.Protocol):
         return cancelled
 
     # ------------------------------------------------------------------ logging
+
+    def client_text(self) -> str:
+        return self._client_text()
 
     def log_access(self, stream: H2Stream) -> None:
         exchange = stream.exchange
@@ -502,10 +839,12 @@ def upgrade_h2c(h1: H1Driver, request: Request, trailing: bytes) -> None:
 
 
 def install(state: ServerState) -> None:
-    """Register the cleartext ways into HTTP/2 that ``--http`` allows."""
+    """Register the cleartext ways into HTTP/2 that ``--http`` allows; offer WebSocket over HTTP/2 (RFC 8441)
+    where it is spoken over HTTP/1.1."""
     if state.config.protocols.http == "auto":
         state.upgrades[b"h2c"] = upgrade_h2c
         state.h2_prior_knowledge = prior_knowledge
+    state.h2_connect_protocol = b"websocket" in state.upgrades
 
 
 class _ALPNChooser(asyncio.Protocol):
