@@ -510,7 +510,53 @@ def test_lingering_ends_at_its_deadline() -> None:
     run(main)
 
 
-# ---------------------------------------------------------------------------------------------------- settings
+# ---------------------------------------------------------------------------------------------------- concurrency
+
+
+def test_requests_past_the_concurrency_limit_get_503() -> None:
+    release = asyncio.Event()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await release.wait()
+        await hello(scope, receive, send)
+
+    async def main() -> None:
+        h = Harness(slow, limit_concurrency=1)
+        h.send(GET)
+        await settle()
+        assert h.state.in_flight == 1
+        other = Transport(asyncio.get_running_loop())
+        second = H1Driver(h.state)
+        other.protocol = second
+        second.connection_made(other)  # type: ignore[arg-type]
+        second.data_received(GET + GET)
+        await settle()
+        assert status_of(other.data) == 503 and b"\r\nretry-after: 1\r\n" in other.data
+        assert other.data.count(b"HTTP/1.1") == 1  # the request after it on that connection is not started
+        release.set()
+        await settle()
+        assert status_of(h.transport.data) == 200 and h.state.in_flight == 0
+        h.send(GET)
+        await settle()
+        assert h.transport.data.count(b"HTTP/1.1 200") == 2
+
+    run(main)
+
+
+def test_an_app_that_fails_releases_its_place() -> None:
+    async def failing(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    async def main() -> None:
+        h = Harness(failing, limit_concurrency=1)
+        for _ in range(3):
+            h.send(GET)
+            await settle()
+            if h.transport.closed:
+                break
+        assert status_of(h.transport.data) == 500 and h.state.in_flight == 0
+
+    run(main)
 
 
 @pytest.mark.parametrize("setting", ["timeout_request_header", "timeout_request_body", "timeout_write",

@@ -61,6 +61,7 @@ class H1Driver(asyncio.Protocol):
         "_lost",
         "_out",
         "_out_bytes",
+        "_parked",
         "_pending_error",
         "_phase",
         "_started_at",
@@ -106,6 +107,7 @@ class H1Driver(asyncio.Protocol):
         self._drain_since = 0.0
         self._closing_since = 0.0
         self._closing_for = 0.0
+        self._parked = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pending_error: RequestError | None = None
         self._upgrade_request: Request | None = None
@@ -132,7 +134,20 @@ class H1Driver(asyncio.Protocol):
                                                                           server.config.tls.certfile)
         self.info = ConnectionInfo(_address(peer), local, scheme, server.root_path, server.state, extensions)
         server.connections.add(self)
+        if server.connection_limit is not None and not server.admit_connection(self):
+            # accepted past --limit-connections (in the same batch as the last one allowed): not read until a
+            # connection closes
+            self._parked = True
+            self.transport.pause_reading()
+            return
         self._arm_idle_timer()
+
+    def unpark(self) -> None:
+        """A connection closed: serve this one, accepted past the connection limit."""
+        self._parked = False
+        if not self._lost:
+            self.transport.resume_reading()
+            self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -229,11 +244,30 @@ class H1Driver(asyncio.Protocol):
                 self.transport.pause_reading()
 
     def _start(self, exchange: HTTPExchange, request: Request) -> None:
+        server = self.server
+        limited = server.concurrency_limit is not None
+        if limited and not self._admit():
+            return
         self.current = exchange
         self.current_request = request
-        if self.server.access_log:
+        if server.access_log:
             self._started_at = perf_counter()
-        self.task = self.server.loop.create_task(exchange.run(self.server.app))
+        self.task = server.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(server.app))
+
+    def _admit(self) -> bool:
+        """--limit-concurrency: run the request now, or answer 503 (the app does not see it) and close."""
+        if self.conn.broken:
+            return False  # refused already: the connection closes
+        if self.server.admit_request():
+            return True
+        self._write_error(503, "too many requests in progress, retry later", b"retry-after: 1\r\n")
+        return False
+
+    async def _run_admitted(self, exchange: HTTPExchange) -> None:
+        try:
+            await exchange.run(self.server.app)
+        finally:
+            self.server.release_request()
 
     def _on_request_error(self, error: RequestError) -> None:
         logger.info("invalid request from %s: %s", self._client_text(), escape_log(error.detail))
@@ -454,6 +488,9 @@ class H1Driver(asyncio.Protocol):
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.shutting_down = True
         self.conn.keep_alive = False
+        if self._parked:
+            self._close()  # accepted past the connection limit and never read
+            return
         # A connection that has not sent its first request yet may have one on the way (it was accepted just
         # before the listener closed): answer it, with connection: close; the idle timer bounds the wait.
         if self.current is None and self._last is not None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any, cast
@@ -65,6 +67,18 @@ class ServerState:
                                             limits.request_body, limits.pipeline_depth)
         #: --limit-request-body for the exchanges (0: none)
         self.body_limit = limits.request_body
+        #: --limit-concurrency (None: none) and the requests being handled under it (see :meth:`admit_request`)
+        self.concurrency_limit = limits.concurrency
+        self.in_flight = 0
+        self._refusing = False
+        #: --limit-connections (None: none); connections accepted past it wait, not read, in _parked
+        self.connection_limit = limits.connections
+        self._parked: deque[Any] = deque()
+        # [socket, its asyncio server or None while accepting is paused]
+        self._listening: list[list[Any]] = []
+        self._factory: Callable[[], asyncio.Protocol] | None = None
+        self._tls: ssl.SSLContext | None = None
+        self._accepting = False
         http = config.http
         extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
         self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"",
@@ -87,7 +101,120 @@ class ServerState:
             self._clock.cancel()
             self._clock = None
 
+    # ------------------------------------------------------------------ listeners and --limit-connections
+
+    async def listen(self, sockets: list[socket.socket], factory: Callable[[], asyncio.Protocol],
+                     tls: ssl.SSLContext | None) -> None:
+        """Accept connections on ``sockets``.  Under --limit-connections each is served through a duplicate of
+        its file descriptor, so that accepting can stop (the duplicate closes) while the socket stays open and the
+        kernel's backlog holds the connections that come meanwhile."""
+        self._factory = factory
+        self._tls = tls
+        self._accepting = True
+        for sock in sockets:
+            self._listening.append([sock, await self._serve_socket(sock)])
+
+    async def _serve_socket(self, sock: socket.socket) -> asyncio.base_events.Server:
+        options: dict[str, Any] = {}
+        if self._tls is not None:
+            options["ssl"] = self._tls
+            options["ssl_handshake_timeout"] = self.config.timeouts.tls_handshake
+        if self.connection_limit is None:
+            assert self._factory is not None
+            return await self.loop.create_server(self._factory, sock=sock, backlog=self.config.bind.backlog,
+                                                 **options)
+        return await self.loop.create_server(self._accept, sock=sock.dup(), backlog=self.config.bind.backlog,
+                                             **options)
+
+    def close_listeners(self) -> None:
+        """Stop accepting for good (and close the sockets, as an asyncio server closes its own)."""
+        self._accepting = False
+        for entry in self._listening:
+            if entry[1] is not None:
+                entry[1].close()
+                entry[1] = None
+            if self.connection_limit is not None:
+                entry[0].close()  # served through duplicates: the socket itself is still open
+        self._listening.clear()
+
+    def _accept(self) -> asyncio.Protocol:
+        # the protocol factory under --limit-connections: the connection that reaches the limit stops accepting
+        assert self._factory is not None and self.connection_limit is not None
+        if self._accepting and len(self.connections) + 1 >= self.connection_limit:
+            self._pause_accepting()
+        return self._factory()
+
+    def _pause_accepting(self) -> None:
+        # The servers close at the next turn of the loop: the connections a listener accepted together with this
+        # one are still being set up, and closing their server under them would drop them.
+        self._accepting = False
+        self.loop.call_soon(self._close_servers)
+
+    def _close_servers(self) -> None:
+        if self._accepting:
+            return  # a connection closed meanwhile: accepting goes on
+        logger.debug("%d connections open (--limit-connections): not accepting more for now", len(self.connections))
+        for entry in self._listening:
+            if entry[1] is not None:
+                entry[1].close()
+                entry[1] = None
+
+    async def _resume_accepting(self) -> None:
+        for entry in list(self._listening):
+            if entry[1] is None:
+                server = await self._serve_socket(entry[0])
+                if entry[1] is None and entry in self._listening:
+                    entry[1] = server
+                    if not self._accepting:  # paused again meanwhile
+                        self.loop.call_soon(self._close_servers)
+                else:
+                    server.close()
+
+    def admit_connection(self, driver: Any) -> bool:
+        """Under --limit-connections, as ``driver``'s connection opens (it is in :attr:`connections` already):
+        True to serve it, False to hold it unread until a connection closes and ``driver.unpark()`` is called (a
+        listener accepts a batch of connections at once, so a few may come past the limit)."""
+        assert self.connection_limit is not None
+        if len(self.connections) - len(self._parked) > self.connection_limit:
+            self._parked.append(driver)
+            if self._accepting:
+                self._pause_accepting()
+            return False
+        return True
+
+    def _make_room(self) -> None:
+        assert self.connection_limit is not None
+        parked = self._parked
+        if parked:
+            self._parked = parked = deque(d for d in parked if d in self.connections)
+            while parked and len(self.connections) - len(parked) < self.connection_limit:
+                parked.popleft().unpark()
+        if not self._accepting and self._listening and not parked and len(self.connections) < self.connection_limit:
+            self._accepting = True
+            self.loop.create_task(self._resume_accepting())
+
+    # ------------------------------------------------------------------ --limit-concurrency
+
+    def admit_request(self) -> bool:
+        """Under --limit-concurrency: whether one more request may be handled now (then :meth:`release_request`
+        once its app returns); else it is answered 503."""
+        assert self.concurrency_limit is not None
+        if self.in_flight >= self.concurrency_limit:
+            if not self._refusing:
+                self._refusing = True
+                logger.warning("%d requests in progress (--limit-concurrency): answering 503 to more until one "
+                               "finishes", self.in_flight)
+            return False
+        self.in_flight += 1
+        return True
+
+    def release_request(self) -> None:
+        self.in_flight -= 1
+        self._refusing = False
+
     def connection_closed(self) -> None:
+        if self.connection_limit is not None:
+            self._make_room()
         if self._drained is not None and not self.connections and not self._drained.done():
             self._drained.set_result(None)
 
@@ -145,7 +272,6 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     factory = connection_factory(state, tls is not None)
     lifespan = Lifespan(app, config.app.lifespan, state.state)
     await lifespan.startup()
-    servers: list[asyncio.base_events.Server] = []
     watchdog = Watchdog(loop, sync.warn_blocking) if sync.warn_blocking else None
     try:
         if watchdog is not None:
@@ -153,9 +279,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         if sockets is None:
             sockets = bind_all(config.bind)
         state.start_clock()
+        await state.listen(sockets, factory, tls)
         for sock in sockets:
-            server = await loop.create_server(factory, sock=sock, backlog=config.bind.backlog, ssl=tls)
-            servers.append(server)
             logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock, "https" if tls else "http"))
         if on_started is not None:
             on_started(sockets)
@@ -165,8 +290,7 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             await shutdown_trigger()
     finally:
         logger.info("shutting down")
-        for server in servers:
-            server.close()
+        state.close_listeners()
         cancelled = False
         try:
             await state.drain(config.timeouts.graceful_shutdown)
