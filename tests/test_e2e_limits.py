@@ -423,3 +423,31 @@ def test_shutdown_with_connections_waiting_past_the_limit() -> None:
         for client in clients:
             client.close()
 
+
+# ---------------------------------------------------------------------------------------------------- WebSocket
+
+
+def test_a_websocket_the_app_does_not_answer_in_time_gets_503(run_server: Any, loop: str) -> None:
+    seen: list[str] = []
+    done = Gate()
+
+    async def undecided(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "websocket":
+            return await hello(scope, receive, send)
+        seen.append((await receive())["type"])  # websocket.connect, then no answer for a while
+        seen.append((await receive())["type"])
+        try:
+            await send({"type": "websocket.accept"})
+        except OSError as exc:
+            seen.append(type(exc).__name__)
+        done.set()
+
+    server = run_server(undecided, loop=loop, timeout_ws_handshake=0.3)
+    with RawClient(server.port) as client:
+        client.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        assert client.read_response().status == 503
+        client.wait_closed()
+    done.wait_sync()
+    assert seen == ["websocket.connect", "websocket.disconnect", "ClientDisconnected"]
+    served_normally(server.port)

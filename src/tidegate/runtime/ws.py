@@ -1,9 +1,9 @@
 """The WebSocket driver: takes over an HTTP/1.1 connection after ``Upgrade: websocket``.
 
-It owns the transport, the app task, the timers (keepalive ping, pong deadline, closing-handshake deadline) and
-back-pressure both ways; it feeds bytes to the sans-IO :class:`~tidegate.protocol.websocket.WebSocketSession` and
-routes its events to the :class:`~tidegate.asgi.websocket.WebSocketExchange`, whose
-:class:`~tidegate.asgi.websocket.WebSocketStream` it is.
+It owns the transport, the app task, the timers (the app's answer to the handshake, keepalive ping, pong deadline,
+closing-handshake deadline) and back-pressure both ways; it feeds bytes to the sans-IO
+:class:`~tidegate.protocol.websocket.WebSocketSession` and routes its events to the
+:class:`~tidegate.asgi.websocket.WebSocketExchange`, whose :class:`~tidegate.asgi.websocket.WebSocketStream` it is.
 
 Frames the app sends collect in one buffer and leave in one write at the end of the loop iteration (or at once past
 64 KiB), so the replies to a burst of messages cost one system call.
@@ -52,6 +52,7 @@ class WebSocketDriver(asyncio.Protocol):
         "_early",
         "_early_bytes",
         "_flush_handle",
+        "_handshake_timer",
         "_lost",
         "_out",
         "_out_bytes",
@@ -98,6 +99,7 @@ class WebSocketDriver(asyncio.Protocol):
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
         self._ping_payload: bytes | None = None
         self._ping_count = 0
         self._lost = False
@@ -120,6 +122,8 @@ class WebSocketDriver(asyncio.Protocol):
         self.exchange = exchange
         self.task = self.loop.create_task(exchange.run(self.server.app))
         self.task.add_done_callback(self._app_done)
+        self._handshake_timer = self.loop.call_later(self.server.config.timeouts.ws_handshake,
+                                                     self._handshake_overdue)
 
     def data_received(self, data: bytes) -> None:
         session = self.session
@@ -252,8 +256,24 @@ class WebSocketDriver(asyncio.Protocol):
             self.exchange.on_close(1006)
         self.transport.close()
 
+    def _handshake_overdue(self) -> None:
+        """--timeout-ws-handshake: the app neither accepted nor refused the WebSocket in time."""
+        self._handshake_timer = None
+        if self._lost or self.session.state != CONNECTING or self._denial is not None:
+            return
+        logger.info("WebSocket from %s not accepted nor refused by the app within %gs: answering 503",
+                    self._client_text(), self.server.config.timeouts.ws_handshake)
+        if self.exchange is not None:
+            self.exchange.on_close(1006)  # the app hears websocket.disconnect; its accept() would fail
+        self.send_error(503)
+
+    def _handshake_answered(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
     def _stop_timers(self) -> None:
-        for name in ("_ping_timer", "_pong_timer", "_close_timer"):
+        for name in ("_ping_timer", "_pong_timer", "_close_timer", "_handshake_timer"):
             timer = getattr(self, name)
             if timer is not None:
                 timer.cancel()
@@ -295,6 +315,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
         status, response = self.session.accept(subprotocol, headers)
+        self._handshake_answered()
         defaults = self.server.defaults
         has_server = has_date = False
         parts = [status_line(status)]
@@ -339,6 +360,7 @@ class WebSocketDriver(asyncio.Protocol):
         conn.keep_alive = False
         conn.start_response(self.request, status, list(headers))
         self.session.reject()
+        self._handshake_answered()
         self._denial = conn
         self._log_access(status)
 
@@ -351,6 +373,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def send_error(self, status: int) -> None:
         self.session.reject()
+        self._handshake_answered()
         self._log_access(status)
         self._respond(status, [], "")
 
