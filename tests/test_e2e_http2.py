@@ -666,6 +666,14 @@ def test_access_log_says_http2(run_server: Any, h2_client: Any, logs: Any) -> No
     assert "HTTP/2" in record.getMessage() and "/logged?x=1" in record.getMessage() and " 200 " in record.getMessage()
 
 
+def test_access_log_json_on_http2(run_server: Any, h2_client: Any, logs: Any) -> None:
+    server = run_server(info, access_log=True, access_log_json=True)
+    client = h2_client(server.port)
+    client.response(client.request("/as-json"))
+    line = json.loads(logs.wait_for(lambda r: r.name == "tidegate.access").getMessage())
+    assert (line["status"], line["http_version"], line["path"]) == (200, "2", "/as-json")
+
+
 # ---------------------------------------------------------------------------------------------------- real tools
 
 

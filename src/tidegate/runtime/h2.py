@@ -780,6 +780,11 @@ class H2Driver(asyncio.Protocol):
         exchange = stream.exchange
         scope = exchange.scope
         duration = (perf_counter() - stream.started_at) * 1000.0
+        render = self.server.access_line
+        if render is not None:  # --access-log-format / --access-log-json
+            if access_logger.isEnabledFor(logging.INFO):
+                access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
+            return
         query = scope["query_string"]
         target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
         access_logger.info('%s - "%s %s HTTP/2" %d %d %.1fms', self._client_text(), scope["method"],
