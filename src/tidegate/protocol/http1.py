@@ -432,7 +432,9 @@ class H1Connection:
             run = _TOKEN_RUN.match(text, start)
             end = run.end() if run is not None else start
             if end == len(text):  # the token runs to the end of what we have
-                if end == start:
+                if end == start or not first_line_only:
+                    # nothing; or the last line of a read that held other requests, which may be a body's: no
+                    # verdict is worth waiting for (the client would get no answer until it sends more)
                     return RequestError(400, "invalid method")
                 if end - start > _METHOD_MAX:
                     return RequestError(501, "method not implemented")
