@@ -172,6 +172,17 @@ def encode_field(name: bytes, value: bytes) -> bytes:
 
 
 _STATUS_FIELDS = {status: encode_field(b":status", b"%d" % status) for status in range(100, 1000)}
+# content-length fields by value (bounded, like the field cache)
+_LENGTH_FIELDS: dict[bytes, bytes] = {}
+
+
+def _length_field(value: bytes) -> bytes:
+    piece = _LENGTH_FIELDS.get(value)
+    if piece is None:
+        piece = encode_field(b"content-length", value)
+        if len(_LENGTH_FIELDS) < _FIELD_CACHE_MAX:
+            _LENGTH_FIELDS[value] = piece
+    return piece
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
@@ -935,7 +946,7 @@ class H2Connection:
                                 if stream.remaining >= 0:
                                     raise ProtocolError("more than one content-length header")
                                 stream.remaining = int(value)
-                            parts.append(encode_field(b"content-length", value))
+                            parts.append(_length_field(value))
                             continue
                         if lname == b"date":
                             has_date = True
@@ -1003,7 +1014,7 @@ class H2Connection:
                     raise ProtocolError("a 204 or 304 response must not have a body")
                 data = b""
             elif end and stream.remaining < 0:
-                head += encode_field(b"content-length", b"%d" % len(data))
+                head += _length_field(b"%d" % len(data))
                 stream.remaining = len(data)
             if end and not data:
                 self.write(self._header_frames(stream_id, head, True))
