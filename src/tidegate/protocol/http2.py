@@ -28,6 +28,7 @@ Rules this file enforces:
   ``host`` agreeing with ``:authority``, DATA summing to ``content-length`` → else a stream error (RST_STREAM
   PROTOCOL_ERROR) and the application never sees the request; ``:authority`` becomes a ``host`` header and
   ``cookie`` fields are joined (§8.2.3);
+- a CONNECT without ``:protocol`` (a tunnel) is answered 400, as over HTTP/1.1;
 - a header list larger than ``max_header_list_size`` is answered 431; one larger than twice that, or an
   undecodable block, is a connection error COMPRESSION_ERROR (the HPACK state is lost), so a header block never
   holds more than that in memory, however it is split into CONTINUATION frames;
@@ -643,6 +644,11 @@ class H2Connection:
             stream.remote_open = not end_stream
             self.error_response(stream_id, 431, "request header fields too large")
             return
+        if head.method == b"CONNECT" and head.protocol is None:
+            # a tunnel, which an origin server does not open (as over HTTP/1.1)
+            stream.remote_open = not end_stream
+            self.error_response(stream_id, 400, "CONNECT is not served here (this is not a proxy)")
+            return
         stream.request_length = head.content_length
         if end_stream:
             stream.remote_open = False
@@ -1156,8 +1162,10 @@ class H2Connection:
         self.start_response(stream_id, status, [(b"content-type", b"text/plain; charset=utf-8")])
         self.send_body(stream_id, body, True)
         if stream.remote_open and stream.id in self._streams:
-            # answered before the request ended: the rest of it is not wanted (RFC 9113 §8.1)
-            self.reset_stream(stream_id, NO_ERROR)
+            # answered before the request ended: the rest of it is not wanted (RFC 9113 §8.1); whoever asked for
+            # this answer knows the stream is over
+            self._write_reset(stream_id, NO_ERROR)
+            self._close(stream)
 
     def goaway(self) -> int:
         """Graceful close: GOAWAY NO_ERROR with the last stream we will answer; returns that id."""
