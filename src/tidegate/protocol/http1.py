@@ -173,6 +173,7 @@ class H1Connection:
 
     __slots__ = (
         "_begun",
+        "_body_digits",
         "_carried",
         "_checking",
         "_chunked_ok",
@@ -188,12 +189,15 @@ class H1Connection:
         "_limits",
         "_max_body",
         "_max_fields",
+        "_max_line",
+        "_max_section",
         "_parser",
         "_probe",
         "_probe_first_line",
         "_quiet",
         "_remaining",
         "_response_keep_alive",
+        "_slow",
         "_state",
         "_te_other",
         "_te_trailers",
@@ -224,14 +228,21 @@ class H1Connection:
         self._limits = limits
         self._max_fields = limits.field_count
         self._max_body = limits.body or _NO_BODY_LIMIT
-        # a read this small cannot hold a head over the limits: only the field count is checked then
+        # a read this small cannot hold a target or a header section over its limit
         self._lean = min(limits.line, limits.fields)
+        self._max_line = limits.line
+        self._max_section = limits.fields
+        # a Content-Length with fewer digits than this is under the body limit
+        self._body_digits = len(str(self._max_body))
         #: bytes of the head being received, from earlier reads (0: none, or it began in this read)
         self._carried = 0
         #: bytes received since the last event (chunk framing, trailers)
         self._quiet = 0
-        #: the head sizes are checked in on_headers_complete (a large read, or a head spread over reads)
-        self._checking = False
+        #: any of _carried, _quiet, _held is set: the next read takes the checked path
+        self._slow = False
+        #: what on_headers_complete checks besides the field count: 1 the target's length (a read longer than the
+        #: line limit), 2 the header section's size too (a read longer than that limit, or a head spread over reads)
+        self._checking = 0
         self._te_other = False
         #: bytes received and not parsed yet: as many requests as may be queued are waiting (see _receive_sliced)
         self._held = b""
@@ -260,41 +271,59 @@ class H1Connection:
             self._probe = None
             verdict = self._method_verdict(probe + data, self._probe_first_line)
             return [verdict] if verdict is not None else []
+        if len(data) > self._lean or self._slow:
+            return self._receive_checked(data)
         events: list[Event] = []
         self._events = events
-        checking = len(data) > self._lean or self._carried or self._held
-        if checking:
-            if len(data) > _SLICE or self._held:
-                return self._receive_sliced(data)
-            self._checking = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self._checking = False
-            offset = exc.args[0]
-            if not self._connect(events):
-                events.append(Upgrade(bytes(data[offset:])))
-            return events
+            self._upgraded(exc, data, events)
         except httptools.HttpParserError as exc:
-            self.broken = True
-            data = bytes(data)
-            # a request whose body the parser refused is not delivered: the error answers it
-            for i in range(len(events) - 1, -1, -1):
-                kind = type(events[i])
-                if kind is Request:
-                    del events[i:]
-                    break
-                if kind is EndOfMessage:
-                    break
-            error = self._classify(exc, data, events)
-            if error is not None:
-                events.append(error)
-            return events
-        if checking:
-            self._checking = False
-        if not events or self._headers is not _TRAILERS or self._quiet:
-            self._after_read(data, events)
+            self._failed(exc, data, events)
+        else:
+            if not events or self._headers is not _TRAILERS:
+                self._after_read(data, events)
         return events
+
+    def _receive_checked(self, data: bytes) -> list[Event]:
+        """:meth:`receive_data` for a read that may hold a head over a limit, or after one that left something
+        pending (part of a head, bytes held back, bytes that made no event)."""
+        if len(data) > _SLICE or self._held:
+            return self._receive_sliced(data)
+        events: list[Event] = []
+        self._events = events
+        self._checking = 2 if self._carried or len(data) > self._max_section else 1
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._upgraded(exc, data, events)
+        except httptools.HttpParserError as exc:
+            self._failed(exc, data, events)
+        else:
+            self._after_read(data, events)
+        finally:
+            self._checking = 0
+        return events
+
+    def _upgraded(self, exc: httptools.HttpParserUpgrade, data: bytes, events: list[Event]) -> None:
+        if not self._connect(events):
+            events.append(Upgrade(bytes(data[exc.args[0]:])))
+
+    def _failed(self, exc: httptools.HttpParserError, data: bytes, events: list[Event]) -> None:
+        self.broken = True
+        data = bytes(data)
+        # a request whose body the parser refused is not delivered: the error answers it
+        for i in range(len(events) - 1, -1, -1):
+            kind = type(events[i])
+            if kind is Request:
+                del events[i:]
+                break
+            if kind is EndOfMessage:
+                break
+        error = self._classify(exc, data, events)
+        if error is not None:
+            events.append(error)
 
     @property
     def in_head(self) -> bool:
@@ -334,6 +363,7 @@ class H1Connection:
             requests += sum(1 for event in got if type(event) is Request)
             if requests >= self._limits.pipeline and end < size:
                 self._held = bytes(view[end:])
+                self._slow = True
                 break
         return events
 
@@ -366,7 +396,9 @@ class H1Connection:
                 if self._quiet > limits.fields else None
         else:
             self._quiet = 0
+            self._slow = bool(self._carried or self._held)
             return
+        self._slow = True
         if error is not None:
             self.broken = True
             events.append(error)
@@ -475,7 +507,8 @@ class H1Connection:
                     if len(_valid_hosts) < _KNOWN_MAX:
                         _valid_hosts.add(value)
             elif name == b"content-length":
-                if value.isdigit() and int(value) > self._max_body:
+                # the parser let through only digits (it refuses anything else before this is called)
+                if len(value) >= self._body_digits and int(value) > self._max_body:
                     raise _ParseAbort(RequestError(413, "request body larger than the limit"))
             elif name == b"transfer-encoding":
                 if value.lower() != b"chunked" or self._te_other:
@@ -501,7 +534,7 @@ class H1Connection:
             raise _ParseAbort(RequestError(414, "request target too long"))
         if len(headers) > limits.field_count:
             raise _ParseAbort(RequestError(431, "too many header fields"))
-        if self._checking:
+        if self._checking == 2:
             self._carried = 0
             if sum(len(n) + len(v) for n, v in headers) + 4 * len(headers) > limits.fields:
                 raise _ParseAbort(RequestError(431, "request header section too large"))
@@ -513,7 +546,8 @@ class H1Connection:
 
     def on_headers_complete(self) -> None:
         headers = self._headers
-        if self._checking or len(headers) > self._max_fields:
+        checking = self._checking
+        if len(headers) > self._max_fields or (checking and (checking == 2 or len(self._url) > self._max_line)):
             self._check_head(headers)
         parser = self._parser
         version = parser.get_http_version()
@@ -531,7 +565,7 @@ class H1Connection:
         if self._hosts != 1 and version == "1.1":
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
-        if self._url[:1] != b"/":
+        if self._url[0] != 0x2F:  # not "/": absolute-form, "*" or authority-form
             self._check_target(parser.get_method(), self._url)
         upgrade = None
         if parser.should_upgrade():
