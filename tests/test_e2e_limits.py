@@ -451,3 +451,76 @@ def test_a_websocket_the_app_does_not_answer_in_time_gets_503(run_server: Any, l
     done.wait_sync()
     assert seen == ["websocket.connect", "websocket.disconnect", "ClientDisconnected"]
     served_normally(server.port)
+
+
+# ---------------------------------------------------------------------------------------------------- HTTP/2
+
+
+def h2_response(client: Any, stream_id: int) -> tuple[int, list[tuple[bytes, bytes]], bytes, bool]:
+    """Status, headers and body of a stream's answer, and whether the stream was reset after it."""
+    import h2.events
+
+    client.until(lambda e: isinstance(e, (h2.events.StreamEnded, h2.events.StreamReset)) and e.stream_id == stream_id)
+    mine = [e for e in client.events if getattr(e, "stream_id", None) == stream_id]
+    heads = [e for e in mine if isinstance(e, h2.events.ResponseReceived)]
+    headers = heads[0].headers if heads else []
+    status = int(dict(headers)[b":status"]) if heads else 0
+    body = b"".join(e.data for e in mine if isinstance(e, h2.events.DataReceived))
+    return status, headers, body, any(isinstance(e, h2.events.StreamReset) for e in mine)
+
+
+def test_http2_body_past_the_limit_gets_413(run_server: Any) -> None:
+    from .test_e2e_http2 import H2Client
+
+    app = Recorder()
+    server = run_server(app, limit_request_body=1000)
+    client = H2Client(server.port)
+    try:
+        stream_id = client.request("/", "POST", body=b"x" * 1500)
+        status, _, _, _ = h2_response(client, stream_id)
+        assert status == 413
+        assert app.finished.wait(5) and app.kinds[-1] == "http.disconnect"
+        ok = client.request("/", "POST", body=b"y" * 1000)
+        assert h2_response(client, ok)[:1] == (200,)  # the connection goes on
+    finally:
+        client.close()
+
+
+def test_http2_stalled_body_gets_408(run_server: Any) -> None:
+    from .test_e2e_http2 import H2Client
+
+    app = Recorder()
+    server = run_server(app, timeout_request_body=0.3)
+    client = H2Client(server.port)
+    try:
+        stream_id = client.request("/", "POST", body=b"abc", end=False)
+        status, _, _, _ = h2_response(client, stream_id)
+        assert status == 408
+        assert app.finished.wait(5) and app.kinds[-1] == "http.disconnect"
+    finally:
+        client.close()
+
+
+def test_http2_requests_past_the_concurrency_limit_get_503(run_server: Any) -> None:
+    from .test_e2e_http2 import H2Client
+
+    release = Gate()
+    started = Gate()
+
+    async def slow(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started.set()
+        await release.wait()
+        await hello(scope, receive, send)
+
+    server = run_server(slow, limit_concurrency=1)
+    client = H2Client(server.port)
+    try:
+        first = client.request("/")
+        started.wait_sync()
+        second = client.request("/")
+        status, headers, _, _ = h2_response(client, second)
+        assert status == 503 and (b"retry-after", b"1") in headers
+        release.set()
+        assert h2_response(client, first)[0] == 200
+    finally:
+        client.close()

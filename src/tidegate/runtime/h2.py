@@ -16,6 +16,9 @@ that is that exchange's :class:`~tidegate.asgi.http.Stream`.
   CVE-2023-44487, cannot pile up app tasks), and the connection's reset count is zeroed every
   ``RESET_INTERVAL`` seconds (past the limit the connection ends with GOAWAY ENHANCE_YOUR_CALM).
 - ``shutdown()`` sends GOAWAY with the last stream id and closes once the open streams are answered.
+- The limits shared with HTTP/1.1: a body past ``--limit-request-body`` gets 413 (or a reset, once the response
+  started), a body the app has waited for ``--timeout-request-body`` gets 408, and past ``--limit-concurrency`` a
+  request gets 503 with Retry-After; each time the app hears ``http.disconnect`` or is not called.
 
 Also here: choosing HTTP/2 — by TLS ALPN (:func:`connection_factory`), by the connection preface on a cleartext
 port (``h2c`` with prior knowledge) and by ``Upgrade: h2c`` from HTTP/1.1 (:func:`install`).
@@ -91,10 +94,12 @@ class H2Stream:
     def on_data(self, data: bytes) -> None:
         self.unacked += len(data)
         self.reading_paused = True
-        self.exchange.on_data(data)
+        if not self.exchange.on_data(data):
+            self.driver.refuse_body(self, 413, "request body larger than the limit")
 
     def on_end(self) -> None:
-        self.exchange.on_end()
+        if not self.gone:  # refused (see H2Driver.refuse_body): the app heard http.disconnect already
+            self.exchange.on_end()
 
     def on_reset(self) -> None:
         """The stream was reset, or the connection is gone."""
@@ -166,7 +171,17 @@ class H2Stream:
         raise ClientDisconnected("the client has disconnected")
 
     def create_waiter(self) -> asyncio.Future[None]:
-        return self.driver.server.loop.create_future()
+        server = self.driver.server
+        waiter = server.loop.create_future()
+        if not self.exchange.request_complete:
+            # the app waits for more of the body: --timeout-request-body
+            timer = server.loop.call_later(server.body_timeout, self._body_stalled, waiter)
+            waiter.add_done_callback(lambda _: timer.cancel())
+        return waiter
+
+    def _body_stalled(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self.driver.refuse_body(self, 408, "request body not received in time")
 
     def resume_reading(self) -> None:
         self.reading_paused = False
@@ -611,13 +626,46 @@ class H2Driver(asyncio.Protocol):
         if request.upgrade is not None:
             self._on_extended_connect(request)
             return
-        stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue)
-        self.streams[stream.id] = stream
         server = self.server
+        limited = server.concurrency_limit is not None
+        if limited and not server.admit_request():
+            self._busy(request.stream_id)
+            return
+        stream = H2Stream(self, request)
+        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
+                                       server.body_limit)
+        self.streams[stream.id] = stream
         if server.access_log:
             stream.started_at = perf_counter()
-        stream.task = server.loop.create_task(stream.run())
+        stream.task = server.loop.create_task(self._run_admitted(stream) if limited else stream.run())
+
+    async def _run_admitted(self, stream: H2Stream) -> None:
+        try:
+            await stream.run()
+        finally:
+            self.server.release_request()
+
+    def _busy(self, stream_id: int) -> None:
+        """--limit-concurrency: 503 with Retry-After; the app does not see the request."""
+        conn = self.conn
+        conn.start_response(stream_id, 503, [(b"retry-after", b"1"), (b"content-type", b"text/plain; charset=utf-8")])
+        conn.send_body(stream_id, b"Service Unavailable: too many requests in progress, retry later\n", True)
+        if conn.is_open(stream_id):
+            conn.reset_stream(stream_id, NO_ERROR)  # the request's body is not wanted (RFC 9113 §8.1)
+        self.wrote(0)
+
+    def refuse_body(self, stream: H2Stream, status: int, detail: str) -> None:
+        """The request body passed --limit-request-body (413) or stalled (408): the app hears http.disconnect; the
+        client gets ``status`` if no response started, else the stream is reset."""
+        if stream.gone:
+            return
+        logger.info("HTTP/2 request from %s refused: %s", self._client_text(), detail)
+        unanswered = stream.exchange.status == 0
+        stream.on_reset()
+        if unanswered:
+            self.conn.error_response(stream.id, status, detail)
+        self.conn.reset_stream(stream.id, NO_ERROR if unanswered else CANCEL)
+        self.wrote(0)
 
     def _on_extended_connect(self, request: Request) -> None:
         """RFC 8441: a WebSocket over this stream (the only protocol extended CONNECT offers)."""
@@ -664,7 +712,8 @@ class H2Driver(asyncio.Protocol):
         self.conn.initiate_upgrade(settings, request.method == b"HEAD")
         self._flush()
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue)
+        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
+                                       self.server.body_limit)
         self.streams[1] = stream
         if self.server.access_log:
             stream.started_at = perf_counter()
