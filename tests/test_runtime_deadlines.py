@@ -466,6 +466,52 @@ def test_the_write_deadline_is_per_wait() -> None:
     run(main)
 
 
+def test_a_client_that_reads_slowly_is_not_dropped() -> None:
+    outcome: list[str] = []
+
+    async def streamer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.body", "body": b"x" * 1_000_000, "more_body": True})
+            outcome.append("sent")
+        except ClientDisconnected:
+            outcome.append("disconnected")
+
+    async def main() -> None:
+        h = Harness(streamer, timeout_write=60)
+        h.transport.high_water = 0
+        h.transport.buffered = 1_000_000  # what the kernel has not taken yet
+        h.send(GET)
+        await settle()
+        assert h.driver.write_paused
+        for _ in range(5):  # the client takes a little in every period: it is slow, not gone
+            h.transport.buffered -= 1000
+            await h.advance(60)
+        assert not h.transport.aborted
+        await h.advance(60)  # a whole period without taking anything
+        assert h.transport.aborted
+        await settle()
+        assert outcome == ["disconnected"]
+
+    run(main)
+
+
+def test_closing_with_bytes_the_client_takes_slowly_goes_on() -> None:
+    async def main() -> None:
+        h = Harness(hello, timeout_write=60)
+        h.transport.buffered = 1000
+        h.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        await settle()
+        for _ in range(3):
+            h.transport.buffered -= 100
+            await h.advance(60)
+        assert not h.transport.aborted
+        await h.advance(60)
+        assert h.transport.aborted
+
+    run(main)
+
+
 def test_closing_with_bytes_the_client_does_not_take_is_cut_at_the_write_deadline() -> None:
     async def main() -> None:
         h = Harness(hello, timeout_write=60)

@@ -64,6 +64,7 @@ class H1Driver(asyncio.Protocol):
         "_parked",
         "_pending_error",
         "_phase",
+        "_queued",
         "_started_at",
         "_timer",
         "_timer_at",
@@ -107,6 +108,7 @@ class H1Driver(asyncio.Protocol):
         self._drain_since = 0.0
         self._closing_since = 0.0
         self._closing_for = 0.0
+        self._queued = 0
         self._parked = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._pending_error: RequestError | None = None
@@ -362,6 +364,7 @@ class H1Driver(asyncio.Protocol):
         now = self.server.loop.time()
         self._closing_since = now
         self._closing_for = limit
+        self._queued = self.transport.get_write_buffer_size()
         self._watch(now + limit)
 
     def response_done(self) -> None:
@@ -399,7 +402,7 @@ class H1Driver(asyncio.Protocol):
     #   body: while the app waits in receive() for more of the request body: --timeout-request-body, then the app
     #     gets http.disconnect and the client 408 (if no response started);
     #   write: while send() waits for the client to take what is queued, or a closed connection still has bytes to
-    #     write: --timeout-write, then the connection is dropped.
+    #     write: the connection is dropped once a whole --timeout-write passes in which the client took none of them.
     # A phase begins with an attribute write or two, never a timer: one timer per connection is armed lazily.  When
     # it fires it works out the deadline of the phase the connection is in now: past it, it acts; else it re-arms
     # for it, and never for later than one idle period, so that the next idle phase finds it armed in time.
@@ -432,8 +435,11 @@ class H1Driver(asyncio.Protocol):
         if self._closing_since:
             deadline = self._closing_since + self._closing_for
             if now >= deadline:
-                self.transport.abort()
-                return
+                if self._closing_for != server.write_timeout or not self._took_some():
+                    self.transport.abort()
+                    return
+                self._closing_since = now  # the client still reads: another period
+                deadline = now + self._closing_for
         elif self._phase:
             if self._phase == _IDLE and self.conn.in_head:
                 # part of a pipelined head came while the previous request ran: its time counts from then
@@ -462,15 +468,25 @@ class H1Driver(asyncio.Protocol):
             if self._drain_waiter is not None:
                 write_deadline = self._drain_since + server.write_timeout
                 if now >= write_deadline:
-                    logger.info("client %s has not read the response for %gs: dropping the connection",
-                                self._client_text(), server.write_timeout)
-                    self.transport.abort()
-                    return
+                    if not self._took_some():
+                        logger.info("client %s has not read the response for %gs: dropping the connection",
+                                    self._client_text(), server.write_timeout)
+                        self.transport.abort()
+                        return
+                    self._drain_since = now  # slow, but it reads: another period
+                    write_deadline = now + server.write_timeout
                 deadline = min(deadline, write_deadline) if deadline else write_deadline
             if not deadline:
                 return  # nothing to watch while the app runs: _arm_idle_timer or _watch arm it again
         self._timer_at = min(deadline, now + server.idle_check)
         self._timer = loop.call_at(self._timer_at, self._on_timer)
+
+    def _took_some(self) -> bool:
+        """Whether the client took some of the bytes queued for it since the last look."""
+        size = self.transport.get_write_buffer_size()
+        took = size < self._queued
+        self._queued = size
+        return took
 
     def _body_timed_out(self) -> None:
         logger.info("request body from %s stalled for %gs: the app gets http.disconnect", self._client_text(),
@@ -582,6 +598,7 @@ class H1Driver(asyncio.Protocol):
             waiter = loop.create_future()
             self._drain_waiter = waiter
             self._drain_since = now = loop.time()
+            self._queued = self.transport.get_write_buffer_size()
             self._watch(now + self.server.write_timeout)
             await waiter
         if self._lost:
