@@ -524,3 +524,59 @@ def test_http2_requests_past_the_concurrency_limit_get_503(run_server: Any) -> N
         assert h2_response(client, first)[0] == 200
     finally:
         client.close()
+
+
+def test_http2_stream_whose_client_gives_no_window_is_reset(run_server: Any) -> None:
+    from .test_e2e_http2 import H2Client
+
+    outcome: list[str] = []
+    done = Gate()
+
+    async def streamer(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            for _ in range(100):
+                await send({"type": "http.response.body", "body": b"x" * 65536, "more_body": True})
+            outcome.append("all sent")
+        except OSError as exc:
+            outcome.append(type(exc).__name__)
+        finally:
+            done.set()
+
+    server = run_server(streamer, timeout_write=0.3)
+    client = H2Client(server.port, auto_ack=False)  # takes the data, never opens the window again
+    try:
+        stream_id = client.request("/")
+        done.wait_sync(10)
+        assert outcome == ["ClientDisconnected"]
+        assert h2_response(client, stream_id)[3]  # the stream was reset
+    finally:
+        client.close()
+
+
+def test_a_websocket_client_that_does_not_read_is_dropped(run_server: Any, loop: str) -> None:
+    outcome: list[str] = []
+    done = Gate()
+
+    async def flood(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        try:
+            for _ in range(10_000):
+                await send({"type": "websocket.send", "bytes": b"x" * 65536})
+            outcome.append("all sent")
+        except OSError as exc:
+            outcome.append(type(exc).__name__)
+        finally:
+            done.set()
+
+    server = run_server(flood, loop=loop, timeout_write=0.3)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    with sock:
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", server.port))
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        done.wait_sync(10)  # reads nothing more
+    assert outcome == ["ClientDisconnected"]

@@ -63,6 +63,46 @@ RESET_INTERVAL = 10.0
 MAX_RESETS = 200
 
 
+class _WriteWatch:
+    """--timeout-write for a stream waiting in ``drain()``: the client must take some of what waits for it (the
+    stream's data held for its window, the transport's buffer) in each period, else the stream is reset (or, when
+    the transport itself is full, the connection dropped)."""
+
+    __slots__ = ("driver", "queued", "stream", "timer")
+
+    def __init__(self, driver: H2Driver, stream: H2Stream | H2WebSocket) -> None:
+        self.driver = driver
+        self.stream = stream
+        self.queued = self._queued()
+        self.timer = driver.server.loop.call_later(driver.server.write_timeout, self._check)
+
+    def _queued(self) -> int:
+        driver = self.driver
+        return driver.conn.pending(self.stream.id) + driver.transport.get_write_buffer_size()
+
+    def _check(self) -> None:
+        driver = self.driver
+        stream = self.stream
+        if stream.gone or driver._lost:
+            return
+        queued = self._queued()
+        if queued < self.queued:  # slow, but it reads: another period
+            self.queued = queued
+            self.timer = driver.server.loop.call_later(driver.server.write_timeout, self._check)
+            return
+        logger.info("HTTP/2 client %s has not read for %gs: %s", driver.client_text(), driver.server.write_timeout,
+                    "dropping the connection" if driver.write_paused else "resetting the stream")
+        if driver.write_paused:
+            driver.transport.abort()
+        else:
+            driver.conn.reset_stream(stream.id, CANCEL)
+            stream.on_reset()
+            driver.wrote(0)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
 class H2Stream:
     """One stream: the :class:`~tidegate.asgi.http.Stream` its exchange talks to."""
 
@@ -157,17 +197,24 @@ class H2Stream:
 
     async def drain(self) -> None:
         driver = self.driver
-        while not self.gone:
-            if not driver.write_paused and not driver.conn.pending(self.id):
-                self.write_paused = False
-                return
-            waiter = driver.server.loop.create_future()
-            self._waiter = waiter
-            driver.waiting.add(self)
-            try:
-                await waiter
-            finally:
-                driver.waiting.discard(self)
+        watch = None
+        try:
+            while not self.gone:
+                if not driver.write_paused and not driver.conn.pending(self.id):
+                    self.write_paused = False
+                    return
+                if watch is None:
+                    watch = _WriteWatch(driver, self)
+                waiter = driver.server.loop.create_future()
+                self._waiter = waiter
+                driver.waiting.add(self)
+                try:
+                    await waiter
+                finally:
+                    driver.waiting.discard(self)
+        finally:
+            if watch is not None:
+                watch.cancel()
         raise ClientDisconnected("the client has disconnected")
 
     def create_waiter(self) -> asyncio.Future[None]:
@@ -464,17 +511,24 @@ class H2WebSocket:
 
     async def drain(self) -> None:
         driver = self.driver
-        while not self.gone:
-            if not driver.write_paused and not driver.conn.pending(self.id):
-                self.write_paused = False
-                return
-            waiter = driver.server.loop.create_future()
-            self._waiter = waiter
-            driver.waiting.add(self)
-            try:
-                await waiter
-            finally:
-                driver.waiting.discard(self)
+        watch = None
+        try:
+            while not self.gone:
+                if not driver.write_paused and not driver.conn.pending(self.id):
+                    self.write_paused = False
+                    return
+                if watch is None:
+                    watch = _WriteWatch(driver, self)
+                waiter = driver.server.loop.create_future()
+                self._waiter = waiter
+                driver.waiting.add(self)
+                try:
+                    await waiter
+                finally:
+                    driver.waiting.discard(self)
+        finally:
+            if watch is not None:
+                watch.cancel()
         raise ClientDisconnected("the client has disconnected")
 
     def create_waiter(self) -> asyncio.Future[None]:

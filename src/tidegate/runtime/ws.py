@@ -193,7 +193,7 @@ class WebSocketDriver(asyncio.Protocol):
         self._stop_timers()
         # the closing handshake is complete (or failed): the server closes the TCP connection first
         self._flush()
-        self.transport.close()
+        self._close()
 
     def _pong_received(self) -> None:
         self._ping_payload = None
@@ -236,7 +236,7 @@ class WebSocketDriver(asyncio.Protocol):
             self.exchange.on_close(1006)
         self._stop_timers()
         self._flush()
-        self.transport.close()
+        self._close()
 
     def _await_close(self) -> None:
         """We sent a close frame: give the client ``ws_close_timeout`` to answer with its own."""
@@ -254,7 +254,7 @@ class WebSocketDriver(asyncio.Protocol):
         self._close_timer = None
         if self.exchange is not None:
             self.exchange.on_close(1006)
-        self.transport.close()
+        self._close()
 
     def _handshake_overdue(self) -> None:
         """--timeout-ws-handshake: the app neither accepted nor refused the WebSocket in time."""
@@ -369,7 +369,7 @@ class WebSocketDriver(asyncio.Protocol):
         self._denial.send_body(data, end)
         if end:
             self._flush()
-            self.transport.close()
+            self._close()
 
     def send_error(self, status: int) -> None:
         self.session.reject()
@@ -379,15 +379,37 @@ class WebSocketDriver(asyncio.Protocol):
 
     def abort(self) -> None:
         self._flush()
-        self.transport.close()
+        self._close()
 
     async def drain(self) -> None:
         if self.write_paused and not self._lost:
             waiter = self.loop.create_future()
             self._drain_waiter = waiter
-            await waiter
+            # --timeout-write: a client that takes none of what is queued for that long is dropped
+            timer = self.loop.call_later(self.server.write_timeout, self._write_overdue)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
         if self._lost:
             raise ClientDisconnected("the client has disconnected")
+
+    def _write_overdue(self) -> None:
+        if not self._lost:
+            logger.info("WebSocket client %s has not read for %gs: dropping the connection", self._client_text(),
+                        self.server.write_timeout)
+            self.transport.abort()
+
+    def _close(self) -> None:
+        """Close once what is queued is written; past --timeout-write for that, drop the connection."""
+        transport = self.transport
+        transport.close()
+        if not self._lost and transport.get_write_buffer_size():
+            self.loop.call_later(self.server.write_timeout, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if not self._lost:
+            self.transport.abort()
 
     def create_waiter(self) -> asyncio.Future[None]:
         return self.loop.create_future()
@@ -436,7 +458,7 @@ class WebSocketDriver(asyncio.Protocol):
         else:
             self._write(conn.error_response(status, detail))
         self._flush()
-        self.transport.close()
+        self._close()
 
     # ------------------------------------------------------------------ logging
 
