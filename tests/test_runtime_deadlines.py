@@ -328,6 +328,40 @@ def test_no_timer_per_request() -> None:
     run(main)
 
 
+# ---------------------------------------------------------------------------------------------------- pipelining
+
+
+def test_a_flood_of_pipelined_requests_stays_bounded_in_the_driver() -> None:
+    release = asyncio.Event()
+    answered = [0]
+
+    async def blocked(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await release.wait()
+        await hello(scope, receive, send)
+        answered[0] += 1
+
+    async def main() -> None:
+        h = Harness(blocked, limit_pipeline_depth=16)
+        count = 10_000
+        h.send(GET * count)  # one read of 270 KB: far more requests than may be queued
+        await settle()
+        assert not h.transport.reading  # reading paused: the kernel holds what else comes
+        bound = 16 + 65536 // len(GET) + 1  # at most one parsed slice past the depth
+        assert len(h.driver.pipeline) <= bound
+        assert h.driver.conn.held
+        release.set()
+        longest = 0
+        for _ in range(count * 4):
+            await asyncio.sleep(0)
+            longest = max(longest, len(h.driver.pipeline))
+            if answered[0] == count:
+                break
+        assert answered[0] == count and h.transport.data.count(b"HTTP/1.1 200") == count
+        assert longest <= bound
+
+    run(main)
+
+
 # ---------------------------------------------------------------------------------------------------- body
 
 

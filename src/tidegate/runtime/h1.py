@@ -383,7 +383,7 @@ class H1Driver(asyncio.Protocol):
             exchange, request = self.pipeline.popleft()
             self._start(exchange, request)
             conn = self.conn
-            if conn.held:
+            if conn.held and len(self.pipeline) < self.server.pipeline_depth:
                 self.data_received(b"")  # the requests not parsed while as many as may be queued were waiting
             if (self.reading_paused and not conn.held and len(self.pipeline) < self.server.pipeline_depth
                     and exchange.buffered <= self.server.request_buffer):
