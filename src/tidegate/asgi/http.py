@@ -123,6 +123,10 @@ class HTTPExchange:
 
     def on_end(self) -> None:
         self._more_body = False
+
+    def reopen_body(self) -> None:
+        """The end of the body was announced before its bytes (the parser skips an upgrade request's body)."""
+        self._more_body = True
         self._wake()
 
     def on_eof(self) -> None:

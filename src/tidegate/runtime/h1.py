@@ -45,6 +45,58 @@ def _address(value: Any) -> tuple[str, int] | None:
     return None
 
 
+def _declared_body(headers: list[tuple[bytes, bytes]]) -> int:
+    """The body length a request head declares: its content-length, -1 for a transfer-encoding, else 0."""
+    length = 0
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return -1
+        if name == b"content-length" and value.isdigit():
+            length = int(value)
+    return length
+
+
+class _UpgradeBody(asyncio.Protocol):
+    """Reads the body of an upgrade request answered as a plain one, then gives the transport back."""
+
+    def __init__(self, driver: H1Driver, exchange: HTTPExchange, remaining: int) -> None:
+        self.driver = driver
+        self.exchange = exchange
+        self.remaining = remaining
+
+    def start(self, data: bytes) -> None:
+        self.driver.transport.set_protocol(self)
+        self.data_received(data)
+
+    def data_received(self, data: bytes) -> None:
+        driver = self.driver
+        take = data[:self.remaining]
+        if take:
+            self.remaining -= len(take)
+            self.exchange.on_data(take)
+        if self.remaining == 0:
+            self.exchange.on_end()
+            driver.transport.set_protocol(driver)
+            rest = data[len(take):]
+            if rest:
+                driver.data_received(rest)
+        elif self.exchange.buffered > driver.server.request_buffer and not driver.reading_paused:
+            driver.reading_paused = True
+            driver.transport.pause_reading()
+
+    def eof_received(self) -> bool | None:
+        return self.driver.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.driver.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self.driver.pause_writing()
+
+    def resume_writing(self) -> None:
+        self.driver.resume_writing()
+
+
 class H1Driver(asyncio.Protocol):
     __slots__ = (
         "_body_since",
@@ -297,9 +349,20 @@ class H1Driver(asyncio.Protocol):
         if request is not None:
             assert request.upgrade is not None
             self.server.upgrades[request.upgrade](self, request, upgrade.trailing)
-        elif upgrade.trailing:
-            # an upgrade we do not speak: the request was answered as a plain one; keep parsing after it
-            self.data_received(upgrade.trailing)
+        else:
+            # an upgrade we do not speak: the request is answered as a plain one.  The parser took its body for
+            # bytes after the upgrade: read the body first, so that no byte of it is parsed as a request.
+            exchange = self._last
+            length = _declared_body(exchange.scope["headers"]) if exchange is not None else 0
+            if exchange is None or length == 0:
+                if upgrade.trailing:
+                    self.data_received(upgrade.trailing)
+            elif length < 0:
+                exchange.reopen_body()
+                self._on_request_error(RequestError(400, "an upgrade request's body needs a content-length"))
+            else:
+                exchange.reopen_body()
+                _UpgradeBody(self, exchange, length).start(upgrade.trailing)
 
     def _on_preface(self, preface: Preface) -> None:
         # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3)

@@ -1,0 +1,81 @@
+"""An upgrade request that is answered as a plain request keeps its body: no byte of it is parsed as a request.
+
+The parser takes the bytes after an upgrade request's head for the new protocol's; when the upgrade is not taken
+(an Upgrade token we do not speak), the request's body must still be read as its body, never as a request.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .conftest import RawClient
+
+SMUGGLED = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def recorder(seen: list[tuple[str, bytes]]) -> Any:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        seen.append((scope["path"], body))
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", b"%d" % len(body))]})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+def upgrade_post(body: bytes, path: bytes = b"/first") -> bytes:
+    return (b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body))
+
+
+@pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
+def test_body_of_an_unknown_upgrade_is_read_as_body(run_server: Any, loop: str) -> None:
+    seen: list[tuple[str, bytes]] = []
+    server = run_server(recorder(seen), loop=loop)
+    with RawClient(server.port) as client:
+        client.send(upgrade_post(SMUGGLED) + SMUGGLED + b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        first = client.read_response()
+        assert first.status == 200
+        assert first.body == SMUGGLED
+        second = client.read_response()
+        assert second.status == 200
+    assert seen == [("/first", SMUGGLED), ("/next", b"")]
+
+
+def test_body_arriving_after_the_head_is_read_as_body(run_server: Any) -> None:
+    seen: list[tuple[str, bytes]] = []
+    server = run_server(recorder(seen))
+    body = SMUGGLED * 3000  # spread over many reads
+    with RawClient(server.port) as client:
+        client.send(upgrade_post(body))
+        client.send(body[:10])
+        client.send(body[10:])
+        response = client.read_response()
+        assert response.status == 200
+        assert response.body == body
+        client.send(b"GET /after HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+    assert [path for path, _ in seen] == ["/first", "/after"]
+
+
+def test_chunked_body_of_an_unknown_upgrade_is_refused(run_server: Any) -> None:
+    seen: list[tuple[str, bytes]] = []
+    server = run_server(recorder(seen))
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(SMUGGLED), SMUGGLED)
+    with RawClient(server.port) as client:
+        client.send(b"POST /first HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+                    b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
+        response = client.read_response()
+        assert response.status == 400
+        client.wait_closed()
+    assert seen == []
