@@ -228,8 +228,8 @@ class H1Connection:
         self._limits = limits
         self._max_fields = limits.field_count
         self._max_body = limits.body or _NO_BODY_LIMIT
-        # a read this small cannot hold a target or a header section over its limit
-        self._lean = min(limits.line, limits.fields)
+        # a read this small cannot hold a header section over its limit (the target's is checked in on_url)
+        self._lean = limits.fields
         self._max_line = limits.line
         self._max_section = limits.fields
         # a Content-Length with fewer digits than this is under the body limit
@@ -240,8 +240,8 @@ class H1Connection:
         self._quiet = 0
         #: any of _carried, _quiet, _held is set: the next read takes the checked path
         self._slow = False
-        #: what on_headers_complete checks besides the field count: 1 the target's length (a read longer than the
-        #: line limit), 2 the header section's size too (a read longer than that limit, or a head spread over reads)
+        #: 2 while a read may complete a head over the header section's limit (a read longer than it, or a head
+        #: spread over reads): on_headers_complete sums the section then (1: a checked read that cannot)
         self._checking = 0
         self._te_other = False
         #: bytes received and not parsed yet: as many requests as may be queued are waiting (see _receive_sliced)
@@ -492,7 +492,10 @@ class H1Connection:
         self._expect = False
 
     def on_url(self, url: bytes) -> None:
-        self._url += url
+        url = self._url + url
+        self._url = url
+        if len(url) > self._max_line:
+            raise _ParseAbort(RequestError(414, "request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
@@ -546,8 +549,7 @@ class H1Connection:
 
     def on_headers_complete(self) -> None:
         headers = self._headers
-        checking = self._checking
-        if len(headers) > self._max_fields or (checking and (checking == 2 or len(self._url) > self._max_line)):
+        if len(headers) > self._max_fields or self._checking == 2:
             self._check_head(headers)
         parser = self._parser
         version = parser.get_http_version()
