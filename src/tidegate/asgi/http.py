@@ -123,6 +123,7 @@ class HTTPExchange:
 
     def on_end(self) -> None:
         self._more_body = False
+        self._wake()
 
     def reopen_body(self) -> None:
         """The end of the body was announced before its bytes (the parser skips an upgrade request's body)."""
