@@ -227,6 +227,24 @@ def test_max_requests_retires_workers_gracefully(supervisor):
     assert proc.stop() == 0
 
 
+def test_max_requests_counts_http2_requests(supervisor):
+    proc = supervisor("--workers", "1", "--max-requests", "3")
+    url = serving_url(proc)
+    ready_pids(proc, 1)
+    mark = proc.mark()
+    with httpx.Client(http1=False, http2=True, timeout=10) as client:  # h2c with prior knowledge
+        for _ in range(2):
+            response = client.get(url + "/")
+            assert response.status_code == 200
+            assert response.http_version == "HTTP/2"
+    assert proc.count("reached --max-requests; retiring") == 0
+    # the third request (over HTTP/1.1: h2's client library cannot read a response behind a GOAWAY) retires it
+    response = get(url + "/")
+    assert response.status_code == 200
+    proc.wait_for("reached --max-requests; retiring", start=mark)
+    assert proc.stop() == 0
+
+
 def test_the_last_response_before_retiring_closes_its_connection(supervisor):
     proc = supervisor("--workers", "1", "--max-requests", "2")
     url = serving_url(proc)

@@ -689,6 +689,8 @@ class H2Driver(asyncio.Protocol):
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
                                        server.body_limit)
         self.streams[stream.id] = stream
+        if server.request_hook is not None:
+            server.request_hook()
         if server.access_log:
             stream.started_at = perf_counter()
         stream.task = server.loop.create_task(self._run_admitted(stream) if limited else stream.run())

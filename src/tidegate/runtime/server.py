@@ -85,6 +85,8 @@ class ServerState:
                                          extra=extra)
         #: the HTTP/1.1 driver class (a worker with --max-requests uses one that counts requests)
         self.h1_driver: type[H1Driver] = H1Driver
+        #: called once per HTTP/2 request when set (``--max-requests`` counts them; HTTP/1.1 uses h1_driver)
+        self.request_hook: Callable[[], object] | None = None
         self._clock: asyncio.TimerHandle | None = None
         self._drained: asyncio.Future[None] | None = None
 

@@ -29,23 +29,35 @@ from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import ServerState, serve
 from .channel import Channel, Message, decode_config, read_line
 
-__all__ = ["counting_driver", "main", "run_worker"]
+__all__ = ["counting_driver", "main", "request_counter", "run_worker"]
 
 logger = logging.getLogger("tidegate.error")
 
 
-def counting_driver(limit: int, on_limit: Callable[[], None]) -> type[H1Driver]:
-    """An H1Driver class that counts requests, and at the ``limit``-th answers with ``connection: close`` and calls
-    ``on_limit``.  Used only with ``--max-requests``: the plain driver counts nothing."""
+def request_counter(limit: int, on_limit: Callable[[], None]) -> Callable[[], bool]:
+    """A function to call once per request (any protocol): at the ``limit``-th it calls ``on_limit`` and returns
+    True (and on every later one)."""
     counter = itertools.count(1)
+
+    def count() -> bool:
+        if next(counter) >= limit:
+            on_limit()
+            return True
+        return False
+
+    return count
+
+
+def counting_driver(count: Callable[[], bool]) -> type[H1Driver]:
+    """An H1Driver class that counts requests with ``count`` and answers the last one with ``connection: close``.
+    Used only with ``--max-requests``: the plain driver counts nothing."""
 
     class CountingH1Driver(H1Driver):
         __slots__ = ()
 
         def _start(self, exchange: Any, request: Request) -> None:
-            if next(counter) >= limit:
+            if count():
                 self.conn.keep_alive = False
-                on_limit()
             H1Driver._start(self, exchange, request)
 
     return CountingH1Driver
@@ -112,7 +124,9 @@ def run_worker(control: socket.socket, fds: list[int]) -> int:
     def prepare(state: ServerState) -> None:
         states.append(state)
         if limit:
-            state.h1_driver = counting_driver(limit, retire)
+            count = request_counter(limit, retire)
+            state.h1_driver = counting_driver(count)
+            state.request_hook = count  # HTTP/2 streams count too
 
     def on_started(_: list[socket.socket]) -> None:
         channel.send({"op": "ready"})
