@@ -786,3 +786,14 @@ def test_a_failed_response_ends_keep_alive_for_the_next() -> None:
     sink.conn.start_response(request(), 200, [])
     sink.conn.send_body(b"", True)
     assert b"connection: close\r\n" in sink.writes[-1]
+
+
+def test_te_trailers_in_chunked_trailers_does_not_reach_the_next_request() -> None:
+    conn = H1Connection()
+    events = conn.receive_data(
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"1\r\na\r\n0\r\nTE: trailers\r\n\r\n"
+        b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+    requests = [e for e in events if isinstance(e, Request)]
+    assert [r.target for r in requests] == [b"/", b"/next"]
+    assert not requests[1].trailers

@@ -490,6 +490,7 @@ class H1Connection:
         self._headers = []
         self._hosts = 0
         self._expect = False
+        self._te_trailers = False  # a "te: trailers" line among the previous request's chunked trailers
 
     def on_url(self, url: bytes) -> None:
         url = self._url + url
