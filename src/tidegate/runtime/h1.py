@@ -21,6 +21,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 from .tls import with_tls
+from .writes import FLUSH_BYTES, CoalescedWrites
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -29,7 +30,6 @@ __all__ = ["H1Driver"]
 
 logger = logging.getLogger("tidegate.error")
 
-_FLUSH_BYTES = 65536
 access_logger = logging.getLogger("tidegate.access")
 
 # Phases of the connection's read side (see "Deadlines" below).
@@ -97,7 +97,7 @@ class _UpgradeBody(asyncio.Protocol):
         self.driver.resume_writing()
 
 
-class H1Driver(asyncio.Protocol):
+class H1Driver(CoalescedWrites, asyncio.Protocol):
     __slots__ = (
         "_body_since",
         "_body_waiter",
@@ -137,7 +137,7 @@ class H1Driver(asyncio.Protocol):
     def __init__(self, server: ServerState) -> None:
         self.server = server
         # Response bytes collect in _out and go to the transport in one write: at the end of a response, past
-        # _FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one go leaves
+        # FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one go leaves
         # in one write, and an event sent before the app waits for something is on the wire before it waits).
         self._out: list[bytes] = []
         self._out_bytes = 0
@@ -606,28 +606,13 @@ class H1Driver(asyncio.Protocol):
             self._flush()
         else:
             self._out_bytes += len(data)
-            if self._out_bytes > _FLUSH_BYTES:
+            if self._out_bytes > FLUSH_BYTES:
                 self._flush()
                 if self.transport.is_closing():
                     # the transport will not pause a writer once it failed: make send() wait for the loss
                     self.write_paused = True
             elif self._flush_handle is None:
                 self._flush_handle = self.server.loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_handle = None
-        self._flush()
-
-    def _flush(self) -> None:
-        out = self._out
-        if out:
-            if not self._lost:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-            out.clear()
-        self._out_bytes = 0
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.current_request is not None and self.current_request.http_version != "1.0":

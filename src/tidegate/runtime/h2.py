@@ -45,6 +45,7 @@ from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H
 from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
 from .h1 import H1Driver, _address
 from .tls import with_tls
+from .writes import FLUSH_BYTES, CoalescedWrites
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -54,7 +55,6 @@ __all__ = ["H2Driver", "H2Stream", "H2WebSocket", "alpn_protocols", "connection_
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
 
-_FLUSH_BYTES = 65536
 #: after a GOAWAY, how long the connection may stay half-closed for the peer to read it and close
 LINGER = 2.0
 #: seconds after which the count of client resets starts again from zero
@@ -101,6 +101,31 @@ class _WriteWatch:
 
     def cancel(self) -> None:
         self.timer.cancel()
+
+
+async def _drain(stream: H2Stream | H2WebSocket) -> None:
+    """Wait until a stream may send again (its window and the transport's buffer), under the write deadline; raise
+    ClientDisconnected once the stream is gone."""
+    driver = stream.driver
+    watch = None
+    try:
+        while not stream.gone:
+            if not driver.write_paused and not driver.conn.pending(stream.id):
+                stream.write_paused = False
+                return
+            if watch is None:
+                watch = _WriteWatch(driver, stream)
+            waiter = driver.server.loop.create_future()
+            stream._waiter = waiter
+            driver.waiting.add(stream)
+            try:
+                await waiter
+            finally:
+                driver.waiting.discard(stream)
+    finally:
+        if watch is not None:
+            watch.cancel()
+    raise ClientDisconnected("the client has disconnected")
 
 
 class H2Stream:
@@ -196,26 +221,7 @@ class H2Stream:
         self.driver.wrote(0)
 
     async def drain(self) -> None:
-        driver = self.driver
-        watch = None
-        try:
-            while not self.gone:
-                if not driver.write_paused and not driver.conn.pending(self.id):
-                    self.write_paused = False
-                    return
-                if watch is None:
-                    watch = _WriteWatch(driver, self)
-                waiter = driver.server.loop.create_future()
-                self._waiter = waiter
-                driver.waiting.add(self)
-                try:
-                    await waiter
-                finally:
-                    driver.waiting.discard(self)
-        finally:
-            if watch is not None:
-                watch.cancel()
-        raise ClientDisconnected("the client has disconnected")
+        await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
         server = self.driver.server
@@ -510,26 +516,7 @@ class H2WebSocket:
         self.on_reset()
 
     async def drain(self) -> None:
-        driver = self.driver
-        watch = None
-        try:
-            while not self.gone:
-                if not driver.write_paused and not driver.conn.pending(self.id):
-                    self.write_paused = False
-                    return
-                if watch is None:
-                    watch = _WriteWatch(driver, self)
-                waiter = driver.server.loop.create_future()
-                self._waiter = waiter
-                driver.waiting.add(self)
-                try:
-                    await waiter
-                finally:
-                    driver.waiting.discard(self)
-        finally:
-            if watch is not None:
-                watch.cancel()
-        raise ClientDisconnected("the client has disconnected")
+        await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
         return self.driver.server.loop.create_future()
@@ -548,7 +535,7 @@ class H2WebSocket:
                                escape_log(self.request.target.decode("latin-1")), status)
 
 
-class H2Driver(asyncio.Protocol):
+class H2Driver(CoalescedWrites, asyncio.Protocol):
     """One HTTP/2 connection."""
 
     def __init__(self, server: ServerState, upgrade: tuple[Request, bytes, int] | None = None) -> None:
@@ -801,25 +788,10 @@ class H2Driver(asyncio.Protocol):
     def wrote(self, size: int) -> None:
         """Frames were queued: flush now past a threshold, else at the end of this loop iteration."""
         self._out_bytes += size
-        if self._out_bytes > _FLUSH_BYTES:
+        if self._out_bytes > FLUSH_BYTES:
             self._flush()
         elif self._flush_handle is None and self._out:
             self._flush_handle = self.server.loop.call_soon(self._flush_soon)
-
-    def _flush_soon(self) -> None:
-        self._flush_handle = None
-        self._flush()
-
-    def _flush(self) -> None:
-        out = self._out
-        if out:
-            if not self._lost:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-            out.clear()
-        self._out_bytes = 0
 
     # ------------------------------------------------------------------ idle, shutdown
 

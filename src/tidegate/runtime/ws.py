@@ -24,6 +24,7 @@ from ..asgi.websocket import WebSocketExchange
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, status_line
 from ..protocol.websocket import CONNECTING, OPEN, Close, Pong, WebSocketSession
+from .writes import FLUSH_BYTES, CoalescedWrites
 
 if TYPE_CHECKING:
     from .h1 import H1Driver
@@ -34,7 +35,6 @@ __all__ = ["WebSocketDriver", "upgrade_websocket"]
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
 
-_FLUSH_BYTES = 65536
 # Bytes a client may send before its handshake is answered (it should send none) before reading pauses.
 _EARLY_LIMIT = 65536
 
@@ -44,7 +44,7 @@ def upgrade_websocket(h1: H1Driver, request: Request, trailing: bytes) -> None:
     h1.hand_over(WebSocketDriver(h1.server, h1.info, request), trailing)
 
 
-class WebSocketDriver(asyncio.Protocol):
+class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_denial",
@@ -424,28 +424,17 @@ class WebSocketDriver(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         self._out.append(data)
         self._out_bytes += len(data)
-        if self._out_bytes > _FLUSH_BYTES:
+        if self._out_bytes > FLUSH_BYTES:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = self.loop.call_soon(self._flush_soon)
 
-    def _flush_soon(self) -> None:
-        self._flush_handle = None
-        self._flush()
-
-    def _flush(self) -> None:
-        out = self._out
-        if out:
-            if not self._lost:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-                if self.transport.is_closing():
-                    # a failed transport no longer pauses its writer: make send() wait for the loss
-                    self.write_paused = True
-            out.clear()
-        self._out_bytes = 0
+    def _flush(self) -> bool:
+        wrote = CoalescedWrites._flush(self)
+        if wrote and self.transport.is_closing():
+            # a failed transport no longer pauses its writer: make send() wait for the loss
+            self.write_paused = True
+        return wrote
 
     def _respond(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
         """Answer the handshake with a short HTTP error and close."""
