@@ -52,7 +52,8 @@ class Waiter(Protocol):
 class Stream(Protocol):
     """What the exchange needs from the connection carrying it (implemented by each driver)."""
 
-    write_paused: bool
+    @property
+    def write_paused(self) -> bool: ...
     reading_paused: bool
 
     def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None: ...
@@ -220,7 +221,7 @@ class HTTPExchange:
             stream.response_done()
             self._wake()
             if stream.write_paused:
-                await stream.drain()
+                await self._drain_complete()
             return
         if state == _GONE:
             raise ClientDisconnected("the client has disconnected")
@@ -299,7 +300,15 @@ class HTTPExchange:
         stream.response_done()
         self._wake()
         if stream.write_paused:
-            await stream.drain()
+            await self._drain_complete()
+
+    async def _drain_complete(self) -> None:
+        """The response is complete: wait while the client takes it (back-pressure), but a client gone meanwhile
+        is no failure of the last ``send()`` -- the app's code after it (background tasks, cleanup) still runs."""
+        try:
+            await self.stream.drain()
+        except ClientDisconnected:
+            pass
 
     # ------------------------------------------------------------------ running the app
 

@@ -45,7 +45,8 @@ _SEND_TYPES = frozenset({"websocket.accept", "websocket.send", "websocket.close"
 class WebSocketStream(Protocol):
     """What the exchange needs from the connection carrying it (implemented by each driver)."""
 
-    write_paused: bool
+    @property
+    def write_paused(self) -> bool: ...
     reading_paused: bool
 
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None: ...

@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Awaitable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
-from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 from .tls import with_tls
-from .writes import FLUSH_BYTES, CoalescedWrites
+from .writes import WriteBuffer
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -97,26 +97,20 @@ class _UpgradeBody(asyncio.Protocol):
         self.driver.resume_writing()
 
 
-class H1Driver(CoalescedWrites, asyncio.Protocol):
+class H1Driver(asyncio.Protocol):
     __slots__ = (
         "_body_since",
         "_body_waiter",
-        "_closing_for",
         "_closing_since",
-        "_drain_since",
-        "_drain_waiter",
         "_eof",
-        "_flush_handle",
         "_head_since",
+        "_held",
         "_idle_since",
         "_last",
         "_lost",
-        "_out",
-        "_out_bytes",
         "_parked",
         "_pending_error",
         "_phase",
-        "_queued",
         "_started_at",
         "_timer",
         "_timer_at",
@@ -131,18 +125,17 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         "shutting_down",
         "task",
         "transport",
-        "write_paused",
+        "writes",
     )
 
     def __init__(self, server: ServerState) -> None:
         self.server = server
-        # Response bytes collect in _out and go to the transport in one write: at the end of a response, past
-        # FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one go leaves
-        # in one write, and an event sent before the app waits for something is on the wire before it waits).
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self.conn = H1Connection(server.defaults, self._out.append, server.request_limits)
+        # Response bytes collect in the write buffer and go to the transport in one write: at the end of a
+        # response, past FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one
+        # go leaves in one write, and an event sent before the app waits for something is on the wire before it
+        # waits).
+        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
+        self.conn = H1Connection(server.defaults, writes.out.append, server.request_limits)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.info: ConnectionInfo = None  # type: ignore[assignment]
         self.current: HTTPExchange | None = None
@@ -157,25 +150,27 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         self._head_since = 0.0
         self._body_waiter: asyncio.Future[None] | None = None
         self._body_since = 0.0
-        self._drain_since = 0.0
         self._closing_since = 0.0
-        self._closing_for = 0.0
-        self._queued = 0
+        #: a response is complete but the client has not taken enough of it: the next request waits
+        self._held = False
         self._parked = False
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._pending_error: RequestError | None = None
         self._upgrade_request: Request | None = None
         self._lost = False
         self._eof = False
         self._started_at = 0.0
-        self.write_paused = False
         self.reading_paused = False
         self.shutting_down = False
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
+    @property
+    def write_paused(self) -> bool:
+        return self.writes.paused
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.writes.attach(self.transport)
         server = self.server
         peer = transport.get_extra_info("peername")
         sock = transport.get_extra_info("sockname")
@@ -215,9 +210,7 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         elif self._last is not None:
             self._last.on_disconnect()
         self.pipeline.clear()
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.writes.connection_lost()
         self.server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
@@ -255,11 +248,12 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         if self._closing_since:
             return None  # lingering after an error response: the client is done, close
         current = self.current
-        if current is None:
+        if current is None and not self._held:
             self._close()
             return None
-        current.on_eof()
-        if self.pipeline:
+        if current is not None:
+            current.on_eof()
+        if self.pipeline or self._held:
             for exchange, _ in self.pipeline:
                 exchange.on_eof()
             self._eof = True
@@ -268,15 +262,20 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         return True
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.writes.pause()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.writes.resume()
+        if self._held and not self._lost:
+            self._held = False
+            self._next()
+
+    def _write_stuck(self) -> None:
+        """--timeout-write passed with the client taking none of what waits for it."""
+        if not self._lost:
+            logger.info("client %s has not read the response for %gs: dropping the connection",
+                        self._client_text(), self.server.write_timeout)
+            self.transport.abort()
 
     # ------------------------------------------------------------------ requests
 
@@ -289,7 +288,7 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
                                 self.server.body_limit)
         self._last = exchange
-        if self.current is None:
+        if self.current is None and not self._held:
             self._start(exchange, request)
         else:
             self.pipeline.append((exchange, request))
@@ -386,7 +385,8 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._flush()
+        self.writes.flush()
+        self.writes.connection_lost()
         self.server.connections.discard(self)
         self._lost = True  # nothing more comes through this driver
         self.transport.set_protocol(protocol)
@@ -399,15 +399,16 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         self._on_request_error(RequestError(413, "request body larger than the limit"))
 
     def _write_error(self, status: int, detail: str, extra: bytes = b"") -> None:
-        self._flush()
         transport = self.transport
         if not transport.is_closing():
-            transport.write(self.conn.error_response(status, detail, extra))
+            writes = self.writes
+            writes.out.append(self.conn.error_response(status, detail, extra))
+            writes.flush()
             self.conn.broken = True
             if transport.can_write_eof():
                 # linger: send the answer and a FIN, read (and drop) what the client still sends until it closes
                 transport.write_eof()
-                self._closing(LINGER)
+                self._linger()
                 if self.reading_paused:
                     self.reading_paused = False
                     transport.resume_reading()
@@ -416,19 +417,14 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
 
     def _close(self) -> None:
         """Close once what is queued is written; past --timeout-write for that, drop the connection."""
-        transport = self.transport
-        transport.close()
-        if not self._lost and transport.get_write_buffer_size():
-            self._closing(self.server.write_timeout)
+        self.writes.close()
 
-    def _closing(self, limit: float) -> None:
+    def _linger(self) -> None:
         if self._lost:
             return
         now = self.server.loop.time()
         self._closing_since = now
-        self._closing_for = limit
-        self._queued = self.transport.get_write_buffer_size()
-        self._watch(now + limit)
+        self._watch(now + LINGER)
 
     def response_done(self) -> None:
         exchange = self.current
@@ -442,6 +438,16 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
             self._close()
             return
         self.conn.next_response()
+        if self.writes.paused:
+            # the client has not taken enough of this response yet: the next one waits (resume_writing), so that
+            # a client that pipelines and never reads cannot make responses pile up; the parser holds what else
+            # comes, and reading pauses once as many requests as may be queued are waiting
+            self._held = True
+            return
+        self._next()
+
+    def _next(self) -> None:
+        """After a complete response: start the next pipelined request, or wait for one."""
         if self.pipeline:
             exchange, request = self.pipeline.popleft()
             self._start(exchange, request)
@@ -496,13 +502,10 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
         loop = server.loop
         now = loop.time()
         if self._closing_since:
-            deadline = self._closing_since + self._closing_for
+            deadline = self._closing_since + LINGER
             if now >= deadline:
-                if self._closing_for != server.write_timeout or not self._took_some():
-                    self.transport.abort()
-                    return
-                self._closing_since = now  # the client still reads: another period
-                deadline = now + self._closing_for
+                self.transport.abort()
+                return
         elif self._phase:
             if self._phase == _IDLE and self.conn.in_head:
                 # part of a pipelined head came while the previous request ran: its time counts from then
@@ -528,28 +531,10 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
                 if now >= deadline:
                     self._body_timed_out()
                     return
-            if self._drain_waiter is not None:
-                write_deadline = self._drain_since + server.write_timeout
-                if now >= write_deadline:
-                    if not self._took_some():
-                        logger.info("client %s has not read the response for %gs: dropping the connection",
-                                    self._client_text(), server.write_timeout)
-                        self.transport.abort()
-                        return
-                    self._drain_since = now  # slow, but it reads: another period
-                    write_deadline = now + server.write_timeout
-                deadline = min(deadline, write_deadline) if deadline else write_deadline
             if not deadline:
                 return  # nothing to watch while the app runs: _arm_idle_timer or _watch arm it again
         self._timer_at = min(deadline, now + server.idle_check)
         self._timer = loop.call_at(self._timer_at, self._on_timer)
-
-    def _took_some(self) -> bool:
-        """Whether the client took some of the bytes queued for it since the last look."""
-        size = self.transport.get_write_buffer_size()
-        took = size < self._queued
-        self._queued = size
-        return took
 
     def _body_timed_out(self) -> None:
         logger.info("request body from %s stalled for %gs: the app gets http.disconnect", self._client_text(),
@@ -603,33 +588,28 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
     def send_data(self, data: bytes, end: bool) -> None:
         self.conn.send_body(data, end)
         if end:
-            self._flush()
+            self.writes.flush()
         else:
-            self._out_bytes += len(data)
-            if self._out_bytes > FLUSH_BYTES:
-                self._flush()
-                if self.transport.is_closing():
-                    # the transport will not pause a writer once it failed: make send() wait for the loss
-                    self.write_paused = True
-            elif self._flush_handle is None:
-                self._flush_handle = self.server.loop.call_soon(self._flush_soon)
+            self.writes.wrote(len(data))
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.current_request is not None and self.current_request.http_version != "1.0":
-            self.transport.write(self.conn.informational(status, headers))
+            writes = self.writes
+            writes.out.append(self.conn.informational(status, headers))
+            writes.flush()
 
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.conn.send_trailers(headers)
-        self._flush()
+        self.writes.flush()
 
     def send_error(self, status: int) -> None:
-        self._flush()
-        self.transport.write(self.conn.error_response(status))
+        writes = self.writes
+        writes.out.append(self.conn.error_response(status))
+        writes.flush()
         self.response_done()
 
     def abort(self) -> None:
         """Close after what was written: the response in progress cannot be completed."""
-        self._flush()
         self._close()
 
     def force_close(self) -> list[asyncio.Task[None]]:
@@ -640,17 +620,8 @@ class H1Driver(CoalescedWrites, asyncio.Protocol):
             return [task]
         return []
 
-    async def drain(self) -> None:
-        if self.write_paused and not self._lost:
-            loop = self.server.loop
-            waiter = loop.create_future()
-            self._drain_waiter = waiter
-            self._drain_since = now = loop.time()
-            self._queued = self.transport.get_write_buffer_size()
-            self._watch(now + self.server.write_timeout)
-            await waiter
-        if self._lost:
-            raise ClientDisconnected("the client has disconnected")
+    def drain(self) -> Awaitable[None]:
+        return self.writes.drain()
 
     def create_waiter(self) -> asyncio.Future[None]:
         loop = self.server.loop

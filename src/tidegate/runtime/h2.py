@@ -45,7 +45,7 @@ from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H
 from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
 from .h1 import H1Driver, _address
 from .tls import with_tls
-from .writes import FLUSH_BYTES, CoalescedWrites
+from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
 
 if TYPE_CHECKING:
     from .server import ServerState
@@ -63,44 +63,24 @@ RESET_INTERVAL = 10.0
 MAX_RESETS = 200
 
 
-class _WriteWatch:
+def _stream_deadline(driver: H2Driver, stream: H2Stream | H2WebSocket) -> WriteDeadline:
     """--timeout-write for a stream waiting in ``drain()``: the client must take some of what waits for it (the
-    stream's data held for its window, the transport's buffer) in each period, else the stream is reset (or, when
-    the transport itself is full, the connection dropped)."""
+    stream's data held for its window, the transport's buffer) in each period, else the stream is reset (the
+    connection itself is dropped by its own write deadline when the transport is what is full)."""
 
-    __slots__ = ("driver", "queued", "stream", "timer")
+    def queued() -> int:
+        return driver.conn.pending(stream.id) + driver.transport.get_write_buffer_size()
 
-    def __init__(self, driver: H2Driver, stream: H2Stream | H2WebSocket) -> None:
-        self.driver = driver
-        self.stream = stream
-        self.queued = self._queued()
-        self.timer = driver.server.loop.call_later(driver.server.write_timeout, self._check)
-
-    def _queued(self) -> int:
-        driver = self.driver
-        return driver.conn.pending(self.stream.id) + driver.transport.get_write_buffer_size()
-
-    def _check(self) -> None:
-        driver = self.driver
-        stream = self.stream
+    def expired() -> None:
         if stream.gone or driver._lost:
             return
-        queued = self._queued()
-        if queued < self.queued:  # slow, but it reads: another period
-            self.queued = queued
-            self.timer = driver.server.loop.call_later(driver.server.write_timeout, self._check)
-            return
-        logger.info("HTTP/2 client %s has not read for %gs: %s", driver.client_text(), driver.server.write_timeout,
-                    "dropping the connection" if driver.write_paused else "resetting the stream")
-        if driver.write_paused:
-            driver.transport.abort()
-        else:
-            driver.conn.reset_stream(stream.id, CANCEL)
-            stream.on_reset()
-            driver.wrote(0)
+        logger.info("HTTP/2 client %s has not read for %gs: resetting the stream", driver.client_text(),
+                    driver.server.write_timeout)
+        driver.conn.reset_stream(stream.id, CANCEL)
+        stream.on_reset()
+        driver.writes.wrote(0)
 
-    def cancel(self) -> None:
-        self.timer.cancel()
+    return WriteDeadline(driver.server.loop, driver.server.write_timeout, queued, expired)
 
 
 async def _drain(stream: H2Stream | H2WebSocket) -> None:
@@ -114,7 +94,8 @@ async def _drain(stream: H2Stream | H2WebSocket) -> None:
                 stream.write_paused = False
                 return
             if watch is None:
-                watch = _WriteWatch(driver, stream)
+                watch = _stream_deadline(driver, stream)
+                watch.start()
             waiter = driver.server.loop.create_future()
             stream._waiter = waiter
             driver.waiting.add(stream)
@@ -192,14 +173,14 @@ class H2Stream:
         driver = self.driver
         if not driver.conn.send_body(self.id, data, end) or driver.write_paused:
             self.write_paused = True
-        driver.wrote(len(data))
+        driver.writes.wrote(len(data))
 
     def send_trailers(self, headers: Any) -> None:
         driver = self.driver
         driver.conn.send_trailers(self.id, headers)
         if driver.conn.pending(self.id) or driver.write_paused:
             self.write_paused = True
-        driver.wrote(0)
+        driver.writes.wrote(0)
 
     def response_done(self) -> None:
         driver = self.driver
@@ -208,17 +189,17 @@ class H2Stream:
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.driver.conn.informational(self.id, status, headers)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
 
     def send_error(self, status: int) -> None:
         self.driver.conn.error_response(self.id, status)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
         self.response_done()
 
     def abort(self) -> None:
         """The response cannot be completed: reset this stream only."""
         self.driver.conn.reset_stream(self.id, INTERNAL_ERROR)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
 
     async def drain(self) -> None:
         await _drain(self)
@@ -243,7 +224,7 @@ class H2Stream:
         if size:
             self.unacked = 0
             driver.conn.acknowledge(self.id, size)
-            driver.wrote(0)
+            driver.writes.wrote(0)
         elif driver._upgraded is self and not driver._lost:
             driver.transport.resume_reading()  # the h2c upgrade's body, read again
 
@@ -299,7 +280,7 @@ class H2WebSocket:
                 conn.send_body(self.id, (rejection.detail + "\n").encode(), True)
             else:
                 conn.error_response(self.id, rejection.status, rejection.detail)
-            driver.wrote(0)
+            driver.writes.wrote(0)
             self._maybe_done()
             return
         self.exchange = WebSocketExchange(self, websocket_scope(self.request, driver.info),
@@ -342,12 +323,17 @@ class H2WebSocket:
                 if self._pong_timer is not None:
                     self._pong_timer.cancel()
                     self._pong_timer = None
-        if exchange.over_limit:
+        if exchange.over_limit or self._output_full():
+            # the app has not taken what came, or the client does not take what we send (our answers to its pings
+            # included): its window is not given back until it does
             self.unacked += len(data)
             self.reading_paused = True
         else:
             driver.conn.acknowledge(self.id, len(data))
-        driver.wrote(0)
+        driver.writes.wrote(0)
+
+    def _output_full(self) -> bool:
+        return self.driver.conn.pending(self.id) > FLUSH_BYTES
 
     def _on_close(self, event: Close) -> None:
         """The client's close frame (echoed by the session), or a failure the session closed for."""
@@ -368,7 +354,7 @@ class H2WebSocket:
             self.gone = True
         else:
             self._end_stream()
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
         self._maybe_done()
 
     def on_reset(self) -> None:
@@ -395,7 +381,7 @@ class H2WebSocket:
         if not self._ending and not self.gone:
             self._ending = True
             self.driver.conn.send_body(self.id, b"", True)
-            self.driver.wrote(0)
+            self.driver.writes.wrote(0)
             self._maybe_done()
 
     def wake(self) -> None:
@@ -404,6 +390,8 @@ class H2WebSocket:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
+        if self.unacked:
+            self.resume_reading()
 
     # ------------------------------------------------------------------ timers
 
@@ -449,7 +437,7 @@ class H2WebSocket:
         if self.exchange is not None:
             self.exchange.on_close(1006)
         self.driver.conn.reset_stream(self.id, CANCEL)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
         self.on_reset()
 
     def _stop_timers(self) -> None:
@@ -466,7 +454,7 @@ class H2WebSocket:
         driver = self.driver
         driver.conn.start_response(self.id, status, response)
         driver.conn.send_body(self.id, b"", False)  # the HEADERS go now; the stream stays open both ways
-        driver.wrote(0)
+        driver.writes.wrote(0)
         self._log_access(status)
         if self._early:
             early = b"".join(self._early)
@@ -486,7 +474,7 @@ class H2WebSocket:
         driver = self.driver
         if not driver.conn.send_body(self.id, data, False) or driver.write_paused:
             self.write_paused = True
-        driver.wrote(len(data))
+        driver.writes.wrote(len(data))
 
     def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """The denial response's head (an HTTP response instead of the WebSocket)."""
@@ -500,19 +488,19 @@ class H2WebSocket:
             self.write_paused = True
         if end and driver.conn.is_open(self.id) and not driver.conn.pending(self.id):
             driver.conn.reset_stream(self.id, NO_ERROR)  # answered: the client's side is not wanted (RFC 9113 §8.1)
-        driver.wrote(len(data))
+        driver.writes.wrote(len(data))
         self._maybe_done()
 
     def send_error(self, status: int) -> None:
         self.session.reject()
         self._log_access(status)
         self.driver.conn.error_response(self.id, status)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
         self._maybe_done()
 
     def abort(self) -> None:
         self.driver.conn.reset_stream(self.id, CANCEL)
-        self.driver.wrote(0)
+        self.driver.writes.wrote(0)
         self.on_reset()
 
     async def drain(self) -> None:
@@ -522,12 +510,16 @@ class H2WebSocket:
         return self.driver.server.loop.create_future()
 
     def resume_reading(self) -> None:
+        """Give the client its window back once neither the app's queue nor our unsent output is over its
+        bound."""
+        if (self.exchange is not None and self.exchange.over_limit) or self._output_full() or self.gone:
+            return
         self.reading_paused = False
         size = self.unacked
         if size:
             self.unacked = 0
             self.driver.conn.acknowledge(self.id, size)
-            self.driver.wrote(0)
+            self.driver.writes.wrote(0)
 
     def _log_access(self, status: int) -> None:
         if self.driver.server.access_log:
@@ -535,16 +527,14 @@ class H2WebSocket:
                                escape_log(self.request.target.decode("latin-1")), status)
 
 
-class H2Driver(CoalescedWrites, asyncio.Protocol):
+class H2Driver(asyncio.Protocol):
     """One HTTP/2 connection."""
 
     def __init__(self, server: ServerState, upgrade: tuple[Request, bytes, int] | None = None) -> None:
         self.server = server
         settings = server.config.h2
-        self._out: list[bytes | memoryview] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
-        self.conn = H2Connection(self._out.append, defaults=server.defaults,
+        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
+        self.conn = H2Connection(writes.out.append, defaults=server.defaults,
                                  max_concurrent_streams=settings.max_concurrent_streams,
                                  max_header_list_size=settings.max_header_list_size,
                                  initial_window_size=max(min(server.request_buffer, 2**31 - 1), 1),
@@ -557,7 +547,6 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         self.streams: dict[int, H2Stream | H2WebSocket] = {}
         #: streams waiting in drain()
         self.waiting: set[H2Stream | H2WebSocket] = set()
-        self.write_paused = False
         self.shutting_down = False
         self._upgrade = upgrade
         self._upgrade_body = 0
@@ -570,8 +559,13 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
+    @property
+    def write_paused(self) -> bool:
+        return self.writes.paused
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.writes.attach(self.transport)
         server = self.server
         sock = transport.get_extra_info("sockname")
         scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
@@ -586,7 +580,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         server.connections.add(self)
         if self._upgrade is None:
             self.conn.initiate()
-            self._flush()
+            self.writes.flush()
             self._arm_idle_timer()
         else:
             self._start_upgraded(*self._upgrade)
@@ -600,9 +594,9 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
                 timer.cancel()
         self._timer = self._reset_timer = None
         self._closing = True
+        self.writes.connection_lost()
         for stream in list(self.streams.values()):
             stream.on_reset()
-        self._out.clear()
         self.server.connection_closed()
 
     def data_received(self, data: bytes) -> None:
@@ -640,22 +634,28 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
                 self._on_closed(event)  # type: ignore[arg-type]
         if conn.resets and self._reset_timer is None:
             self._reset_timer = self.server.loop.call_later(RESET_INTERVAL, self._clear_resets)
-        if self._out:
-            self._flush()
+        self.writes.flush()
         if conn.closed:
             self.close()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.writes.pause()
         if not self._lost:
             self.transport.pause_reading()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
+        self.writes.resume()
         if not self._lost:
             self.transport.resume_reading()
         for stream in list(self.waiting):
             stream.wake()
+
+    def _write_stuck(self) -> None:
+        """--timeout-write passed with the client taking none of what waits for it."""
+        if not self._lost:
+            logger.info("HTTP/2 client %s has not read for %gs: dropping the connection", self._client_text(),
+                        self.server.write_timeout)
+            self.transport.abort()
 
     # ------------------------------------------------------------------ streams
 
@@ -695,7 +695,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         conn.send_body(stream_id, b"Service Unavailable: too many requests in progress, retry later\n", True)
         if conn.is_open(stream_id):
             conn.reset_stream(stream_id, NO_ERROR)  # the request's body is not wanted (RFC 9113 §8.1)
-        self.wrote(0)
+        self.writes.wrote(0)
 
     def refuse_body(self, stream: H2Stream, status: int, detail: str) -> None:
         """The request body passed --limit-request-body (413) or stalled (408): the app hears http.disconnect; the
@@ -708,7 +708,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         if unanswered:
             self.conn.error_response(stream.id, status, detail)
         self.conn.reset_stream(stream.id, NO_ERROR if unanswered else CANCEL)
-        self.wrote(0)
+        self.writes.wrote(0)
 
     def _on_extended_connect(self, request: Request) -> None:
         """RFC 8441: a WebSocket over this stream (the only protocol extended CONNECT offers)."""
@@ -724,7 +724,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
             # the app is done while the stream is not: the response is complete and the client still sends
             # (RFC 9113 §8.1: ask it to stop, without error), or the response was never completed
             self.conn.reset_stream(stream.id, CANCEL if stream.exchange.request_complete else NO_ERROR)
-            self.wrote(0)
+            self.writes.wrote(0)
         self.forget(stream)
 
     def forget(self, stream: H2Stream | H2WebSocket) -> None:
@@ -753,7 +753,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
 
     def _start_upgraded(self, request: Request, settings: bytes, body_length: int) -> None:
         self.conn.initiate_upgrade(settings, request.method == b"HEAD")
-        self._flush()
+        self.writes.flush()
         stream = H2Stream(self, request)
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
                                        self.server.body_limit)
@@ -785,14 +785,6 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
 
     # ------------------------------------------------------------------ writing
 
-    def wrote(self, size: int) -> None:
-        """Frames were queued: flush now past a threshold, else at the end of this loop iteration."""
-        self._out_bytes += size
-        if self._out_bytes > FLUSH_BYTES:
-            self._flush()
-        elif self._flush_handle is None and self._out:
-            self._flush_handle = self.server.loop.call_soon(self._flush_soon)
-
     # ------------------------------------------------------------------ idle, shutdown
 
     def _arm_idle_timer(self) -> None:
@@ -821,7 +813,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         self.conn.goaway()
         for stream in list(self.streams.values()):
             stream.shutdown()
-        self._flush()
+        self.writes.flush()
         if not self.streams:
             self.close()
 
@@ -834,7 +826,7 @@ class H2Driver(CoalescedWrites, asyncio.Protocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._flush()
+        self.writes.flush()
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()

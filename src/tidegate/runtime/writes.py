@@ -1,47 +1,198 @@
-"""Write coalescing, shared by the drivers.
+"""The one write path of a connection: :class:`WriteBuffer`, and the one write deadline, :class:`WriteDeadline`.
 
-Bytes a driver produces go to its ``_out`` list and reach the transport in one write: when the driver says so (the
-end of a response), past ``FLUSH_BYTES``, or at the end of the loop iteration (``_flush_soon``, scheduled by the
-driver).  A stream of small pieces made in one go leaves in one write, and a piece sent before the app waits for
-anything is on the wire before it waits.
+A driver holds a ``WriteBuffer`` (it does not inherit one).  Bytes a connection produces go to its ``out`` list and
+reach the transport in one write: when the driver says so (the end of a response), past ``FLUSH_BYTES``, or at the
+end of the loop iteration.  A stream of small pieces made in one go leaves in one write, and a piece sent before the
+app waits for anything is on the wire before it waits.
+
+Back-pressure: the transport says when its buffer passes its high-water mark (``pause``) and when it is below it
+again (``resume``).  While it is above, any number of coroutines may wait in :meth:`WriteBuffer.drain`; every one of
+them is woken once the transport takes bytes again or the connection is lost -- none is ever overwritten.
+
+``--timeout-write`` has one meaning everywhere: while bytes wait for a client (the transport is above its high-water
+mark, or a connection closes with bytes still queued, or an HTTP/2 stream's data waits for its window), the client
+must take some of them in every period of that length; a client that takes none for a whole period is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["FLUSH_BYTES", "CoalescedWrites"]
+from ..asgi.errors import ClientDisconnected
+
+__all__ = ["FLUSH_BYTES", "WriteBuffer", "WriteDeadline"]
 
 FLUSH_BYTES = 65536
 
 
-class CoalescedWrites:
-    """Mixin for a driver with ``transport``, ``_out``, ``_out_bytes``, ``_flush_handle`` and ``_lost``."""
+class WriteDeadline:
+    """Calls ``expired()`` once a whole ``timeout`` passes in which ``queued()`` (bytes waiting for the client) did
+    not go down.  A client that takes some bytes in every period -- slow, but reading -- is given another one."""
 
-    __slots__ = ()
+    __slots__ = ("_expired", "_loop", "_queued", "_seen", "_timer", "timeout")
 
-    transport: asyncio.Transport
-    _out: list[Any]
-    _out_bytes: int
-    _flush_handle: asyncio.Handle | None
-    _lost: bool
+    def __init__(self, loop: Any, timeout: float, queued: Callable[[], int], expired: Callable[[], None]) -> None:
+        self._loop = loop
+        self.timeout = timeout
+        self._queued = queued
+        self._expired = expired
+        self._seen = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
+
+    def start(self) -> None:
+        """Start watching (a no-op while already watching)."""
+        if self._timer is None:
+            self._seen = self._queued()
+            self._timer = self._loop.call_at(self._loop.time() + self.timeout, self._check)
+
+    def cancel(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _check(self) -> None:
+        queued = self._queued()
+        if queued < self._seen:  # it took some: another period
+            self._seen = queued
+            self._timer = self._loop.call_at(self._loop.time() + self.timeout, self._check)
+            return
+        self._timer = None
+        self._expired()
+
+
+class WriteBuffer:
+    """Coalesced writes, the transport's pause state, drain waiters and the write deadline of one connection."""
+
+    __slots__ = ("_handle", "_loop", "_waiters", "closing", "deadline", "lost", "out", "paused", "pending",
+                 "transport")
+
+    def __init__(self, loop: Any, timeout: float, stuck: Callable[[], None]) -> None:
+        self._loop = loop
+        #: bytes made and not yet handed to the transport; ``out.append`` is the sans-IO connection's write callback
+        self.out: list[Any] = []
+        self.pending = 0
+        self._handle: asyncio.Handle | None = None
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by attach()
+        self.paused = False
+        self.lost = False
+        self.closing = False
+        self._waiters: list[asyncio.Future[None]] = []
+        #: the write deadline; ``stuck()`` is the driver's way to drop the connection when it passes
+        self.deadline = WriteDeadline(loop, timeout, self._queued, stuck)
+
+    def attach(self, transport: asyncio.Transport) -> None:
+        self.transport = transport
+
+    def _queued(self) -> int:
+        return self.transport.get_write_buffer_size()
+
+    # ------------------------------------------------------------------ producing
+
+    def write(self, data: bytes) -> None:
+        """Queue ``data``; it leaves past ``FLUSH_BYTES`` or at the end of this loop iteration."""
+        self.out.append(data)
+        self.wrote(len(data))
+
+    def wrote(self, size: int) -> None:
+        """``size`` bytes were appended to :attr:`out` (by a sans-IO connection): flush now past ``FLUSH_BYTES``,
+        else at the end of this loop iteration."""
+        self.pending += size
+        if self.pending > FLUSH_BYTES:
+            self.flush()
+        elif self._handle is None and self.out:
+            self._handle = self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
-        self._flush_handle = None  # type: ignore[misc]  # the slot is the driver's
-        self._flush()
+        self._handle = None
+        self.flush()
 
-    def _flush(self) -> bool:
-        """Write what is pending; True if anything was handed to the transport."""
-        out = self._out
-        wrote = False
-        if out:
-            if not self._lost:
-                if len(out) == 1:
-                    self.transport.write(out[0])
-                else:
-                    self.transport.writelines(out)
-                wrote = True
+    def flush(self) -> bool:
+        """Write what is queued; True if anything was handed to the transport."""
+        out = self.out
+        self.pending = 0
+        if not out:
+            return False
+        if self.lost:
             out.clear()
-        self._out_bytes = 0  # type: ignore[misc]  # the slot is the driver's
-        return wrote
+            return False
+        transport = self.transport
+        if len(out) == 1:
+            transport.write(out[0])
+        else:
+            transport.writelines(out)
+        out.clear()
+        if transport.is_closing() and not self.paused:
+            # a failed transport no longer pauses its writer: make send() wait for the loss
+            self.paused = True
+        return True
+
+    # ------------------------------------------------------------------ back-pressure (from the transport)
+
+    def pause(self) -> None:
+        """The transport's buffer passed its high-water mark: the client must take some of it every period."""
+        self.paused = True
+        if not self.lost:
+            self.deadline.start()
+
+    def resume(self) -> None:
+        """The transport's buffer is below its low-water mark again: every waiter goes on."""
+        self.paused = False
+        if not self.closing:
+            self.deadline.cancel()
+        self._wake()
+
+    async def drain(self) -> None:
+        """Wait while the transport is above its high-water mark; raise ClientDisconnected once the connection is
+        lost."""
+        if self.paused and not self.lost:
+            waiter = self._loop.create_future()
+            self._waiters.append(waiter)
+            self.deadline.start()
+            try:
+                await waiter
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+        if self.lost:
+            raise ClientDisconnected("the client has disconnected")
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
+
+    def _wake(self) -> None:
+        waiters = self._waiters
+        if waiters:
+            self._waiters = []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    # ------------------------------------------------------------------ the end
+
+    def close(self) -> None:
+        """Close the transport once what is queued is written; a client that takes none of it for a whole
+        ``--timeout-write`` is dropped."""
+        self.flush()
+        transport = self.transport
+        transport.close()
+        if not self.lost and transport.get_write_buffer_size():
+            self.closing = True
+            self.deadline.start()
+
+    def connection_lost(self) -> None:
+        """The transport is gone: queued bytes are dropped and every waiter wakes (to hear ClientDisconnected)."""
+        self.lost = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self.out.clear()
+        self.pending = 0
+        self.deadline.cancel()
+        self._wake()

@@ -14,17 +14,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING
 
-from ..asgi.errors import ClientDisconnected
 from ..asgi.http import escape_log
 from ..asgi.scope import ConnectionInfo, websocket_scope
 from ..asgi.websocket import WebSocketExchange
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, status_line
 from ..protocol.websocket import CONNECTING, OPEN, Close, Pong, WebSocketSession
-from .writes import FLUSH_BYTES, CoalescedWrites
+from .writes import WriteBuffer
 
 if TYPE_CHECKING:
     from .h1 import H1Driver
@@ -44,18 +43,14 @@ def upgrade_websocket(h1: H1Driver, request: Request, trailing: bytes) -> None:
     h1.hand_over(WebSocketDriver(h1.server, h1.info, request), trailing)
 
 
-class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
+class WebSocketDriver(asyncio.Protocol):
     __slots__ = (
         "_close_timer",
         "_denial",
-        "_drain_waiter",
         "_early",
         "_early_bytes",
-        "_flush_handle",
         "_handshake_timer",
         "_lost",
-        "_out",
-        "_out_bytes",
         "_ping_count",
         "_ping_payload",
         "_ping_timer",
@@ -72,7 +67,7 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         "shutting_down",
         "task",
         "transport",
-        "write_paused",
+        "writes",
     )
 
     def __init__(self, server: ServerState, info: ConnectionInfo, request: Request) -> None:
@@ -81,11 +76,9 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         self.info = info
         self.request = request
         settings = server.config.websocket
-        self._out: list[bytes] = []
-        self._out_bytes = 0
-        self._flush_handle: asyncio.Handle | None = None
+        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
         self.session = WebSocketSession(request, max_size=settings.max_size,
-                                        per_message_deflate=settings.per_message_deflate, write=self._write)
+                                        per_message_deflate=settings.per_message_deflate, write=writes.write)
         # the exchange's send_text/send_bytes go straight to the session (one call less per message)
         self.send_text = self.session.send_text
         self.send_bytes = self.session.send_bytes
@@ -95,7 +88,6 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         self._early: list[bytes] = []
         self._early_bytes = 0
         self._denial: H1Connection | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -103,14 +95,18 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         self._ping_payload: bytes | None = None
         self._ping_count = 0
         self._lost = False
-        self.write_paused = False
         self.reading_paused = False
         self.shutting_down = False
+
+    @property
+    def write_paused(self) -> bool:
+        return self.writes.paused
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.writes.attach(self.transport)
         self.server.connections.add(self)
         rejection = self.session.rejection
         if rejection is not None:
@@ -146,7 +142,9 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
                 return
             elif kind is Pong and event.payload == self._ping_payload:  # type: ignore[union-attr]
                 self._pong_received()
-        if exchange.over_limit and not self.reading_paused:
+        if (exchange.over_limit or self.writes.paused) and not self.reading_paused:
+            # the app has not taken what came, or the client does not take what we send (our answers to its
+            # pings included): read no more until it does
             self.reading_paused = True
             self.transport.pause_reading()
 
@@ -157,29 +155,24 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._stop_timers()
-        if self._flush_handle is not None:
-            self._flush_handle.cancel()
-            self._flush_handle = None
-        self._out.clear()
+        self.writes.connection_lost()
         if self.exchange is not None:
             self.exchange.on_close(1006)
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
         self._release()
 
     def pause_writing(self) -> None:
-        self.write_paused = True
+        self.writes.pause()
 
     def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter = self._drain_waiter
-        if waiter is not None:
-            self._drain_waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        self.writes.resume()
+        self.resume_reading()
+
+    def _write_stuck(self) -> None:
+        """--timeout-write passed with the client taking none of what waits for it."""
+        if not self._lost:
+            logger.info("WebSocket client %s has not read for %gs: dropping the connection", self._client_text(),
+                        self.server.write_timeout)
+            self.transport.abort()
 
     # ------------------------------------------------------------------ session events
 
@@ -192,7 +185,6 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         self.exchange.on_close(event.code, "" if event.error else event.reason)
         self._stop_timers()
         # the closing handshake is complete (or failed): the server closes the TCP connection first
-        self._flush()
         self._close()
 
     def _pong_received(self) -> None:
@@ -220,7 +212,7 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
             payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
             self._ping_payload = payload
             self.session.ping(payload)
-            self._flush()
+            self.writes.flush()
             if settings.ping_timeout > 0:
                 self._pong_timer = self.loop.call_later(settings.ping_timeout, self._pong_overdue)
         self._ping_timer = self.loop.call_later(settings.ping_interval, self._keepalive)
@@ -235,7 +227,6 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         if self.exchange is not None:
             self.exchange.on_close(1006)
         self._stop_timers()
-        self._flush()
         self._close()
 
     def _await_close(self) -> None:
@@ -332,8 +323,9 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
             parts.append(defaults.date)
         parts.append(defaults.extra)
         parts.append(b"\r\n")
-        self._write(b"".join(parts))
-        self._flush()
+        writes = self.writes
+        writes.write(b"".join(parts))
+        writes.flush()
         self._log_access(status)
         if self._early:
             early = b"".join(self._early)
@@ -356,7 +348,7 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
 
     def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """The denial response's head (an HTTP response instead of the upgrade)."""
-        conn = H1Connection(self.server.defaults, self._write)
+        conn = H1Connection(self.server.defaults, self.writes.write)
         conn.keep_alive = False
         conn.start_response(self.request, status, list(headers))
         self.session.reject()
@@ -368,7 +360,6 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         assert self._denial is not None
         self._denial.send_body(data, end)
         if end:
-            self._flush()
             self._close()
 
     def send_error(self, status: int) -> None:
@@ -378,75 +369,35 @@ class WebSocketDriver(CoalescedWrites, asyncio.Protocol):
         self._respond(status, [], "")
 
     def abort(self) -> None:
-        self._flush()
         self._close()
 
-    async def drain(self) -> None:
-        if self.write_paused and not self._lost:
-            waiter = self.loop.create_future()
-            self._drain_waiter = waiter
-            # --timeout-write: a client that takes none of what is queued for that long is dropped
-            timer = self.loop.call_later(self.server.write_timeout, self._write_overdue)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-        if self._lost:
-            raise ClientDisconnected("the client has disconnected")
-
-    def _write_overdue(self) -> None:
-        if not self._lost:
-            logger.info("WebSocket client %s has not read for %gs: dropping the connection", self._client_text(),
-                        self.server.write_timeout)
-            self.transport.abort()
+    def drain(self) -> Awaitable[None]:
+        return self.writes.drain()
 
     def _close(self) -> None:
         """Close once what is queued is written; past --timeout-write for that, drop the connection."""
-        transport = self.transport
-        transport.close()
-        if not self._lost and transport.get_write_buffer_size():
-            self.loop.call_later(self.server.write_timeout, self._abort_if_stuck)
-
-    def _abort_if_stuck(self) -> None:
-        if not self._lost:
-            self.transport.abort()
+        self.writes.close()
 
     def create_waiter(self) -> asyncio.Future[None]:
         return self.loop.create_future()
 
     def resume_reading(self) -> None:
-        if self.reading_paused and not self._lost:
+        """Read again once neither the app's queue nor the client's unread output is over its bound."""
+        if (self.reading_paused and not self._lost and not self.writes.paused
+                and (self.exchange is None or not self.exchange.over_limit)):
             self.reading_paused = False
             self.transport.resume_reading()
 
-    # ------------------------------------------------------------------ writing
-
-    def _write(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_bytes += len(data)
-        if self._out_bytes > FLUSH_BYTES:
-            self._flush()
-        elif self._flush_handle is None:
-            self._flush_handle = self.loop.call_soon(self._flush_soon)
-
-    def _flush(self) -> bool:
-        wrote = CoalescedWrites._flush(self)
-        if wrote and self.transport.is_closing():
-            # a failed transport no longer pauses its writer: make send() wait for the loss
-            self.write_paused = True
-        return wrote
-
     def _respond(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
         """Answer the handshake with a short HTTP error and close."""
-        conn = H1Connection(self.server.defaults, self._write)
+        conn = H1Connection(self.server.defaults, self.writes.write)
         if headers:
             body = (detail + "\n").encode()
             conn.keep_alive = False
             conn.start_response(self.request, status, [*headers, (b"content-type", b"text/plain; charset=utf-8")])
             conn.send_body(body, True)
         else:
-            self._write(conn.error_response(status, detail))
-        self._flush()
+            self.writes.write(conn.error_response(status, detail))
         self._close()
 
     # ------------------------------------------------------------------ logging

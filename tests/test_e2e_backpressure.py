@@ -1,0 +1,234 @@
+"""Back-pressure that holds whatever the client does, against a real ``python -m tidegate`` process whose RSS is
+read from /proc: a client that pipelines and never reads, one that reads only after a pause, a WebSocket client
+that floods pings and never reads.  Every app call runs to completion.
+
+The app reports on itself at ``/stats`` (from another connection): how many calls started, how many finished their
+code after the last ``send()``, how many wait in that ``send()``, and the process's RSS.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import select
+import socket
+import struct
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .ops_helpers import Proc, serving_url
+
+APP = '''
+import os
+
+stats = {"started": 0, "done": 0, "in_send": 0}
+BIG = b"x" * 100_000
+HUGE = b"x" * 1_000_000
+
+
+def rss_kib():
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while (await receive())["type"] != "websocket.disconnect":
+            pass
+        return
+    if scope["type"] != "http":
+        return
+    if scope["path"] == "/stats":
+        body = ('{"started": %d, "done": %d, "in_send": %d, "rss": %d}'
+                % (stats["started"], stats["done"], stats["in_send"], rss_kib())).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    stats["started"] += 1
+    n = scope["query_string"].decode().partition("n=")[2]
+    body = {"/big": BIG, "/huge": HUGE}.get(scope["path"], b"ok")
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode()), (b"x-n", n.encode())]})
+    stats["in_send"] += 1
+    try:
+        await send({"type": "http.response.body", "body": body})
+    finally:
+        stats["in_send"] -= 1
+    stats["done"] += 1  # the step after the last send (a background task, a cleanup)
+'''
+
+MIB = 1024
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Any:
+    (tmp_path / "bpapp.py").write_text(APP)
+    proc = Proc(["bpapp:app", "--port", "0", "--no-access-log", "--lifespan", "off", "--timeout-write", "60"],
+                cwd=tmp_path, env={"PYTHONPATH": str(tmp_path)})
+    try:
+        url = serving_url(proc)
+        yield int(url.rsplit(":", 1)[1])
+    finally:
+        proc.stop()
+    assert "was destroyed but it is pending" not in proc.output
+
+
+def stats(port: int) -> dict[str, int]:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    result: dict[str, int] = json.loads(data.partition(b"\r\n\r\n")[2])
+    return result
+
+
+def send_for(sock: socket.socket, data: bytes, seconds: float) -> int:
+    """Send as much of ``data`` as the server takes within ``seconds``; the bytes sent."""
+    sock.setblocking(False)
+    view = memoryview(data)
+    sent = 0
+    deadline = time.monotonic() + seconds
+    while sent < len(data):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        _, writable, _ = select.select([], [sock], [], remaining)
+        if writable:
+            sent += sock.send(view[sent:])
+    sock.setblocking(True)
+    return sent
+
+
+def watch_rss(port: int, seconds: float, until: Any) -> tuple[int, dict[str, int]]:
+    """The highest RSS (KiB) the server reports over ``seconds`` (sampled every 0.1 s, stopping early once
+    ``until(stats)``), and the last stats.  This bounds an observation, it does not wait for an outcome."""
+    peak = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        now = stats(port)
+        peak = max(peak, now["rss"])
+        if until(now) or time.monotonic() >= deadline:
+            return peak, now
+        time.sleep(0.1)
+
+
+def read_responses(sock: socket.socket, count: int, timeout: float = 30.0) -> list[int]:
+    """Read ``count`` responses (content-length bodies); their x-n values in order."""
+    sock.settimeout(timeout)
+    buffer = b""
+    numbers: list[int] = []
+    while len(numbers) < count:
+        head_end = buffer.find(b"\r\n\r\n")
+        if head_end >= 0:
+            head = buffer[:head_end].lower()
+            length = int(head.split(b"content-length: ")[1].split(b"\r\n")[0])
+            if len(buffer) >= head_end + 4 + length:
+                numbers.append(int(head.split(b"x-n: ")[1].split(b"\r\n")[0]))
+                buffer = buffer[head_end + 4 + length:]
+                continue
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise EOFError(f"the server closed after {len(numbers)} responses")
+        buffer += chunk
+    return numbers
+
+
+def wait_for_stats(port: int, predicate: Any, timeout: float = 20.0) -> dict[str, int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = stats(port)
+        if predicate(now) or time.monotonic() >= deadline:
+            return now
+        time.sleep(0.05)
+
+
+def pipelined(count: int, path: str = "/big") -> bytes:
+    return b"".join(b"GET %s?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % (path.encode(), i) for i in range(count))
+
+
+def test_a_pipelining_client_that_never_reads_costs_bounded_memory(server: Any) -> None:
+    # 2 x 2,000 pipelined requests for 100 KB responses sent as one body each: 400 MB if answered ahead
+    port = server
+    count = 2000
+    base = stats(port)["rss"]
+    clients = []
+    for _ in range(2):
+        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sent = send_for(sock, pipelined(count), 5.0)
+        clients.append((sock, sent))
+    peak, now = watch_rss(port, 1.5, lambda s: False)
+    growth = peak - base
+    assert growth < 24 * MIB, f"the server grew by {growth / MIB:.1f} MiB for two clients that never read"
+    assert now["started"] < 2 * count  # it waits for the clients, it does not answer ahead of them
+    # the clients read at last: every response, in order, none lost
+    total = 0
+    for sock, sent in clients:
+        requests = pipelined(count)[:sent].count(b"\r\n\r\n")
+        assert read_responses(sock, requests) == list(range(requests))
+        total += requests
+        sock.close()
+    final = wait_for_stats(port, lambda s: s["done"] >= total)
+    assert final["done"] == final["started"] == total  # every app call ran its code after the last send()
+    assert final["in_send"] == 0
+
+
+def test_every_app_call_resumes_after_its_last_send(server: Any) -> None:
+    # an ordinary client: it pipelines 30 requests (for 30 MB, more than the kernel's buffers hold) and reads once
+    # it has sent them all and the server waits on it
+    port = server
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        sock.sendall(pipelined(30, "/huge"))
+        stalled = wait_for_stats(port, lambda s: s["in_send"] >= 1 or s["done"] == 30)
+        assert stalled["done"] < 30  # the client's pause made the server wait
+        assert read_responses(sock, 30) == list(range(30))
+    final = wait_for_stats(port, lambda s: s["done"] == 30)
+    assert final["done"] == final["started"] == 30
+    assert final["in_send"] == 0
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return struct.pack("!BB", 0x80 | opcode, 0x80 | len(payload)) + mask + masked
+
+
+def test_a_websocket_ping_flood_that_never_reads_costs_bounded_memory(server: Any) -> None:
+    port = server
+    base = stats(port)["rss"]
+    key = base64.b64encode(os.urandom(16))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    ping = masked_frame(0x9, b"p" * 125)
+    flood = ping * 2000  # 262 KB of pings per send, 250 KB of pongs owed for each
+    sent = 0
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        part = send_for(sock, flood, deadline - time.monotonic())
+        sent += part
+        if part < len(flood):
+            break  # the server stopped reading
+    peak, _ = watch_rss(port, 1.0, lambda s: False)
+    growth = peak - base
+    assert growth < 16 * MIB, f"the server grew by {growth / MIB:.1f} MiB for {sent // len(ping)} pings"
+    assert sent < 64 * len(flood)  # it stopped reading long before the client stopped sending
+    sock.close()
+    assert stats(port)["rss"] > 0  # still serving everyone else
