@@ -247,7 +247,8 @@ def test_a_flood_of_pipelined_requests_is_parsed_only_as_far_as_may_be_queued() 
     flood = GET * 20_000  # 780 KB in one read
     events = conn.receive_data(flood)
     delivered = len([e for e in events if isinstance(e, Request)])
-    assert 16 <= delivered <= 16 + 65536 // len(GET) + 1  # at most one 64 KiB slice past the queue's depth
+    # at most one small slice past the queue's depth: a few dozen requests, not the thousands a 64 KiB slice holds
+    assert 16 <= delivered <= 16 + 1024 // len(GET) + 1
     assert conn.held
     total = delivered
     while conn.held:

@@ -135,8 +135,11 @@ class RequestLimits:
 
 _DEFAULT_LIMITS = RequestLimits()
 _NO_BODY_LIMIT = 1 << 62
-# Reads larger than this are parsed in slices of this size (see H1Connection._receive_sliced).
+# Reads larger than this are parsed in slices (see H1Connection._receive_sliced): of this size within a body, and of
+# _HEAD_SLICE where requests may begin, so that a flood of small pipelined requests is parsed only a few dozen
+# requests past the pipeline depth.
 _SLICE = 65536
+_HEAD_SLICE = 1024
 
 
 def _discard(data: bytes) -> None:
@@ -347,8 +350,10 @@ class H1Connection:
         size = len(data)
         events: list[Event] = []
         requests = 0
-        for start in range(0, size, _SLICE):
-            end = min(start + _SLICE, size)
+        start = 0
+        step = _HEAD_SLICE
+        while start < size:
+            end = min(start + step, size)
             got = self.receive_data(view[start:end])  # type: ignore[arg-type]
             events += got
             if self.broken:
@@ -360,11 +365,15 @@ class H1Connection:
                 if end < size:
                     events[-1] = Upgrade(got[-1].trailing + data[end:])
                 break
-            requests += sum(1 for event in got if type(event) is Request)
+            new = sum(1 for event in got if type(event) is Request)
+            requests += new
             if requests >= self._limits.pipeline and end < size:
                 self._held = bytes(view[end:])
                 self._slow = True
                 break
+            # within a body, large slices; where a request may begin, small ones
+            step = _SLICE if not new and not self.in_head else _HEAD_SLICE
+            start = end
         return events
 
     def _after_read(self, data: bytes, events: list[Event]) -> None:

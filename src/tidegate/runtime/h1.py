@@ -443,6 +443,9 @@ class H1Driver(asyncio.Protocol):
             # a client that pipelines and never reads cannot make responses pile up; the parser holds what else
             # comes, and reading pauses once as many requests as may be queued are waiting
             self._held = True
+            if not self.reading_paused:
+                self.reading_paused = True
+                self.transport.pause_reading()
             return
         self._next()
 
@@ -462,6 +465,8 @@ class H1Driver(asyncio.Protocol):
         elif self._eof:
             self._close()
         else:
+            if self.reading_paused:
+                self.resume_reading()  # paused while the client had not taken the last response
             self._arm_idle_timer()
 
     # Deadlines, each for one phase and none pushed back by bytes that trickle in:
