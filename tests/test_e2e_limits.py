@@ -369,7 +369,7 @@ def test_connections_past_the_limit_wait_in_the_backlog(run_server: Any, loop: s
 
 
 class StateServer(ServerThread):
-    """A server whose ServerState the test can look at (through ``prepare``)."""
+    """A server whose ServerContext the test can look at (through ``prepare``)."""
 
     def _run(self) -> None:
         from tidegate.runner import new_event_loop

@@ -20,7 +20,7 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from tidegate.cli import parse_args
 from tidegate.config import Config
 from tidegate.protocol.events import Request
-from tidegate.runtime.server import ServerState
+from tidegate.runtime.context import ServerContext
 from tidegate.runtime.ws import WebSocketDriver
 
 from .apps import Gate
@@ -758,10 +758,10 @@ class FakeTransport:
         return {"peername": ("127.0.0.1", 1234), "sockname": ("127.0.0.1", 80)}.get(name, default)
 
 
-def make_driver(app: Any, **settings: Any) -> tuple[WebSocketDriver, FakeTransport, ServerState]:
+def make_driver(app: Any, **settings: Any) -> tuple[WebSocketDriver, FakeTransport, ServerContext]:
     from tidegate.asgi.scope import ConnectionInfo
 
-    state = ServerState(app, Config.from_flat(app="x", **settings), asyncio.get_running_loop())
+    state = ServerContext(app, Config.from_flat(app="x", **settings), asyncio.get_running_loop())
     request = Request(b"GET", b"/ws", "1.1", [(b"host", b"t"), (b"upgrade", b"websocket"),
                                              (b"connection", b"upgrade"),
                                              (b"sec-websocket-key", base64.b64encode(b"k" * 16)),

@@ -288,14 +288,15 @@ def test_http2_without_websocket_support_has_no_extended_connect(run_server: Any
         raise AssertionError
 
     from tidegate.config import Config
-    from tidegate.runtime.h2 import install
-    from tidegate.runtime.server import ServerState
+    from tidegate.runtime.context import ServerContext
+    from tidegate.runtime.negotiate import handlers
 
-    state = ServerState(app, Config.from_flat(app="x:y"), asyncio.new_event_loop())
-    state.upgrades.pop(b"websocket", None)
-    install(state)
-    assert state.h2_connect_protocol is False
-    state.loop.close()
+    loop = asyncio.new_event_loop()
+    upgrades, prior_knowledge = handlers(Config.from_flat(app="x:y"))
+    upgrades.pop(b"websocket", None)
+    ctx = ServerContext(app, Config.from_flat(app="x:y"), loop, upgrades=upgrades, prior_knowledge=prior_knowledge)
+    assert ctx.connect_protocol is False
+    loop.close()
 
 
 def test_keepalive_pings_and_a_missing_pong(run_server: Any) -> None:

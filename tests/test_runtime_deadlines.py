@@ -15,8 +15,8 @@ import pytest
 
 from tidegate.asgi.errors import ClientDisconnected
 from tidegate.config import Config
+from tidegate.runtime.context import ServerContext
 from tidegate.runtime.h1 import LINGER, H1Driver
-from tidegate.runtime.server import ServerState
 
 
 class Timer:
@@ -162,7 +162,7 @@ class Harness:
     def __init__(self, app: Any, **settings: Any) -> None:
         loop = asyncio.get_running_loop()
         self.clock = Clock(loop)
-        self.state = ServerState(app, Config.from_flat(app="x:y", access_log=False, **settings), self.clock)  # type: ignore[arg-type]
+        self.state = ServerContext(app, Config.from_flat(app="x:y", access_log=False, **settings), self.clock)  # type: ignore[arg-type]
         self.transport = Transport(loop)
         self.driver = self.connect()
 
@@ -604,7 +604,7 @@ def test_requests_past_the_concurrency_limit_get_503() -> None:
         h = Harness(slow, limit_concurrency=1)
         h.send(GET)
         await settle()
-        assert h.state.in_flight == 1
+        assert h.state.registry.in_flight == 1
         other = Transport(asyncio.get_running_loop())
         second = H1Driver(h.state)
         other.protocol = second
@@ -615,7 +615,7 @@ def test_requests_past_the_concurrency_limit_get_503() -> None:
         assert other.data.count(b"HTTP/1.1") == 1  # the request after it on that connection is not started
         release.set()
         await settle()
-        assert status_of(h.transport.data) == 200 and h.state.in_flight == 0
+        assert status_of(h.transport.data) == 200 and h.state.registry.in_flight == 0
         h.send(GET)
         await settle()
         assert h.transport.data.count(b"HTTP/1.1 200") == 2
@@ -634,7 +634,7 @@ def test_an_app_that_fails_releases_its_place() -> None:
             await settle()
             if h.transport.closed:
                 break
-        assert status_of(h.transport.data) == 500 and h.state.in_flight == 0
+        assert status_of(h.transport.data) == 500 and h.state.registry.in_flight == 0
 
     run(main)
 

@@ -15,8 +15,8 @@ from tidegate.asgi.errors import ClientDisconnected
 from tidegate.asgi.scope import ConnectionInfo
 from tidegate.config import Config
 from tidegate.protocol.events import Request
+from tidegate.runtime.context import ServerContext
 from tidegate.runtime.h1 import H1Driver
-from tidegate.runtime.server import ServerState
 from tidegate.runtime.ws import WebSocketDriver
 
 from .test_runtime_deadlines import Clock, Transport, run, settle
@@ -55,20 +55,20 @@ def ws_streamer(outcome: list[str]) -> Any:
     return app
 
 
-def start_h1(state: ServerState, transport: Transport) -> None:
+def start_h1(state: ServerContext, transport: Transport) -> None:
     driver = H1Driver(state)
     transport.protocol = driver
     driver.connection_made(transport)  # type: ignore[arg-type]
     driver.data_received(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
 
 
-def start_ws(state: ServerState, transport: Transport) -> None:
+def start_ws(state: ServerContext, transport: Transport) -> None:
     driver = WebSocketDriver(state, ConnectionInfo(("127.0.0.1", 1234), ("127.0.0.1", 80), "http"), WS_REQUEST)
     transport.protocol = driver  # type: ignore[assignment]
     driver.connection_made(transport)  # type: ignore[arg-type]
 
 
-TRANSPORTS: dict[str, tuple[Callable[[list[str]], Any], Callable[[ServerState, Transport], None]]] = {
+TRANSPORTS: dict[str, tuple[Callable[[list[str]], Any], Callable[[ServerContext, Transport], None]]] = {
     "http/1.1": (http_streamer, start_h1),
     "websocket": (ws_streamer, start_ws),
 }
@@ -82,7 +82,7 @@ def test_a_client_that_reads_slowly_gets_another_period_and_one_that_stops_is_dr
     async def main() -> None:
         loop = asyncio.get_running_loop()
         clock = Clock(loop)
-        state = ServerState(make_app(outcome), Config.from_flat(app="x:y", access_log=False, timeout_write=60),
+        state = ServerContext(make_app(outcome), Config.from_flat(app="x:y", access_log=False, timeout_write=60),
                             clock)  # type: ignore[arg-type]
         transport = Transport(loop)
         transport.high_water = 0
@@ -115,7 +115,7 @@ def test_every_sender_waiting_on_a_paused_transport_wakes(kind: str) -> None:
     async def main() -> None:
         loop = asyncio.get_running_loop()
         clock = Clock(loop)
-        state = ServerState(make_app([]), Config.from_flat(app="x:y", access_log=False), clock)  # type: ignore[arg-type]
+        state = ServerContext(make_app([]), Config.from_flat(app="x:y", access_log=False), clock)  # type: ignore[arg-type]
         transport = Transport(loop)
         transport.high_water = 0
         start(state, transport)

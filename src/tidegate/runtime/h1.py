@@ -14,17 +14,14 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .tls import with_tls
+from .context import ServerContext, client_text, connection_info
 from .writes import WriteBuffer
-
-if TYPE_CHECKING:
-    from .server import ServerState
 
 __all__ = ["H1Driver"]
 
@@ -37,12 +34,6 @@ _BUSY, _IDLE, _HEAD = 0, 1, 2
 # After an error response, how long the client may go on sending (read and dropped) before the connection is cut:
 # closing at once while its bytes arrive would reset the connection, and the client might never read the answer.
 LINGER = 2.0
-
-
-def _address(value: Any) -> tuple[str, int] | None:
-    if isinstance(value, tuple) and len(value) >= 2:
-        return str(value[0]), int(value[1])
-    return None
 
 
 def _declared_body(headers: list[tuple[bytes, bytes]]) -> int:
@@ -80,7 +71,7 @@ class _UpgradeBody(asyncio.Protocol):
             rest = data[len(take):]
             if rest:
                 driver.data_received(rest)
-        elif self.exchange.buffered > driver.server.request_buffer and not driver.reading_paused:
+        elif self.exchange.buffered > driver.ctx.limits.request_buffer and not driver.reading_paused:
             driver.reading_paused = True
             driver.transport.pause_reading()
 
@@ -116,26 +107,26 @@ class H1Driver(asyncio.Protocol):
         "_timer_at",
         "_upgrade_request",
         "conn",
+        "ctx",
         "current",
         "current_request",
         "info",
         "pipeline",
         "reading_paused",
-        "server",
         "shutting_down",
         "task",
         "transport",
         "writes",
     )
 
-    def __init__(self, server: ServerState) -> None:
-        self.server = server
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
         # Response bytes collect in the write buffer and go to the transport in one write: at the end of a
         # response, past FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one
         # go leaves in one write, and an event sent before the app waits for something is on the wire before it
         # waits).
-        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
-        self.conn = H1Connection(server.defaults, writes.out.append, server.request_limits)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
+        self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.info: ConnectionInfo = None  # type: ignore[assignment]
         self.current: HTTPExchange | None = None
@@ -171,19 +162,8 @@ class H1Driver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.writes.attach(self.transport)
-        server = self.server
-        peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("sockname")
-        scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
-        if isinstance(sock, (str, bytes)):
-            local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
-        else:
-            local = _address(sock)
-        extensions = server.extensions if scheme == "http" else with_tls(server.extensions, transport,
-                                                                          server.config.tls.certfile)
-        self.info = ConnectionInfo(_address(peer), local, scheme, server.root_path, server.state, extensions)
-        server.connections.add(self)
-        if server.connection_limit is not None and not server.admit_connection(self):
+        self.info = connection_info(self.ctx, transport)
+        if not self.ctx.registry.add(self):
             # accepted past --limit-connections (in the same batch as the last one allowed): not read until a
             # connection closes
             self._parked = True
@@ -200,7 +180,6 @@ class H1Driver(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.server.connections.discard(self)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -211,7 +190,7 @@ class H1Driver(asyncio.Protocol):
             self._last.on_disconnect()
         self.pipeline.clear()
         self.writes.connection_lost()
-        self.server.connection_closed()
+        self.ctx.registry.discard(self)
 
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
@@ -224,7 +203,7 @@ class H1Driver(asyncio.Protocol):
                     if not last.on_data(event.data):  # type: ignore[union-attr]
                         self._body_too_large()
                         return
-                    if last.buffered > self.server.request_buffer and not self.reading_paused:
+                    if last.buffered > self.ctx.limits.request_buffer and not self.reading_paused:
                         self.reading_paused = True
                         self.transport.pause_reading()
             elif kind is EndOfMessage:
@@ -239,7 +218,7 @@ class H1Driver(asyncio.Protocol):
         if self._phase == _IDLE and self.conn.in_head:
             # the first byte of a request head: its deadline runs from now, whatever comes after
             self._phase = _HEAD
-            self._head_since = self.server.loop.time()
+            self._head_since = self.ctx.loop.time()
 
     def eof_received(self) -> bool | None:
         # The client sends nothing more.  Whether it still reads is unknown: a half-closing client wants its
@@ -274,53 +253,55 @@ class H1Driver(asyncio.Protocol):
         """--timeout-write passed with the client taking none of what waits for it."""
         if not self._lost:
             logger.info("client %s has not read the response for %gs: dropping the connection",
-                        self._client_text(), self.server.write_timeout)
+                        self._client_text(), self.ctx.timeouts.write)
             self.transport.abort()
 
     # ------------------------------------------------------------------ requests
 
     def _on_request(self, request: Request) -> None:
         self._phase = _BUSY
-        if request.upgrade is not None and self.current is None and request.upgrade in self.server.upgrades:
+        if request.upgrade is not None and self.current is None and request.upgrade in self.ctx.upgrades:
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
             return
         exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
-                                self.server.body_limit)
+                                self.ctx.limits.request_body)
         self._last = exchange
         if self.current is None and not self._held:
             self._start(exchange, request)
         else:
             self.pipeline.append((exchange, request))
-            if len(self.pipeline) >= self.server.pipeline_depth and not self.reading_paused:
+            if len(self.pipeline) >= self.ctx.limits.pipeline_depth and not self.reading_paused:
                 self.reading_paused = True
                 self.transport.pause_reading()
 
     def _start(self, exchange: HTTPExchange, request: Request) -> None:
-        server = self.server
-        limited = server.concurrency_limit is not None
+        ctx = self.ctx
+        limited = ctx.registry.concurrency_limit is not None
         if limited and not self._admit():
             return
+        if ctx.on_request is not None and ctx.on_request():
+            self.conn.keep_alive = False  # the last request this server takes (--max-requests)
         self.current = exchange
         self.current_request = request
-        if server.access_log:
+        if ctx.logging.access_log:
             self._started_at = perf_counter()
-        self.task = server.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(server.app))
+        self.task = ctx.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
 
     def _admit(self) -> bool:
         """--limit-concurrency: run the request now, or answer 503 (the app does not see it) and close."""
         if self.conn.broken:
             return False  # refused already: the connection closes
-        if self.server.admit_request():
+        if self.ctx.registry.admit_request():
             return True
         self._write_error(503, "too many requests in progress, retry later", b"retry-after: 1\r\n")
         return False
 
     async def _run_admitted(self, exchange: HTTPExchange) -> None:
         try:
-            await exchange.run(self.server.app)
+            await exchange.run(self.ctx.app)
         finally:
-            self.server.release_request()
+            self.ctx.registry.release_request()
 
     def _on_request_error(self, error: RequestError) -> None:
         logger.info("invalid request from %s: %s", self._client_text(), escape_log(error.detail))
@@ -347,7 +328,7 @@ class H1Driver(asyncio.Protocol):
         self._upgrade_request = None
         if request is not None:
             assert request.upgrade is not None
-            self.server.upgrades[request.upgrade](self, request, upgrade.trailing)
+            self.ctx.upgrades[request.upgrade](self, request, upgrade.trailing)
         else:
             # an upgrade we do not speak: the request is answered as a plain one.  The parser took its body for
             # bytes after the upgrade: read the body first, so that no byte of it is parsed as a request.
@@ -365,7 +346,7 @@ class H1Driver(asyncio.Protocol):
 
     def _on_preface(self, preface: Preface) -> None:
         # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3)
-        handler = self.server.h2_prior_knowledge
+        handler = self.ctx.prior_knowledge
         if handler is not None and self._last is None and self.current is None:
             handler(self, preface.data)
         else:
@@ -380,19 +361,29 @@ class H1Driver(asyncio.Protocol):
         if trailing:
             self.data_received(trailing)
 
-    def hand_over(self, protocol: asyncio.Protocol, data: bytes = b"") -> None:
-        """Give this connection's transport to another protocol (after an upgrade), with bytes already read."""
+    def hand_over(self, protocol: asyncio.Protocol, data: bytes = b"", head: bytes = b"") -> None:
+        """Write ``head`` (a 101 response), then give this connection's transport to another protocol (after an
+        upgrade), with bytes already read."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        if head:
+            self.writes.out.append(head)
         self.writes.flush()
         self.writes.connection_lost()
-        self.server.connections.discard(self)
+        self.ctx.registry.discard(self)
         self._lost = True  # nothing more comes through this driver
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
         if data:
             protocol.data_received(data)
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer with an error response and close (an upgrade that cannot be carried out)."""
+        self.conn.broken = True
+        writes = self.writes
+        writes.out.append(self.conn.error_response(status, detail))
+        self._close()
 
     def _body_too_large(self) -> None:
         self.conn.broken = True  # what follows the refused part of the body is not read as requests
@@ -422,14 +413,14 @@ class H1Driver(asyncio.Protocol):
     def _linger(self) -> None:
         if self._lost:
             return
-        now = self.server.loop.time()
+        now = self.ctx.loop.time()
         self._closing_since = now
         self._watch(now + LINGER)
 
     def response_done(self) -> None:
         exchange = self.current
         assert exchange is not None
-        if self.server.access_log:
+        if self.ctx.logging.access_log:
             self._log_access(exchange)
         self.current = None
         self.current_request = None
@@ -455,10 +446,10 @@ class H1Driver(asyncio.Protocol):
             exchange, request = self.pipeline.popleft()
             self._start(exchange, request)
             conn = self.conn
-            if conn.held and len(self.pipeline) < self.server.pipeline_depth:
+            if conn.held and len(self.pipeline) < self.ctx.limits.pipeline_depth:
                 self.data_received(b"")  # the requests not parsed while as many as may be queued were waiting
-            if (self.reading_paused and not conn.held and len(self.pipeline) < self.server.pipeline_depth
-                    and exchange.buffered <= self.server.request_buffer):
+            if (self.reading_paused and not conn.held and len(self.pipeline) < self.ctx.limits.pipeline_depth
+                    and exchange.buffered <= self.ctx.limits.request_buffer):
                 self.resume_reading()
         elif self._pending_error is not None:
             self._write_error(self._pending_error.status, self._pending_error.detail)
@@ -482,11 +473,11 @@ class H1Driver(asyncio.Protocol):
     # for it, and never for later than one idle period, so that the next idle phase finds it armed in time.
 
     def _arm_idle_timer(self) -> None:
-        loop = self.server.loop
+        loop = self.ctx.loop
         self._phase = _IDLE
         self._idle_since = now = loop.time()
         if self._timer is None:
-            self._timer_at = now + self.server.idle_check
+            self._timer_at = now + self._idle_check()
             self._timer = loop.call_at(self._timer_at, self._on_timer)
 
     def _watch(self, deadline: float) -> None:
@@ -497,14 +488,14 @@ class H1Driver(asyncio.Protocol):
                 return
             timer.cancel()
         self._timer_at = deadline
-        self._timer = self.server.loop.call_at(deadline, self._on_timer)
+        self._timer = self.ctx.loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self._lost:
             return
-        server = self.server
-        loop = server.loop
+        ctx = self.ctx
+        loop = ctx.loop
         now = loop.time()
         if self._closing_since:
             deadline = self._closing_since + LINGER
@@ -517,33 +508,33 @@ class H1Driver(asyncio.Protocol):
                 self._phase = _HEAD
                 self._head_since = self._idle_since
             if self._phase == _IDLE:
-                deadline = self._idle_since + server.keep_alive_timeout
+                deadline = self._idle_since + ctx.timeouts.keep_alive
                 if now >= deadline:
                     self._close()
                     return
             else:
-                deadline = self._head_since + server.header_timeout
+                deadline = self._head_since + ctx.timeouts.request_header
                 if now >= deadline:
                     logger.info("request head from %s not complete within %gs: answering 408", self._client_text(),
-                                server.header_timeout)
+                                ctx.timeouts.request_header)
                     self._write_error(408, "request head not received in time")
                     return
         else:
             deadline = 0.0
             waiter = self._body_waiter
             if waiter is not None and not waiter.done() and self.current is not None:
-                deadline = self._body_since + server.body_timeout
+                deadline = self._body_since + ctx.timeouts.request_body
                 if now >= deadline:
                     self._body_timed_out()
                     return
             if not deadline:
                 return  # nothing to watch while the app runs: _arm_idle_timer or _watch arm it again
-        self._timer_at = min(deadline, now + server.idle_check)
+        self._timer_at = min(deadline, now + self._idle_check())
         self._timer = loop.call_at(self._timer_at, self._on_timer)
 
     def _body_timed_out(self) -> None:
         logger.info("request body from %s stalled for %gs: the app gets http.disconnect", self._client_text(),
-                    self.server.body_timeout)
+                    self.ctx.timeouts.request_body)
         current = self.current
         assert current is not None
         self.conn.broken = True
@@ -568,7 +559,7 @@ class H1Driver(asyncio.Protocol):
     def _log_access(self, exchange: HTTPExchange) -> None:
         scope = exchange.scope
         duration = (perf_counter() - self._started_at) * 1000.0
-        render = self.server.access_line
+        render = self.ctx.access_line
         if render is not None:
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
@@ -580,8 +571,12 @@ class H1Driver(asyncio.Protocol):
                            duration)
 
     def _client_text(self) -> str:
-        client = self.info.client if self.info is not None else None
-        return f"{client[0]}:{client[1]}" if client else "-"
+        return client_text(self.info)
+
+    def _idle_check(self) -> float:
+        """The longest the deadline timer sleeps while one of the connection's deadlines is watched."""
+        timeouts = self.ctx.timeouts
+        return min(timeouts.keep_alive, timeouts.request_header)
 
     # ------------------------------------------------------------------ Stream (used by the exchange)
 
@@ -629,14 +624,14 @@ class H1Driver(asyncio.Protocol):
         return self.writes.drain()
 
     def create_waiter(self) -> asyncio.Future[None]:
-        loop = self.server.loop
+        loop = self.ctx.loop
         waiter = loop.create_future()
         current = self.current
         if current is not None and not current.request_complete:
             # the app waits for more of the request body: --timeout-request-body runs
             self._body_waiter = waiter
             self._body_since = now = loop.time()
-            self._watch(now + self.server.body_timeout)
+            self._watch(now + self.ctx.timeouts.request_body)
         return waiter
 
     def resume_reading(self) -> None:

@@ -20,21 +20,17 @@ that is that exchange's :class:`~tidegate.asgi.http.Stream`.
   started), a body the app has waited for ``--timeout-request-body`` gets 408, and past ``--limit-concurrency`` a
   request gets 503 with Retry-After; each time the app hears ``http.disconnect`` or is not called.
 
-Also here: choosing HTTP/2 — by TLS ALPN (:func:`connection_factory`), by the connection preface on a cleartext
-port (``h2c`` with prior knowledge) and by ``Upgrade: h2c`` from HTTP/1.1 (:func:`install`).
+How a connection comes to HTTP/2 (ALPN, prior knowledge, ``Upgrade: h2c``) is :mod:`~tidegate.runtime.negotiate`'s.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
-import re
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
@@ -43,14 +39,10 @@ from ..asgi.websocket import WebSocketExchange
 from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
-from .h1 import H1Driver, _address
-from .tls import with_tls
+from .context import ServerContext, client_text, connection_info
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
 
-if TYPE_CHECKING:
-    from .server import ServerState
-
-__all__ = ["H2Driver", "H2Stream", "H2WebSocket", "alpn_protocols", "connection_factory", "install"]
+__all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
@@ -75,12 +67,12 @@ def _stream_deadline(driver: H2Driver, stream: H2Stream | H2WebSocket) -> WriteD
         if stream.gone or driver._lost:
             return
         logger.info("HTTP/2 client %s has not read for %gs: resetting the stream", driver.client_text(),
-                    driver.server.write_timeout)
+                    driver.ctx.timeouts.write)
         driver.conn.reset_stream(stream.id, CANCEL)
         stream.on_reset()
         driver.writes.wrote(0)
 
-    return WriteDeadline(driver.server.loop, driver.server.write_timeout, queued, expired)
+    return WriteDeadline(driver.ctx.loop, driver.ctx.timeouts.write, queued, expired)
 
 
 async def _drain(stream: H2Stream | H2WebSocket) -> None:
@@ -96,7 +88,7 @@ async def _drain(stream: H2Stream | H2WebSocket) -> None:
             if watch is None:
                 watch = _stream_deadline(driver, stream)
                 watch.start()
-            waiter = driver.server.loop.create_future()
+            waiter = driver.ctx.loop.create_future()
             stream._waiter = waiter
             driver.waiting.add(stream)
             try:
@@ -131,7 +123,7 @@ class H2Stream:
 
     async def run(self) -> None:
         try:
-            await self.exchange.run(self.driver.server.app)
+            await self.exchange.run(self.driver.ctx.app)
         finally:
             self.driver._stream_finished(self)
 
@@ -184,7 +176,7 @@ class H2Stream:
 
     def response_done(self) -> None:
         driver = self.driver
-        if driver.server.access_log:
+        if driver.ctx.logging.access_log:
             driver.log_access(self)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
@@ -205,11 +197,11 @@ class H2Stream:
         await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
-        server = self.driver.server
-        waiter = server.loop.create_future()
+        ctx = self.driver.ctx
+        waiter = ctx.loop.create_future()
         if not self.exchange.request_complete:
             # the app waits for more of the body: --timeout-request-body
-            timer = server.loop.call_later(server.body_timeout, self._body_stalled, waiter)
+            timer = ctx.loop.call_later(ctx.timeouts.request_body, self._body_stalled, waiter)
             waiter.add_done_callback(lambda _: timer.cancel())
         return waiter
 
@@ -248,7 +240,7 @@ class H2WebSocket:
         self.driver = driver
         self.id = request.stream_id
         self.request = request
-        settings = driver.server.config.websocket
+        settings = driver.ctx.websocket
         self.session = WebSocketSession(request, max_size=settings.max_size,
                                         per_message_deflate=settings.per_message_deflate, write=self._write)
         self.send_text = self.session.send_text
@@ -284,13 +276,13 @@ class H2WebSocket:
             self._maybe_done()
             return
         self.exchange = WebSocketExchange(self, websocket_scope(self.request, driver.info),
-                                          driver.server.request_buffer)
-        self.task = driver.server.loop.create_task(self.run())
+                                          driver.ctx.limits.request_buffer)
+        self.task = driver.ctx.loop.create_task(self.run())
 
     async def run(self) -> None:
         assert self.exchange is not None
         try:
-            await self.exchange.run(self.driver.server.app)
+            await self.exchange.run(self.driver.ctx.app)
         finally:
             self._maybe_done()
 
@@ -396,13 +388,13 @@ class H2WebSocket:
     # ------------------------------------------------------------------ timers
 
     def _start_keepalive(self) -> None:
-        interval = self.driver.server.config.websocket.ping_interval
+        interval = self.driver.ctx.websocket.ping_interval
         if interval > 0:
-            self._ping_timer = self.driver.server.loop.call_later(interval, self._keepalive)
+            self._ping_timer = self.driver.ctx.loop.call_later(interval, self._keepalive)
 
     def _keepalive(self) -> None:
-        settings = self.driver.server.config.websocket
-        loop = self.driver.server.loop
+        settings = self.driver.ctx.websocket
+        loop = self.driver.ctx.loop
         self._ping_timer = None
         if self.session.state != OPEN or self.gone:
             return
@@ -420,7 +412,7 @@ class H2WebSocket:
         if self.gone or self.session.state != OPEN:
             return
         logger.info("WebSocket from %s closed: no pong within %.1fs", self.driver.client_text(),
-                    self.driver.server.config.websocket.ping_timeout)
+                    self.driver.ctx.websocket.ping_timeout)
         self.session.fail(1011, "keepalive ping timeout")
         self._abandon()
 
@@ -428,8 +420,8 @@ class H2WebSocket:
         """We sent a close frame: give the client ``ws_close_timeout`` to answer with its own."""
         self._stop_timers()
         if not self.gone:
-            self._close_timer = self.driver.server.loop.call_later(
-                self.driver.server.config.websocket.close_timeout, self._abandon)
+            self._close_timer = self.driver.ctx.loop.call_later(
+                self.driver.ctx.websocket.close_timeout, self._abandon)
 
     def _abandon(self) -> None:
         """The session cannot end cleanly: the app is told, the stream reset."""
@@ -507,7 +499,7 @@ class H2WebSocket:
         await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
-        return self.driver.server.loop.create_future()
+        return self.driver.ctx.loop.create_future()
 
     def resume_reading(self) -> None:
         """Give the client its window back once neither the app's queue nor our unsent output is over its
@@ -522,7 +514,7 @@ class H2WebSocket:
             self.driver.writes.wrote(0)
 
     def _log_access(self, status: int) -> None:
-        if self.driver.server.access_log:
+        if self.driver.ctx.logging.access_log:
             access_logger.info('%s - "WebSocket %s HTTP/2" %d', self.driver.client_text(),
                                escape_log(self.request.target.decode("latin-1")), status)
 
@@ -530,15 +522,15 @@ class H2WebSocket:
 class H2Driver(asyncio.Protocol):
     """One HTTP/2 connection."""
 
-    def __init__(self, server: ServerState, upgrade: tuple[Request, bytes, int] | None = None) -> None:
-        self.server = server
-        settings = server.config.h2
-        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
-        self.conn = H2Connection(writes.out.append, defaults=server.defaults,
+    def __init__(self, ctx: ServerContext, upgrade: tuple[Request, bytes, int] | None = None) -> None:
+        self.ctx = ctx
+        settings = ctx.h2
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
+        self.conn = H2Connection(writes.out.append, defaults=ctx.defaults,
                                  max_concurrent_streams=settings.max_concurrent_streams,
                                  max_header_list_size=settings.max_header_list_size,
-                                 initial_window_size=max(min(server.request_buffer, 2**31 - 1), 1),
-                                 enable_connect_protocol=server.h2_connect_protocol,
+                                 initial_window_size=max(min(ctx.limits.request_buffer, 2**31 - 1), 1),
+                                 enable_connect_protocol=ctx.connect_protocol,
                                  max_resets=MAX_RESETS)
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.info: ConnectionInfo = None  # type: ignore[assignment]
@@ -566,18 +558,8 @@ class H2Driver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.writes.attach(self.transport)
-        server = self.server
-        sock = transport.get_extra_info("sockname")
-        scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
-        if isinstance(sock, (str, bytes)):
-            local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
-        else:
-            local = _address(sock)
-        extensions = server.extensions if scheme == "http" else with_tls(server.extensions, transport,
-                                                                          server.config.tls.certfile)
-        self.info = ConnectionInfo(_address(transport.get_extra_info("peername")), local, scheme,
-                                   server.root_path, server.state, extensions)
-        server.connections.add(self)
+        self.info = connection_info(self.ctx, transport)
+        self.ctx.registry.add(self)
         if self._upgrade is None:
             self.conn.initiate()
             self.writes.flush()
@@ -588,7 +570,6 @@ class H2Driver(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
-        self.server.connections.discard(self)
         for timer in (self._timer, self._reset_timer):
             if timer is not None:
                 timer.cancel()
@@ -597,7 +578,7 @@ class H2Driver(asyncio.Protocol):
         self.writes.connection_lost()
         for stream in list(self.streams.values()):
             stream.on_reset()
-        self.server.connection_closed()
+        self.ctx.registry.discard(self)
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -633,7 +614,7 @@ class H2Driver(asyncio.Protocol):
             elif kind is ConnectionClosed:
                 self._on_closed(event)  # type: ignore[arg-type]
         if conn.resets and self._reset_timer is None:
-            self._reset_timer = self.server.loop.call_later(RESET_INTERVAL, self._clear_resets)
+            self._reset_timer = self.ctx.loop.call_later(RESET_INTERVAL, self._clear_resets)
         self.writes.flush()
         if conn.closed:
             self.close()
@@ -654,7 +635,7 @@ class H2Driver(asyncio.Protocol):
         """--timeout-write passed with the client taking none of what waits for it."""
         if not self._lost:
             logger.info("HTTP/2 client %s has not read for %gs: dropping the connection", self._client_text(),
-                        self.server.write_timeout)
+                        self.ctx.timeouts.write)
             self.transport.abort()
 
     # ------------------------------------------------------------------ streams
@@ -667,26 +648,26 @@ class H2Driver(asyncio.Protocol):
         if request.upgrade is not None:
             self._on_extended_connect(request)
             return
-        server = self.server
-        limited = server.concurrency_limit is not None
-        if limited and not server.admit_request():
+        ctx = self.ctx
+        limited = ctx.registry.concurrency_limit is not None
+        if limited and not ctx.registry.admit_request():
             self._busy(request.stream_id)
             return
         stream = H2Stream(self, request)
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
-                                       server.body_limit)
+                                       ctx.limits.request_body)
         self.streams[stream.id] = stream
-        if server.request_hook is not None:
-            server.request_hook()
-        if server.access_log:
+        if ctx.on_request is not None:
+            ctx.on_request()  # --max-requests: the server retires once it says so; the connection goes on
+        if ctx.logging.access_log:
             stream.started_at = perf_counter()
-        stream.task = server.loop.create_task(self._run_admitted(stream) if limited else stream.run())
+        stream.task = ctx.loop.create_task(self._run_admitted(stream) if limited else stream.run())
 
     async def _run_admitted(self, stream: H2Stream) -> None:
         try:
             await stream.run()
         finally:
-            self.server.release_request()
+            self.ctx.registry.release_request()
 
     def _busy(self, stream_id: int) -> None:
         """--limit-concurrency: 503 with Retry-After; the app does not see the request."""
@@ -756,15 +737,15 @@ class H2Driver(asyncio.Protocol):
         self.writes.flush()
         stream = H2Stream(self, request)
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
-                                       self.server.body_limit)
+                                       self.ctx.limits.request_body)
         self.streams[1] = stream
-        if self.server.access_log:
+        if self.ctx.logging.access_log:
             stream.started_at = perf_counter()
         self._upgrade_body = body_length
         self._upgraded = stream if body_length else None
         if not body_length:
             stream.exchange.on_end()
-        stream.task = self.server.loop.create_task(stream.run())
+        stream.task = self.ctx.loop.create_task(stream.run())
 
     def _upgrade_body_data(self, data: bytes) -> bytes:
         """The upgrading request's body comes first, as HTTP/1.1 bytes; the HTTP/2 preface follows it."""
@@ -777,7 +758,7 @@ class H2Driver(asyncio.Protocol):
             if not self._upgrade_body:
                 exchange.on_end()
                 self._upgraded = None
-            elif exchange.buffered > self.server.request_buffer and not stream.reading_paused:
+            elif exchange.buffered > self.ctx.limits.request_buffer and not stream.reading_paused:
                 # these bytes are not flow-controlled: read no more until the app takes them
                 stream.reading_paused = True
                 self.transport.pause_reading()
@@ -790,17 +771,17 @@ class H2Driver(asyncio.Protocol):
     def _arm_idle_timer(self) -> None:
         if self._closing:
             return
-        loop = self.server.loop
+        loop = self.ctx.loop
         self._idle_since = loop.time()
         if self._timer is None:
-            self._timer = loop.call_at(self._idle_since + self.server.keep_alive_timeout, self._on_idle_timer)
+            self._timer = loop.call_at(self._idle_since + self.ctx.timeouts.keep_alive, self._on_idle_timer)
 
     def _on_idle_timer(self) -> None:
         self._timer = None
         if self.streams:
             return  # busy: re-armed when the last stream ends
-        deadline = self._idle_since + self.server.keep_alive_timeout
-        loop = self.server.loop
+        deadline = self._idle_since + self.ctx.timeouts.keep_alive
+        loop = self.ctx.loop
         if loop.time() >= deadline:
             self.conn.goaway()
             self.close()
@@ -830,7 +811,7 @@ class H2Driver(asyncio.Protocol):
         transport = self.transport
         if transport.can_write_eof():
             transport.write_eof()
-            self._timer = self.server.loop.call_later(LINGER, transport.close)
+            self._timer = self.ctx.loop.call_later(LINGER, transport.close)
         else:
             transport.close()
 
@@ -849,7 +830,7 @@ class H2Driver(asyncio.Protocol):
         exchange = stream.exchange
         scope = exchange.scope
         duration = (perf_counter() - stream.started_at) * 1000.0
-        render = self.server.access_line
+        render = self.ctx.access_line
         if render is not None:  # --access-log-format / --access-log-json
             if access_logger.isEnabledFor(logging.INFO):
                 access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
@@ -860,93 +841,4 @@ class H2Driver(asyncio.Protocol):
                            escape_log(target), exchange.status, exchange.bytes_sent, duration)
 
     def _client_text(self) -> str:
-        client = self.info.client if self.info is not None else None
-        return f"{client[0]}:{client[1]}" if client else "-"
-
-
-# ---------------------------------------------------------------------------------------------- choosing HTTP/2
-
-_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*=*")
-_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
-# Request fields of an h2c upgrade that belong to the HTTP/1.1 connection, not to the request on stream 1.
-_UPGRADE_FIELDS = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"proxy-connection",
-                             b"transfer-encoding"})
-
-
-def prior_knowledge(h1: H1Driver, data: bytes) -> None:
-    """A cleartext connection opened with the HTTP/2 preface: hand it to an HTTP/2 driver."""
-    h1.hand_over(H2Driver(h1.server), data)
-
-
-def upgrade_h2c(h1: H1Driver, request: Request, trailing: bytes) -> None:
-    """``Upgrade: h2c`` (RFC 7540 §3.2): answer 101, then the request on stream 1 over HTTP/2."""
-    settings = [value for name, value in request.headers if name == b"http2-settings"]
-    body_length = 0
-    for name, value in request.headers:
-        if name == b"content-length":
-            body_length = int(value) if value.isdigit() else -1
-        elif name == b"transfer-encoding":
-            body_length = -1
-    if body_length < 0:
-        # the parser took the body for bytes after the upgrade: they cannot be read as a request
-        h1.transport.write(h1.conn.error_response(400, "an h2c upgrade request's body needs a content-length"))
-        h1.transport.close()
-        return
-    payload = None
-    if len(settings) == 1 and _BASE64URL.fullmatch(settings[0]):
-        try:
-            payload = base64.urlsafe_b64decode(settings[0] + b"=" * (-len(settings[0]) % 4))
-        except (binascii.Error, ValueError):
-            payload = None
-    if payload is None or len(payload) % 6:
-        if body_length:
-            h1.transport.write(h1.conn.error_response(400, "invalid HTTP2-Settings"))
-            h1.transport.close()
-        else:
-            h1.decline_upgrade(request, trailing)  # RFC 7540 §3.2.1: no upgrade without one valid HTTP2-Settings
-        return
-    headers = [(name, value) for name, value in request.headers if name not in _UPGRADE_FIELDS]
-    upgraded = Request(request.method, request.target, "2", headers, True, request.expect_continue, 1, None,
-                       request.trailers)
-    h1.transport.write(_SWITCHING)
-    h1.hand_over(H2Driver(h1.server, (upgraded, payload, body_length)), trailing)
-
-
-def install(state: ServerState) -> None:
-    """Register the cleartext ways into HTTP/2 that ``--http`` allows; offer WebSocket over HTTP/2 (RFC 8441)
-    where it is spoken over HTTP/1.1."""
-    if state.config.protocols.http == "auto":
-        state.upgrades[b"h2c"] = upgrade_h2c
-        state.h2_prior_knowledge = prior_knowledge
-    state.h2_connect_protocol = b"websocket" in state.upgrades
-
-
-class _ALPNChooser(asyncio.Protocol):
-    """A TLS connection's first protocol: once the handshake is done, pick the driver ALPN negotiated."""
-
-    def __init__(self, state: ServerState) -> None:
-        self.state = state
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        ssl_object = transport.get_extra_info("ssl_object")
-        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-        state = self.state
-        mode = state.config.protocols.http
-        h2 = mode == "2" or (alpn == "h2" and mode == "auto")
-        driver: asyncio.Protocol = H2Driver(state) if h2 else state.h1_driver(state)
-        transport.set_protocol(driver)
-        driver.connection_made(transport)
-
-
-def alpn_protocols(mode: str) -> list[str]:
-    """The ALPN protocols a TLS listener offers for ``--http`` ``mode``, preferred first."""
-    return {"1": ["http/1.1"], "2": ["h2"]}.get(mode, ["h2", "http/1.1"])
-
-
-def connection_factory(state: ServerState, tls: bool) -> Callable[[], asyncio.Protocol]:
-    """The protocol factory for a listener: by ALPN over TLS, else HTTP/1.1 (which may hand over) or HTTP/2."""
-    if tls:
-        return lambda: _ALPNChooser(state)
-    if state.config.protocols.http == "2":
-        return lambda: H2Driver(state)
-    return lambda: state.h1_driver(state)
+        return client_text(self.info)

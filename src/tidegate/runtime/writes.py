@@ -33,7 +33,8 @@ class WriteDeadline:
 
     __slots__ = ("_expired", "_loop", "_queued", "_seen", "_timer", "timeout")
 
-    def __init__(self, loop: Any, timeout: float, queued: Callable[[], int], expired: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, queued: Callable[[], int],
+                 expired: Callable[[], None]) -> None:
         self._loop = loop
         self.timeout = timeout
         self._queued = queued
@@ -72,7 +73,7 @@ class WriteBuffer:
     __slots__ = ("_handle", "_loop", "_waiters", "closing", "deadline", "lost", "out", "paused", "pending",
                  "transport")
 
-    def __init__(self, loop: Any, timeout: float, stuck: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, stuck: Callable[[], None]) -> None:
         self._loop = loop
         #: bytes made and not yet handed to the transport; ``out.append`` is the sans-IO connection's write callback
         self.out: list[Any] = []

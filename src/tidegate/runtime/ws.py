@@ -15,7 +15,6 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING
 
 from ..asgi.http import escape_log
 from ..asgi.scope import ConnectionInfo, websocket_scope
@@ -23,24 +22,16 @@ from ..asgi.websocket import WebSocketExchange
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, status_line
 from ..protocol.websocket import CONNECTING, OPEN, Close, Pong, WebSocketSession
+from .context import ServerContext, client_text
 from .writes import WriteBuffer
 
-if TYPE_CHECKING:
-    from .h1 import H1Driver
-    from .server import ServerState
-
-__all__ = ["WebSocketDriver", "upgrade_websocket"]
+__all__ = ["WebSocketDriver"]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
 
 # Bytes a client may send before its handshake is answered (it should send none) before reading pauses.
 _EARLY_LIMIT = 65536
-
-
-def upgrade_websocket(h1: H1Driver, request: Request, trailing: bytes) -> None:
-    """``ServerState.upgrades[b"websocket"]``: hand the HTTP/1.1 connection to a WebSocket driver."""
-    h1.hand_over(WebSocketDriver(h1.server, h1.info, request), trailing)
 
 
 class WebSocketDriver(asyncio.Protocol):
@@ -55,6 +46,7 @@ class WebSocketDriver(asyncio.Protocol):
         "_ping_payload",
         "_ping_timer",
         "_pong_timer",
+        "ctx",
         "exchange",
         "info",
         "loop",
@@ -62,7 +54,6 @@ class WebSocketDriver(asyncio.Protocol):
         "request",
         "send_bytes",
         "send_text",
-        "server",
         "session",
         "shutting_down",
         "task",
@@ -70,13 +61,13 @@ class WebSocketDriver(asyncio.Protocol):
         "writes",
     )
 
-    def __init__(self, server: ServerState, info: ConnectionInfo, request: Request) -> None:
-        self.server = server
-        self.loop = server.loop
+    def __init__(self, ctx: ServerContext, info: ConnectionInfo, request: Request) -> None:
+        self.ctx = ctx
+        self.loop = ctx.loop
         self.info = info
         self.request = request
-        settings = server.config.websocket
-        self.writes = writes = WriteBuffer(server.loop, server.write_timeout, self._write_stuck)
+        settings = ctx.websocket
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
         self.session = WebSocketSession(request, max_size=settings.max_size,
                                         per_message_deflate=settings.per_message_deflate, write=writes.write)
         # the exchange's send_text/send_bytes go straight to the session (one call less per message)
@@ -107,18 +98,18 @@ class WebSocketDriver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.writes.attach(self.transport)
-        self.server.connections.add(self)
+        self.ctx.registry.add(self)
         rejection = self.session.rejection
         if rejection is not None:
             logger.info("WebSocket handshake from %s refused: %s", self._client_text(), rejection.detail)
             self._log_access(rejection.status)
             self._respond(rejection.status, rejection.headers, rejection.detail)
             return
-        exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), self.server.request_buffer)
+        exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), self.ctx.limits.request_buffer)
         self.exchange = exchange
-        self.task = self.loop.create_task(exchange.run(self.server.app))
+        self.task = self.loop.create_task(exchange.run(self.ctx.app))
         self.task.add_done_callback(self._app_done)
-        self._handshake_timer = self.loop.call_later(self.server.config.timeouts.ws_handshake,
+        self._handshake_timer = self.loop.call_later(self.ctx.timeouts.ws_handshake,
                                                      self._handshake_overdue)
 
     def data_received(self, data: bytes) -> None:
@@ -171,7 +162,7 @@ class WebSocketDriver(asyncio.Protocol):
         """--timeout-write passed with the client taking none of what waits for it."""
         if not self._lost:
             logger.info("WebSocket client %s has not read for %gs: dropping the connection", self._client_text(),
-                        self.server.write_timeout)
+                        self.ctx.timeouts.write)
             self.transport.abort()
 
     # ------------------------------------------------------------------ session events
@@ -196,12 +187,12 @@ class WebSocketDriver(asyncio.Protocol):
     # ------------------------------------------------------------------ timers
 
     def _start_keepalive(self) -> None:
-        interval = self.server.config.websocket.ping_interval
+        interval = self.ctx.websocket.ping_interval
         if interval > 0:
             self._ping_timer = self.loop.call_later(interval, self._keepalive)
 
     def _keepalive(self) -> None:
-        settings = self.server.config.websocket
+        settings = self.ctx.websocket
         self._ping_timer = None
         if self.session.state != OPEN or self._lost:
             return
@@ -222,7 +213,7 @@ class WebSocketDriver(asyncio.Protocol):
         if self._lost or self.session.state != OPEN:
             return
         logger.info("WebSocket from %s closed: no pong within %.1fs", self._client_text(),
-                    self.server.config.websocket.ping_timeout)
+                    self.ctx.websocket.ping_timeout)
         self.session.fail(1011, "keepalive ping timeout")
         if self.exchange is not None:
             self.exchange.on_close(1006)
@@ -238,7 +229,7 @@ class WebSocketDriver(asyncio.Protocol):
             self._pong_timer.cancel()
             self._pong_timer = None
         if self._close_timer is None and not self._lost:
-            self._close_timer = self.loop.call_later(self.server.config.websocket.close_timeout,
+            self._close_timer = self.loop.call_later(self.ctx.websocket.close_timeout,
                                                      self._close_overdue)
 
     def _close_overdue(self) -> None:
@@ -253,7 +244,7 @@ class WebSocketDriver(asyncio.Protocol):
         if self._lost or self.session.state != CONNECTING or self._denial is not None:
             return
         logger.info("WebSocket from %s not accepted nor refused by the app within %gs: answering 503",
-                    self._client_text(), self.server.config.timeouts.ws_handshake)
+                    self._client_text(), self.ctx.timeouts.ws_handshake)
         if self.exchange is not None:
             self.exchange.on_close(1006)  # the app hears websocket.disconnect; its accept() would fail
         self.send_error(503)
@@ -277,9 +268,8 @@ class WebSocketDriver(asyncio.Protocol):
 
     def _release(self) -> None:
         """Leave the server's registry once both the connection and the app are finished."""
-        if self._lost and (self.task is None or self.task.done()) and self in self.server.connections:
-            self.server.connections.discard(self)
-            self.server.connection_closed()
+        if self._lost and (self.task is None or self.task.done()):
+            self.ctx.registry.discard(self)
 
     def shutdown(self) -> None:
         """Graceful shutdown: the app gets websocket.disconnect (1001), then the client a close frame (1001)."""
@@ -307,7 +297,7 @@ class WebSocketDriver(asyncio.Protocol):
     def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
         status, response = self.session.accept(subprotocol, headers)
         self._handshake_answered()
-        defaults = self.server.defaults
+        defaults = self.ctx.defaults
         has_server = has_date = False
         parts = [status_line(status)]
         for name, value in response:
@@ -348,7 +338,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
         """The denial response's head (an HTTP response instead of the upgrade)."""
-        conn = H1Connection(self.server.defaults, self.writes.write)
+        conn = H1Connection(self.ctx.defaults, self.writes.write)
         conn.keep_alive = False
         conn.start_response(self.request, status, list(headers))
         self.session.reject()
@@ -390,7 +380,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def _respond(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
         """Answer the handshake with a short HTTP error and close."""
-        conn = H1Connection(self.server.defaults, self.writes.write)
+        conn = H1Connection(self.ctx.defaults, self.writes.write)
         if headers:
             body = (detail + "\n").encode()
             conn.keep_alive = False
@@ -403,15 +393,14 @@ class WebSocketDriver(asyncio.Protocol):
     # ------------------------------------------------------------------ logging
 
     def _log_access(self, status: int) -> None:
-        if self.server.access_log:
+        if self.ctx.logging.access_log:
             scope = self.exchange.scope if self.exchange is not None else None
             target = self.request.target.decode("latin-1") if scope is None else (
                 scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope["query_string"] else ""))
             access_logger.info('%s - "WebSocket %s" %d', self._client_text(), escape_log(target), status)
 
     def _client_text(self) -> str:
-        client = self.info.client if self.info is not None else None
-        return f"{client[0]}:{client[1]}" if client else "-"
+        return client_text(self.info)
 
     def __repr__(self) -> str:
         return f"<WebSocketDriver {self._client_text()} {self.request.target!r}>"

@@ -22,14 +22,13 @@ from ..config import ConfigError
 from ..importer import AppImportError, import_app
 from ..log import configure_logging
 from ..metrics import Metrics, MetricsMiddleware
-from ..protocol.events import Request
 from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_loop
-from ..runtime.h1 import H1Driver
+from ..runtime.context import ServerContext
 from ..runtime.lifespan import LifespanFailure
-from ..runtime.server import ServerState, serve
+from ..runtime.server import serve
 from .channel import Channel, Message, decode_config, read_line
 
-__all__ = ["counting_driver", "main", "request_counter", "run_worker"]
+__all__ = ["main", "request_counter", "run_worker"]
 
 logger = logging.getLogger("tidegate.error")
 
@@ -46,21 +45,6 @@ def request_counter(limit: int, on_limit: Callable[[], None]) -> Callable[[], bo
         return False
 
     return count
-
-
-def counting_driver(count: Callable[[], bool]) -> type[H1Driver]:
-    """An H1Driver class that counts requests with ``count`` and answers the last one with ``connection: close``.
-    Used only with ``--max-requests``: the plain driver counts nothing."""
-
-    class CountingH1Driver(H1Driver):
-        __slots__ = ()
-
-        def _start(self, exchange: Any, request: Request) -> None:
-            if count():
-                self.conn.keep_alive = False
-            H1Driver._start(self, exchange, request)
-
-    return CountingH1Driver
 
 
 def run_worker(control: socket.socket, fds: list[int]) -> int:
@@ -87,7 +71,7 @@ def run_worker(control: socket.socket, fds: list[int]) -> int:
     metrics = Metrics() if config.metrics.bind is not None else None
     if metrics is not None:
         app = MetricsMiddleware(app, metrics)
-    states: list[ServerState] = []
+    states: list[ServerContext] = []
     retiring = False
 
     def snapshot() -> dict[str, Any]:
@@ -121,18 +105,14 @@ def run_worker(control: socket.socket, fds: list[int]) -> int:
     max_requests = config.workers.max_requests
     limit = max_requests + random.randint(0, config.workers.max_requests_jitter) if max_requests else 0
 
-    def prepare(state: ServerState) -> None:
-        states.append(state)
-        if limit:
-            count = request_counter(limit, retire)
-            state.h1_driver = counting_driver(count)
-            state.request_hook = count  # HTTP/2 streams count too
+    def prepare(ctx: ServerContext) -> None:
+        states.append(ctx)
 
     def on_started(_: list[socket.socket]) -> None:
         channel.send({"op": "ready"})
 
     main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
-                                  prepare=prepare))
+                                  on_request=request_counter(limit, retire) if limit else None, prepare=prepare))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, main.cancel)
     channel.feed(rest)

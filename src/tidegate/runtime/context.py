@@ -1,0 +1,265 @@
+"""What every connection of one server shares: the :class:`ServerContext` and its :class:`ConnectionRegistry`.
+
+The context is built once by :func:`~tidegate.runtime.server.serve` and read on the hot path.  It hands each
+driver the settings groups of the :class:`~tidegate.config.Config` by reference (``ctx.timeouts.write``,
+``ctx.limits.pipeline_depth``, ``ctx.websocket.ping_interval`` ...), never renamed copies, plus what is derived
+from them once (the response defaults, the parser's limits, the access-line renderer) and what negotiation decided
+(the ``Upgrade`` tokens spoken, HTTP/2 with prior knowledge, extended CONNECT).
+
+This module imports no driver: every driver imports it, and only :mod:`~tidegate.runtime.negotiate` knows them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from ..accesslog import renderer
+from ..asgi.http import ASGIApp
+from ..asgi.scope import ConnectionInfo
+from ..config import Config
+from ..protocol.events import Request
+from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
+from .tls import with_tls
+
+__all__ = ["ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
+           "connection_info"]
+
+logger = logging.getLogger("tidegate.error")
+
+
+class Driver(Protocol):
+    """What the registry asks of every connection's driver."""
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: finish what is in progress, take nothing new."""
+
+    def force_close(self) -> list[asyncio.Task[None]]:
+        """Shutdown ran out of time: cut the connection; the app tasks this cancelled."""
+
+
+class Handover(Protocol):
+    """An HTTP/1.1 connection as an upgrade handler sees it (see :mod:`~tidegate.runtime.negotiate`)."""
+
+    ctx: ServerContext
+    info: ConnectionInfo
+    conn: H1Connection
+
+    def hand_over(self, protocol: asyncio.Protocol, data: bytes = b"", head: bytes = b"") -> None:
+        """Write ``head`` (a 101 response) through this connection's write path, then give its transport to
+        ``protocol`` with the bytes already read."""
+
+    def decline_upgrade(self, request: Request, trailing: bytes) -> None:
+        """Answer the upgrade request as a plain one and parse what follows."""
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer with an error response and close."""
+
+
+#: ``Upgrade`` token → handler(the HTTP/1.1 connection, the request, the bytes after its head)
+UpgradeHandler = Callable[[Handover, Request, bytes], None]
+#: HTTP/2 with prior knowledge on a cleartext port: handler(the HTTP/1.1 connection, the bytes from the preface)
+PrefaceHandler = Callable[[Handover, bytes], None]
+
+
+class Gate(Protocol):
+    """The listeners, as the registry sees them under --limit-connections."""
+
+    @property
+    def accepting(self) -> bool: ...
+    def pause_accepting(self) -> None: ...
+    def resume_accepting(self) -> None: ...
+
+
+class _NoGate:
+    accepting = True
+
+    def pause_accepting(self) -> None:
+        pass
+
+    def resume_accepting(self) -> None:
+        pass
+
+
+class ConnectionRegistry:
+    """Every open connection's driver, --limit-connections (parking) and --limit-concurrency (admission), and the
+    graceful drain."""
+
+    __slots__ = ("_drained", "_gate", "_loop", "_parked", "_refusing", "concurrency_limit", "connection_limit",
+                 "connections", "in_flight")
+
+    def __init__(self, loop: Any, connections: int | None = None, concurrency: int | None = None,
+                 gate: Gate | None = None) -> None:
+        self._loop = loop
+        self.connections: set[Any] = set()
+        #: --limit-connections (None: none); connections accepted past it wait, not read, in _parked
+        self.connection_limit = connections
+        #: --limit-concurrency (None: none) and the requests being handled under it
+        self.concurrency_limit = concurrency
+        self.in_flight = 0
+        self._refusing = False
+        self._parked: deque[Any] = deque()
+        self._gate: Gate = gate or _NoGate()
+        self._drained: asyncio.Future[None] | None = None
+
+    def add(self, driver: Any) -> bool:
+        """A connection opened: True to serve it, False to hold it unread (accepted past --limit-connections in
+        the batch of the last one allowed) until a connection closes and ``driver.unpark()`` is called."""
+        self.connections.add(driver)
+        limit = self.connection_limit
+        if limit is None:
+            return True
+        if len(self.connections) - len(self._parked) > limit:
+            self._parked.append(driver)
+            if self._gate.accepting:
+                self._gate.pause_accepting()
+            return False
+        return True
+
+    def would_fill(self) -> bool:
+        """Under --limit-connections: whether one more connection reaches the limit (accepting should stop)."""
+        return self.connection_limit is not None and len(self.connections) + 1 >= self.connection_limit
+
+    def discard(self, driver: Any) -> None:
+        """A connection closed (or was handed to another driver, which adds itself)."""
+        if driver in self.connections:
+            self.connections.discard(driver)
+            self._closed()
+
+    def _closed(self) -> None:
+        if self.connection_limit is not None:
+            self._make_room()
+        drained = self._drained
+        if drained is not None and not self.connections and not drained.done():
+            drained.set_result(None)
+
+    def _make_room(self) -> None:
+        limit = self.connection_limit
+        assert limit is not None
+        parked = self._parked
+        if parked:
+            self._parked = parked = deque(d for d in parked if d in self.connections)
+            while parked and len(self.connections) - len(parked) < limit:
+                parked.popleft().unpark()
+        if not self._gate.accepting and not parked and len(self.connections) < limit:
+            self._gate.resume_accepting()
+
+    # ------------------------------------------------------------------ --limit-concurrency
+
+    def admit_request(self) -> bool:
+        """Under --limit-concurrency: whether one more request may be handled now (then :meth:`release_request`
+        once its app returns); else it is answered 503."""
+        assert self.concurrency_limit is not None
+        if self.in_flight >= self.concurrency_limit:
+            if not self._refusing:
+                self._refusing = True
+                logger.warning("%d requests in progress (--limit-concurrency): answering 503 to more until one "
+                               "finishes", self.in_flight)
+            return False
+        self.in_flight += 1
+        return True
+
+    def release_request(self) -> None:
+        self.in_flight -= 1
+        self._refusing = False
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def drain(self, timeout: float) -> None:
+        """Close idle connections now, let the others finish for up to ``timeout`` s, then cut them."""
+        for conn in list(self.connections):
+            conn.shutdown()
+        if self.connections:
+            self._drained = self._loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+            except asyncio.TimeoutError:
+                logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s)",
+                               timeout, len(self.connections))
+        cancelled = self.abort_all()
+        if cancelled:
+            # let the cancelled apps unwind (for up to ``timeout`` again) before lifespan shutdown closes what
+            # their cleanup may still use
+            await asyncio.wait(cancelled, timeout=timeout)
+
+    def abort_all(self) -> list[asyncio.Task[Any]]:
+        """Cut every connection; return the app tasks this cancelled."""
+        cancelled: list[asyncio.Task[Any]] = []
+        for conn in list(self.connections):
+            cancelled.extend(conn.force_close())
+        return cancelled
+
+
+class ServerContext:
+    """What every connection of one server shares.  Built once; its attributes are not reassigned."""
+
+    __slots__ = ("access_line", "app", "config", "connect_protocol", "defaults", "extensions", "h2", "limits",
+                 "logging", "loop", "on_request", "prior_knowledge", "registry", "request_limits", "state",
+                 "timeouts", "upgrades", "websocket")
+
+    def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
+                 registry: ConnectionRegistry | None = None,
+                 upgrades: Mapping[bytes, UpgradeHandler] | None = None, prior_knowledge: PrefaceHandler | None = None,
+                 on_request: Callable[[], bool] | None = None) -> None:
+        self.app = app
+        self.config = config
+        self.loop = loop
+        # the settings groups, by reference
+        self.timeouts = config.timeouts
+        self.limits = limits = config.limits
+        self.websocket = config.websocket
+        self.h2 = config.h2
+        self.logging = config.logging
+        self.registry = registry if registry is not None else ConnectionRegistry(loop, limits.connections,
+                                                                                 limits.concurrency)
+        #: ``Upgrade`` tokens spoken over HTTP/1.1, and HTTP/2 with prior knowledge (see negotiate.py)
+        self.upgrades: Mapping[bytes, UpgradeHandler] = upgrades or {}
+        self.prior_knowledge = prior_knowledge
+        #: whether HTTP/2 extended CONNECT (RFC 8441) is offered: where WebSocket is spoken over HTTP/1.1
+        self.connect_protocol = b"websocket" in self.upgrades
+        #: called once per request, any protocol; True: this is the last one this server takes (--max-requests)
+        self.on_request = on_request
+        #: lifespan state (copied into each scope) and the server's scope extensions
+        self.state: dict[str, Any] = {}
+        self.extensions: dict[str, Any] = {}
+        http = config.http
+        extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
+        self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"", extra=extra)
+        self.request_limits = RequestLimits(limits.request_line, limits.request_headers, limits.request_header_count,
+                                            limits.request_body, limits.pipeline_depth)
+        #: renders an access line from (scope, status, bytes, milliseconds) for --access-log-format/-json
+        self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
+
+    @property
+    def connections(self) -> set[Any]:
+        return self.registry.connections
+
+
+def address(value: Any) -> tuple[str, int] | None:
+    """A socket address as a scope's ``client``/``server`` pair."""
+    if isinstance(value, tuple) and len(value) >= 2:
+        return str(value[0]), int(value[1])
+    return None
+
+
+def connection_info(ctx: ServerContext, transport: asyncio.BaseTransport) -> ConnectionInfo:
+    """What every request on ``transport`` shares: addresses, scheme, mount point, lifespan state, extensions."""
+    sock = transport.get_extra_info("sockname")
+    scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+    if isinstance(sock, (str, bytes)):
+        local: tuple[str, int | None] | None = (sock if isinstance(sock, str) else sock.decode(), None)
+    else:
+        local = address(sock)
+    extensions = ctx.extensions if scheme == "http" else with_tls(ctx.extensions, transport,
+                                                                   ctx.config.tls.certfile)
+    return ConnectionInfo(address(transport.get_extra_info("peername")), local, scheme, ctx.config.app.root_path,
+                          ctx.state, extensions)
+
+
+def client_text(info: ConnectionInfo | None) -> str:
+    """The client's address for a log line."""
+    client = info.client if info is not None else None
+    return f"{client[0]}:{client[1]}" if client else "-"

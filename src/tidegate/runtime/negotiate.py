@@ -1,0 +1,118 @@
+"""Choosing the driver of a connection: the only module that knows every driver.
+
+- TLS: the protocol ALPN negotiated (:func:`connection_factory`, :func:`alpn_protocols`);
+- cleartext: HTTP/1.1, which hands its transport over on the HTTP/2 preface (prior knowledge), on
+  ``Upgrade: h2c`` (RFC 7540 §3.2) and on ``Upgrade: websocket`` (:func:`handlers`);
+- ``--http 2``: HTTP/2 only.
+
+A new protocol plugs in here: a driver module that imports :mod:`~tidegate.runtime.context` only, and a line in
+:func:`connection_factory` (a listener of its own, an ALPN token) or in :func:`handlers` (an ``Upgrade`` token).
+The drivers never import each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import re
+from collections.abc import Callable
+
+from ..config import Config
+from ..protocol.events import Request
+from .context import Handover, PrefaceHandler, ServerContext, UpgradeHandler
+from .h1 import H1Driver
+from .h2 import H2Driver
+from .ws import WebSocketDriver
+
+__all__ = ["alpn_protocols", "connection_factory", "handlers"]
+
+_BASE64URL = re.compile(rb"[A-Za-z0-9_-]*=*")
+_SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
+# Request fields of an h2c upgrade that belong to the HTTP/1.1 connection, not to the request on stream 1.
+_UPGRADE_FIELDS = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"proxy-connection",
+                             b"transfer-encoding"})
+
+
+def upgrade_websocket(h1: Handover, request: Request, trailing: bytes) -> None:
+    """``Upgrade: websocket``: hand the HTTP/1.1 connection to a WebSocket driver (which answers the handshake
+    once the app has decided)."""
+    h1.hand_over(WebSocketDriver(h1.ctx, h1.info, request), trailing)
+
+
+def prior_knowledge(h1: Handover, data: bytes) -> None:
+    """A cleartext connection opened with the HTTP/2 preface: hand it to an HTTP/2 driver."""
+    h1.hand_over(H2Driver(h1.ctx), data)
+
+
+def upgrade_h2c(h1: Handover, request: Request, trailing: bytes) -> None:
+    """``Upgrade: h2c`` (RFC 7540 §3.2): answer 101, then the request on stream 1 over HTTP/2."""
+    settings = [value for name, value in request.headers if name == b"http2-settings"]
+    body_length = 0
+    for name, value in request.headers:
+        if name == b"content-length":
+            body_length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            body_length = -1
+    if body_length < 0:
+        # the parser took the body for bytes after the upgrade: they cannot be read as a request
+        h1.refuse(400, "an h2c upgrade request's body needs a content-length")
+        return
+    payload = None
+    if len(settings) == 1 and _BASE64URL.fullmatch(settings[0]):
+        try:
+            payload = base64.urlsafe_b64decode(settings[0] + b"=" * (-len(settings[0]) % 4))
+        except (binascii.Error, ValueError):
+            payload = None
+    if payload is None or len(payload) % 6:
+        if body_length:
+            h1.refuse(400, "invalid HTTP2-Settings")
+        else:
+            h1.decline_upgrade(request, trailing)  # RFC 7540 §3.2.1: no upgrade without one valid HTTP2-Settings
+        return
+    headers = [(name, value) for name, value in request.headers if name not in _UPGRADE_FIELDS]
+    upgraded = Request(request.method, request.target, "2", headers, True, request.expect_continue, 1, None,
+                       request.trailers)
+    h1.hand_over(H2Driver(h1.ctx, (upgraded, payload, body_length)), trailing, head=_SWITCHING)
+
+
+def handlers(config: Config) -> tuple[dict[bytes, UpgradeHandler], PrefaceHandler | None]:
+    """The ``Upgrade`` tokens an HTTP/1.1 connection speaks, and the handler of the HTTP/2 preface on a cleartext
+    one (the ways into HTTP/2 that ``--http`` allows).  WebSocket over HTTP/2 (RFC 8441) is offered where it is
+    spoken over HTTP/1.1."""
+    upgrades: dict[bytes, UpgradeHandler] = {b"websocket": upgrade_websocket}
+    preface: PrefaceHandler | None = None
+    if config.protocols.http == "auto":
+        upgrades[b"h2c"] = upgrade_h2c
+        preface = prior_knowledge
+    return upgrades, preface
+
+
+class _ALPNChooser(asyncio.Protocol):
+    """A TLS connection's first protocol: once the handshake is done, pick the driver ALPN negotiated."""
+
+    def __init__(self, ctx: ServerContext) -> None:
+        self.ctx = ctx
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+        mode = self.ctx.config.protocols.http
+        h2 = mode == "2" or (alpn == "h2" and mode == "auto")
+        driver: asyncio.Protocol = H2Driver(self.ctx) if h2 else H1Driver(self.ctx)
+        transport.set_protocol(driver)
+        driver.connection_made(transport)
+
+
+def alpn_protocols(mode: str) -> list[str]:
+    """The ALPN protocols a TLS listener offers for ``--http`` ``mode``, preferred first."""
+    return {"1": ["http/1.1"], "2": ["h2"]}.get(mode, ["h2", "http/1.1"])
+
+
+def connection_factory(ctx: ServerContext, tls: bool) -> Callable[[], asyncio.Protocol]:
+    """The protocol factory for a listener: by ALPN over TLS, else HTTP/1.1 (which may hand over) or HTTP/2."""
+    if tls:
+        return lambda: _ALPNChooser(ctx)
+    if ctx.config.protocols.http == "2":
+        return lambda: H2Driver(ctx)
+    return lambda: H1Driver(ctx)
