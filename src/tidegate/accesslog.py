@@ -12,12 +12,14 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 __all__ = ["ATOMS", "AccessFormat", "json_line", "renderer"]
 
-Render = Callable[[dict[str, Any], int, int, float], str]
+#: a scope as the access log reads it (an ``http`` or ``websocket`` scope, read only)
+ScopeView = Mapping[str, Any]
+Render = Callable[[ScopeView, int, int, float], str]
 
 
 def _escape(text: str) -> str:
@@ -26,26 +28,26 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _client(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+def _client(scope: ScopeView, status: int, size: int, ms: float) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "-"
 
 
-def _client_addr(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+def _client_addr(scope: ScopeView, status: int, size: int, ms: float) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "-"
 
 
-def _query(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+def _query(scope: ScopeView, status: int, size: int, ms: float) -> str:
     return _escape(scope.get("query_string", b"").decode("latin-1"))
 
 
-def _target(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+def _target(scope: ScopeView, status: int, size: int, ms: float) -> str:
     query = scope.get("query_string", b"")
     return _escape(scope["path"] + ("?" + query.decode("latin-1") if query else ""))
 
 
-def _time(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+def _time(scope: ScopeView, status: int, size: int, ms: float) -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
@@ -72,7 +74,7 @@ _PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 def _header(name: str) -> Render:
     key = name.lower().encode("latin-1")
 
-    def render(scope: dict[str, Any], status: int, size: int, ms: float) -> str:
+    def render(scope: ScopeView, status: int, size: int, ms: float) -> str:
         values = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == key]
         return _escape(", ".join(values)) if values else "-"
 
@@ -112,12 +114,12 @@ class AccessFormat:
             raise ValueError(f"unknown access log atom {{{name}}} (known: {known})")
         return ATOMS[name]
 
-    def render(self, scope: dict[str, Any], status: int, size: int, duration_ms: float) -> str:
+    def render(self, scope: ScopeView, status: int, size: int, duration_ms: float) -> str:
         return "".join(part if isinstance(part, str) else part(scope, status, size, duration_ms)
                        for part in self.parts)
 
 
-def json_line(scope: dict[str, Any], status: int, size: int, duration_ms: float) -> str:
+def json_line(scope: ScopeView, status: int, size: int, duration_ms: float) -> str:
     """One request as a JSON object on one line (``json.dumps`` escapes control characters)."""
     client = scope.get("client")
     query = scope.get("query_string", b"")

@@ -20,21 +20,27 @@ tested with a fake stream.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Generator, Iterable
 from typing import Any, Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
+from .types import (
+    ASGIApp,
+    ASGISendEvent,
+    HTTPDisconnectEvent,
+    HTTPRequestEvent,
+    HTTPResponseTrailersEvent,
+    HTTPScope,
+)
 
-__all__ = ["HTTPExchange", "Stream"]
+__all__ = ["ASGIApp", "HTTPExchange", "Message", "Stream", "escape_log"]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
 
+#: an untyped message, for code not yet on :mod:`tidegate.asgi.types` (the runtime's lifespan runner)
 Message = dict[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[dict[str, Any], Receive, Send], Awaitable[None]]
 
 # Response states.  _GONE: the client disconnected before the response was complete.  _STARTED_T, _STREAMING_T and
 # _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
@@ -46,7 +52,7 @@ _NO_LIMIT = 1 << 62
 class Waiter(Protocol):
     def done(self) -> bool: ...
     def set_result(self, result: None) -> None: ...
-    def __await__(self) -> Any: ...
+    def __await__(self) -> Generator[Any, None, Any]: ...
 
 
 class Stream(Protocol):
@@ -88,7 +94,7 @@ class HTTPExchange:
         "stream",
     )
 
-    def __init__(self, stream: Stream, scope: dict[str, Any], expect_continue: bool = False,
+    def __init__(self, stream: Stream, scope: HTTPScope, expect_continue: bool = False,
                  body_limit: int = 0) -> None:
         self.stream = stream
         self.scope = scope
@@ -155,7 +161,7 @@ class HTTPExchange:
 
     # ------------------------------------------------------------------ to the app
 
-    async def receive(self) -> Message:
+    async def receive(self) -> HTTPRequestEvent | HTTPDisconnectEvent:
         if self._expect_continue:
             # the app's first receive() is its go-ahead: 100 Continue, if the client still waits for one
             self._expect_continue = False
@@ -188,7 +194,7 @@ class HTTPExchange:
             self._waiter = waiter
             await waiter
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: ASGISendEvent) -> None:
         try:
             kind = message["type"]
         except (KeyError, TypeError):
@@ -225,7 +231,9 @@ class HTTPExchange:
             return
         if state == _GONE:
             raise ClientDisconnected("the client has disconnected")
-        if kind == "http.response.start":
+        # the branches below test message["type"] rather than kind where the type checker must know the message's
+        # shape (it narrows a union of TypedDicts on the key, not on a copy of it)
+        if message["type"] == "http.response.start":
             if state != _START:
                 raise ASGIError("'http.response.start' sent twice")
             status = message.get("status")
@@ -236,12 +244,12 @@ class HTTPExchange:
             self._state = _STARTED_T if message.get("trailers") else _STARTED
         elif kind == "http.response.body" and (state == _STARTED_T or state == _STREAMING_T):
             await self._send_body_before_trailers(message, state)
-        elif kind == "http.response.trailers":
+        elif message["type"] == "http.response.trailers":
             await self._send_trailers(message, state)
         elif kind == "http.response.body":
             raise ASGIError("'http.response.body' sent before 'http.response.start'" if state == _START
                             else "'http.response.body' sent after the response was complete")
-        elif kind == "http.response.early_hint":
+        elif message["type"] == "http.response.early_hint":
             # asgiref extensions.rst: any time before the final body, the response start included (its head is
             # held until the first body); once a body piece put the head on the wire, a hint can no longer go
             # before it and is ignored, as the spec lets a server do
@@ -257,7 +265,7 @@ class HTTPExchange:
         else:
             raise ASGIError(f"unknown message type {kind!r} for an HTTP connection")
 
-    async def _send_body_before_trailers(self, message: Message, state: int) -> None:
+    async def _send_body_before_trailers(self, message: ASGISendEvent, state: int) -> None:
         body = message.get("body", b"")
         if type(body) is not bytes:
             body = _as_bytes(body, "'body'")
@@ -276,7 +284,7 @@ class HTTPExchange:
         if stream.write_paused:
             await stream.drain()
 
-    async def _send_trailers(self, message: Message, state: int) -> None:
+    async def _send_trailers(self, message: HTTPResponseTrailersEvent, state: int) -> None:
         if state != _TRAILERS:
             raise ASGIError("'http.response.trailers' sent before the last body" if state in (_STARTED_T, _STREAMING_T)
                             else "'http.response.trailers' needs 'trailers': True in 'http.response.start'"

@@ -6,10 +6,14 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ..protocol.events import Request
+from .types import ASGIVersions, HTTPScope, WebSocketScope
 
 __all__ = ["ConnectionInfo", "http_scope", "split_target", "websocket_scope"]
 
-ASGI_VERSION = {"version": "3.0", "spec_version": "2.4"}
+ASGI_VERSION: ASGIVersions = {"version": "3.0", "spec_version": "2.4"}
+
+#: a scope's ``extensions``: each extension's name and its (free-form) fields
+Extensions = dict[str, dict[str, object]]
 
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
                                     "CONNECT")}
@@ -23,7 +27,7 @@ class ConnectionInfo:
 
     def __init__(self, client: tuple[str, int] | None, server: tuple[str, int | None] | None, scheme: str,
                  root_path: str = "", state: dict[str, Any] | None = None,
-                 extensions: dict[str, Any] | None = None) -> None:
+                 extensions: Extensions | None = None) -> None:
         self.client = client
         self.server = server
         self.scheme = scheme
@@ -32,12 +36,12 @@ class ConnectionInfo:
         self.state = state if state is not None else {}
         self.extensions = extensions if extensions is not None else {}
         #: ``extensions`` of an http scope: made at the first request (see :meth:`make_http_extensions`)
-        self.http_extensions: dict[str, Any] | None = None
+        self.http_extensions: Extensions | None = None
 
-    def make_http_extensions(self, trailers: bool) -> dict[str, Any]:
+    def make_http_extensions(self, trailers: bool) -> Extensions:
         """``extensions`` plus the HTTP response extensions: early hints always, trailers for a client that takes
         them (``TE: trailers``)."""
-        extensions = {**self.extensions, "http.response.early_hint": {}}
+        extensions: Extensions = {**self.extensions, "http.response.early_hint": {}}
         if not trailers:
             self.http_extensions = extensions
             return extensions
@@ -78,7 +82,7 @@ def decode_path(raw_path: bytes) -> str:
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
-def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
+def http_scope(request: Request, info: ConnectionInfo) -> HTTPScope:
     target = request.target
     if target[:1] == b"/" and _QUESTION not in target and _HASH not in target:
         raw_path, query = target, b""
@@ -111,7 +115,7 @@ def http_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
     }
 
 
-def websocket_scope(request: Request, info: ConnectionInfo) -> dict[str, Any]:
+def websocket_scope(request: Request, info: ConnectionInfo) -> WebSocketScope:
     """The ``websocket`` scope for a handshake request (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT).
 
     ``extensions`` advertises the denial response (asgiref extensions.rst): the app may answer the handshake with

@@ -22,11 +22,20 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
-from .http import ASGIApp, Message, Waiter, _as_bytes, escape_log
+from .http import Waiter, _as_bytes, escape_log
+from .types import (
+    ASGIApp,
+    ASGISendEvent,
+    WebSocketAcceptEvent,
+    WebSocketConnectEvent,
+    WebSocketDisconnectEvent,
+    WebSocketReceiveEvent,
+    WebSocketScope,
+)
 
 __all__ = ["MAX_QUEUED", "WebSocketExchange", "WebSocketStream"]
 
@@ -68,13 +77,13 @@ class WebSocketExchange:
     __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "_waiter", "queue_bytes_limit",
                  "queued_bytes", "scope", "status", "stream")
 
-    def __init__(self, stream: WebSocketStream, scope: dict[str, Any], queue_bytes_limit: int = 65536) -> None:
+    def __init__(self, stream: WebSocketStream, scope: WebSocketScope, queue_bytes_limit: int = 65536) -> None:
         self.stream = stream
         self.scope = scope
         self._state = _HANDSHAKE
         self._connect_pending = True
         self._queue: deque[str | bytes] = deque()
-        self._disconnect: Message | None = None
+        self._disconnect: WebSocketDisconnectEvent | None = None
         self._waiter: Waiter | None = None
         #: size of the messages received and not yet taken by the app
         self.queued_bytes = 0
@@ -118,7 +127,7 @@ class WebSocketExchange:
 
     # ------------------------------------------------------------------ to the app
 
-    async def receive(self) -> Message:
+    async def receive(self) -> WebSocketConnectEvent | WebSocketReceiveEvent | WebSocketDisconnectEvent:
         while True:
             queue = self._queue
             if queue:
@@ -127,7 +136,7 @@ class WebSocketExchange:
                 stream = self.stream
                 if stream.reading_paused and not self.over_limit:
                     stream.resume_reading()
-                if type(data) is str:
+                if isinstance(data, str):  # (type() would not narrow the other branch to bytes)
                     return {"type": "websocket.receive", "text": data}
                 return {"type": "websocket.receive", "bytes": data}
             if self._connect_pending:
@@ -140,7 +149,7 @@ class WebSocketExchange:
             self._waiter = waiter
             await waiter
 
-    async def send(self, message: Message) -> None:
+    async def send(self, message: ASGISendEvent) -> None:
         try:
             kind = message["type"]
         except (KeyError, TypeError):
@@ -173,13 +182,14 @@ class WebSocketExchange:
         if state >= _CLOSED:
             raise ClientDisconnected("the WebSocket is closed")
         if state == _HANDSHAKE:
-            if kind == "websocket.accept":
+            # message["type"], not kind, where the type checker must know the message's shape (see asgi.http)
+            if message["type"] == "websocket.accept":
                 self._accept(message)
             elif kind == "websocket.close":
                 self._state = _DENIED
                 self.status = 403
                 self.stream.send_error(403)
-            elif kind == "websocket.http.response.start":
+            elif message["type"] == "websocket.http.response.start":
                 status = message.get("status")
                 if type(status) is not int:
                     raise ASGIError(f"'status' must be an int, not {status!r}")
@@ -226,7 +236,7 @@ class WebSocketExchange:
         else:
             raise ASGIError(f"{kind!r} sent after the WebSocket was accepted")
 
-    def _accept(self, message: Message) -> None:
+    def _accept(self, message: WebSocketAcceptEvent) -> None:
         subprotocol = message.get("subprotocol")
         if subprotocol is not None and type(subprotocol) is not str:
             raise ASGIError(f"'subprotocol' must be a str or None, not {subprotocol!r}")
