@@ -27,19 +27,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
-from collections.abc import Iterable
 from time import perf_counter
 from typing import Any
 
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
-from ..asgi.scope import ConnectionInfo, http_scope, websocket_scope
-from ..asgi.websocket import WebSocketExchange
+from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
-from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
+from ..protocol.websocket import CLOSED
 from .context import ServerContext, client_text, connection_info
+from .websocket import WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
 
 __all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
@@ -222,159 +220,76 @@ class H2Stream:
 
 
 class H2WebSocket:
-    """A WebSocket over one stream (RFC 8441 extended CONNECT): the same sans-IO
-    :class:`~tidegate.protocol.websocket.WebSocketSession` and :class:`~tidegate.asgi.websocket.WebSocketExchange` as
-    over HTTP/1.1, with the stream's DATA as the byte stream; this is the exchange's ``WebSocketStream``.
+    """A WebSocket over one stream (RFC 8441 extended CONNECT): the stream is the
+    :class:`~tidegate.runtime.websocket.Carrier` of the same :class:`~tidegate.runtime.websocket.WebSocketChannel` as
+    over HTTP/1.1, with the stream's DATA as the byte stream.
 
-    The handshake is answered with HEADERS 200; frames go out as DATA (under the stream's flow control, so a
-    client that does not read makes ``send()`` wait); data received is given back to the client's window as the
-    app takes the messages.  The closing handshake ends the stream with END_STREAM; a failure or a missing close
-    resets it.  Keepalive pings and the close timeout are those of ``--ws-*``.
+    The handshake is answered with HEADERS 200; frames go out as DATA (under the stream's flow control, so a client
+    that does not read makes ``send()`` wait); data received is given back to the client's window as the channel
+    takes it -- not while the app has not taken the messages, nor while our output to the client waits.  The closing
+    handshake ends the stream with END_STREAM; a failure or a missing close resets it.
     """
 
-    __slots__ = ("_close_timer", "_early", "_ending", "_ping_count", "_ping_payload", "_ping_timer", "_pong_timer",
-                 "_waiter", "driver", "exchange", "gone", "id", "reading_paused", "request", "send_bytes",
-                 "send_text", "session", "task", "unacked", "write_paused")
+    __slots__ = ("_ending", "_waiter", "channel", "driver", "gone", "id", "label", "task", "unacked", "write_paused")
 
     def __init__(self, driver: H2Driver, request: Request) -> None:
         self.driver = driver
         self.id = request.stream_id
-        self.request = request
-        settings = driver.ctx.websocket
-        self.session = WebSocketSession(request, max_size=settings.max_size,
-                                        per_message_deflate=settings.per_message_deflate, write=self._write)
-        self.send_text = self.session.send_text
-        self.send_bytes = self.session.send_bytes
-        self.exchange: WebSocketExchange | None = None
-        self.task: asyncio.Task[None] | None = None
+        self.label = " HTTP/2"
         self.write_paused = False
-        self.reading_paused = False
+        #: request bytes received and not yet given back to the client's window
         self.unacked = 0
         self.gone = False
         self._ending = False
-        self._early: list[bytes] = []
         self._waiter: asyncio.Future[None] | None = None
-        self._ping_timer: asyncio.TimerHandle | None = None
-        self._pong_timer: asyncio.TimerHandle | None = None
-        self._close_timer: asyncio.TimerHandle | None = None
-        self._ping_payload: bytes | None = None
-        self._ping_count = 0
+        self.task: asyncio.Task[None] | None = None
+        self.channel = WebSocketChannel(driver.ctx, driver.info, request, self)
 
     def start(self) -> None:
-        driver = self.driver
-        rejection = self.session.rejection
-        if rejection is not None:
-            logger.info("WebSocket handshake from %s refused: %s", driver.client_text(), rejection.detail)
-            self._log_access(rejection.status)
-            conn = driver.conn
-            if rejection.headers:
-                conn.start_response(self.id, rejection.status, rejection.headers)
-                conn.send_body(self.id, (rejection.detail + "\n").encode(), True)
-            else:
-                conn.error_response(self.id, rejection.status, rejection.detail)
-            driver.writes.wrote(0)
-            self._maybe_done()
-            return
-        self.exchange = WebSocketExchange(self, websocket_scope(self.request, driver.info),
-                                          driver.ctx.limits.request_buffer)
-        self.task = driver.ctx.loop.create_task(self.run())
-
-    async def run(self) -> None:
-        assert self.exchange is not None
-        try:
-            await self.exchange.run(self.driver.ctx.app)
-        finally:
+        channel = self.channel
+        channel.start()
+        self.task = channel.task
+        if self.task is not None:
+            self.task.add_done_callback(lambda _: self._maybe_done())
+        else:
             self._maybe_done()
 
     def _maybe_done(self) -> None:
         """Forgotten by the driver once the app returned and the stream ended."""
         if (self.task is None or self.task.done()) and (self.gone or not self.driver.conn.is_open(self.id)):
-            self._stop_timers()
+            self.channel.lost()
             self.driver.forget(self)
 
     # ------------------------------------------------------------------ from the driver
 
     def on_data(self, data: bytes) -> None:
-        exchange = self.exchange
-        driver = self.driver
-        session = self.session
-        if exchange is None or session.state == CLOSED:
-            driver.conn.acknowledge(self.id, len(data))
-            return
-        if session.state == CONNECTING:
-            self._early.append(data)  # held (and not acknowledged) until the handshake is answered
-            return
-        for event in session.receive_data(data):
-            kind = type(event)
-            if kind is str or kind is bytes:
-                exchange.on_message(event)  # type: ignore[arg-type]
-            elif kind is Close:
-                self._on_close(event)  # type: ignore[arg-type]
-            elif kind is Pong and event.payload == self._ping_payload:  # type: ignore[union-attr]
-                self._ping_payload = None
-                if self._pong_timer is not None:
-                    self._pong_timer.cancel()
-                    self._pong_timer = None
-        if exchange.over_limit or self._output_full():
-            # the app has not taken what came, or the client does not take what we send (our answers to its pings
-            # included): its window is not given back until it does
-            self.unacked += len(data)
-            self.reading_paused = True
-        else:
-            driver.conn.acknowledge(self.id, len(data))
-        driver.writes.wrote(0)
-
-    def _output_full(self) -> bool:
-        return self.driver.conn.pending(self.id) > FLUSH_BYTES
-
-    def _on_close(self, event: Close) -> None:
-        """The client's close frame (echoed by the session), or a failure the session closed for."""
-        if event.error:
-            logger.info("WebSocket from %s closed with %d: %s", self.driver.client_text(), event.code,
-                        escape_log(event.reason))
-        assert self.exchange is not None
-        self.exchange.on_close(event.code, "" if event.error else event.reason)
-        self._stop_timers()
-        self._end_stream()
+        self.unacked += len(data)
+        channel = self.channel
+        channel.receive(data)
+        if not channel.reading_paused:
+            self.resume_reading()
+        self.driver.writes.wrote(0)
 
     def on_end(self) -> None:
         """The client ended the stream: after its close frame, the end of the session; without one, a loss."""
-        if self.session.state != CLOSED:
-            if self.exchange is not None:
-                self.exchange.on_close(1006)
+        if self.channel.session.state != CLOSED:
             self.driver.conn.reset_stream(self.id, CANCEL)
             self.gone = True
+            self.channel.lost()
         else:
-            self._end_stream()
+            self.finish()
         self.driver.writes.wrote(0)
         self._maybe_done()
 
     def on_reset(self) -> None:
         if not self.gone:
             self.gone = True
-            if self.exchange is not None:
-                self.exchange.on_close(1006)
-            self._stop_timers()
+            self.channel.lost()
             self.wake()
             self._maybe_done()
 
     def shutdown(self) -> None:
-        """Server shutdown: the app gets websocket.disconnect (1001), then the client a close frame (1001)."""
-        if self.session.state == OPEN:
-            self._go_away()
-
-    def _go_away(self) -> None:
-        if self.exchange is not None:
-            self.exchange.on_close(1001, "server shutting down")
-        self.session.send_close(1001, "server shutting down")
-        self._await_close()
-
-    def _end_stream(self) -> None:
-        if not self._ending and not self.gone:
-            self._ending = True
-            self.driver.conn.send_body(self.id, b"", True)
-            self.driver.writes.wrote(0)
-            self._maybe_done()
+        self.channel.shutdown()
 
     def wake(self) -> None:
         waiter = self._waiter
@@ -382,99 +297,42 @@ class H2WebSocket:
             self._waiter = None
             if not waiter.done():
                 waiter.set_result(None)
-        if self.unacked:
-            self.resume_reading()
+        self.channel.resume_reading()
 
-    # ------------------------------------------------------------------ timers
+    # ------------------------------------------------------------------ Carrier (used by the channel)
 
-    def _start_keepalive(self) -> None:
-        interval = self.driver.ctx.websocket.ping_interval
-        if interval > 0:
-            self._ping_timer = self.driver.ctx.loop.call_later(interval, self._keepalive)
+    def output_full(self) -> bool:
+        return self.driver.conn.pending(self.id) > FLUSH_BYTES
 
-    def _keepalive(self) -> None:
-        settings = self.driver.ctx.websocket
-        loop = self.driver.ctx.loop
-        self._ping_timer = None
-        if self.session.state != OPEN or self.gone:
-            return
-        self.session.compact()
-        if self._ping_payload is None:
-            self._ping_count += 1
-            self._ping_payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
-            self.session.ping(self._ping_payload)
-            if settings.ping_timeout > 0:
-                self._pong_timer = loop.call_later(settings.ping_timeout, self._pong_overdue)
-        self._ping_timer = loop.call_later(settings.ping_interval, self._keepalive)
-
-    def _pong_overdue(self) -> None:
-        self._pong_timer = None
-        if self.gone or self.session.state != OPEN:
-            return
-        logger.info("WebSocket from %s closed: no pong within %.1fs", self.driver.client_text(),
-                    self.driver.ctx.websocket.ping_timeout)
-        self.session.fail(1011, "keepalive ping timeout")
-        self._abandon()
-
-    def _await_close(self) -> None:
-        """We sent a close frame: give the client ``ws_close_timeout`` to answer with its own."""
-        self._stop_timers()
-        if not self.gone:
-            self._close_timer = self.driver.ctx.loop.call_later(
-                self.driver.ctx.websocket.close_timeout, self._abandon)
-
-    def _abandon(self) -> None:
-        """The session cannot end cleanly: the app is told, the stream reset."""
-        self._close_timer = None
-        if self.exchange is not None:
-            self.exchange.on_close(1006)
-        self.driver.conn.reset_stream(self.id, CANCEL)
-        self.driver.writes.wrote(0)
-        self.on_reset()
-
-    def _stop_timers(self) -> None:
-        for name in ("_ping_timer", "_pong_timer", "_close_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
-
-    # ------------------------------------------------------------------ WebSocketStream
-
-    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
-        status, response = self.session.accept(subprotocol, headers)
-        driver = self.driver
-        driver.conn.start_response(self.id, status, response)
-        driver.conn.send_body(self.id, b"", False)  # the HEADERS go now; the stream stays open both ways
-        driver.writes.wrote(0)
-        self._log_access(status)
-        if self._early:
-            early = b"".join(self._early)
-            self._early.clear()
-            self.on_data(early)
-        if self.session.state != OPEN:
-            return
-        self._start_keepalive()
-        if driver.shutting_down:
-            self._go_away()
-
-    def close(self, code: int, reason: str) -> None:
-        self.session.send_close(code, reason)
-        self._await_close()
-
-    def _write(self, data: bytes) -> None:
+    def write(self, data: bytes) -> None:
         driver = self.driver
         if not driver.conn.send_body(self.id, data, False) or driver.write_paused:
             self.write_paused = True
         driver.writes.wrote(len(data))
 
-    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
-        """The denial response's head (an HTTP response instead of the WebSocket)."""
-        self.driver.conn.start_response(self.id, status, list(headers))
-        self.session.reject()
-        self._log_access(status)
+    def flush(self) -> None:
+        self.driver.writes.wrote(0)
 
-    def send_data(self, data: bytes, end: bool) -> None:
+    def accept(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        conn = self.driver.conn
+        conn.start_response(self.id, status, headers)
+        conn.send_body(self.id, b"", False)  # the HEADERS go now; the stream stays open both ways
+        self.driver.writes.wrote(0)
+
+    def refuse(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
+        conn = self.driver.conn
+        if headers:
+            conn.start_response(self.id, status, headers)
+            conn.send_body(self.id, (detail + "\n").encode(), True)
+        else:
+            conn.error_response(self.id, status, detail)
+        self.driver.writes.wrote(0)
+        self._maybe_done()
+
+    def deny_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        self.driver.conn.start_response(self.id, status, headers)
+
+    def deny_body(self, data: bytes, end: bool) -> None:
         driver = self.driver
         if not driver.conn.send_body(self.id, data, end) or driver.write_paused:
             self.write_paused = True
@@ -483,40 +341,31 @@ class H2WebSocket:
         driver.writes.wrote(len(data))
         self._maybe_done()
 
-    def send_error(self, status: int) -> None:
-        self.session.reject()
-        self._log_access(status)
-        self.driver.conn.error_response(self.id, status)
-        self.driver.writes.wrote(0)
-        self._maybe_done()
-
-    def abort(self) -> None:
-        self.driver.conn.reset_stream(self.id, CANCEL)
-        self.driver.writes.wrote(0)
-        self.on_reset()
-
-    async def drain(self) -> None:
-        await _drain(self)
-
-    def create_waiter(self) -> asyncio.Future[None]:
-        return self.driver.ctx.loop.create_future()
+    def pause_reading(self) -> None:
+        pass  # what comes is not given back to the client's window (see on_data)
 
     def resume_reading(self) -> None:
-        """Give the client its window back once neither the app's queue nor our unsent output is over its
-        bound."""
-        if (self.exchange is not None and self.exchange.over_limit) or self._output_full() or self.gone:
-            return
-        self.reading_paused = False
         size = self.unacked
-        if size:
+        if size and not self.gone:
             self.unacked = 0
             self.driver.conn.acknowledge(self.id, size)
             self.driver.writes.wrote(0)
 
-    def _log_access(self, status: int) -> None:
-        if self.driver.ctx.logging.access_log:
-            access_logger.info('%s - "WebSocket %s HTTP/2" %d', self.driver.client_text(),
-                               escape_log(self.request.target.decode("latin-1")), status)
+    def finish(self) -> None:
+        if not self._ending and not self.gone:
+            self._ending = True
+            self.driver.conn.send_body(self.id, b"", True)
+            self.driver.writes.wrote(0)
+            self._maybe_done()
+
+    def abandon(self) -> None:
+        if not self.gone:
+            self.driver.conn.reset_stream(self.id, CANCEL)
+            self.driver.writes.wrote(0)
+        self.on_reset()
+
+    async def drain(self) -> None:
+        await _drain(self)
 
 
 class H2Driver(asyncio.Protocol):

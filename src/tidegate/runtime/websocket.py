@@ -1,0 +1,347 @@
+"""One WebSocket channel, whatever carries it: an HTTP/1.1 connection after ``Upgrade: websocket``
+(:mod:`~tidegate.runtime.ws`) or an HTTP/2 stream after an extended CONNECT (:mod:`~tidegate.runtime.h2`).
+
+The channel owns the sans-IO :class:`~tidegate.protocol.websocket.WebSocketSession`, the app's
+:class:`~tidegate.asgi.websocket.WebSocketExchange` (whose :class:`~tidegate.asgi.websocket.WebSocketStream` it is)
+and every timer: the app's answer to the handshake (``--timeout-ws-handshake``), the keepalive ping and its pong
+deadline (``--ws-ping-interval``, ``--ws-ping-timeout``) and the closing handshake (``--ws-close-timeout``).  It
+bounds what it holds both ways: reading pauses while the app has not taken what came, and while the client has not
+taken what is sent to it (our answers to its pings included).
+
+What differs between carriers is a :class:`Carrier`: how bytes go out, how the handshake is answered or refused,
+how reading pauses, how the channel ends cleanly (``finish``) or not (``abandon``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import struct
+from collections.abc import Awaitable, Iterable
+from typing import Protocol
+
+from ..asgi.http import escape_log
+from ..asgi.scope import ConnectionInfo, websocket_scope
+from ..asgi.websocket import WebSocketExchange
+from ..protocol.events import Request
+from ..protocol.websocket import CLOSED, CONNECTING, OPEN, Close, Pong, WebSocketSession
+from .context import ServerContext, client_text
+
+__all__ = ["Carrier", "WebSocketChannel"]
+
+logger = logging.getLogger("tidegate.error")
+access_logger = logging.getLogger("tidegate.access")
+
+# Bytes a client may send before its handshake is answered (it should send none) before reading pauses.
+EARLY_LIMIT = 65536
+
+
+class Carrier(Protocol):
+    """What a WebSocket channel needs from the connection or stream that carries it."""
+
+    #: how the access log names the carrier ("" for HTTP/1.1, " HTTP/2" ...)
+    label: str
+
+    @property
+    def write_paused(self) -> bool:
+        """Whether send() should wait (drain) before the app goes on."""
+
+    def output_full(self) -> bool:
+        """Whether what waits for the client is over its bound: reading pauses until it is not."""
+
+    def write(self, data: bytes) -> None:
+        """Frame bytes for the client."""
+
+    def flush(self) -> None:
+        """Put what was written on its way now."""
+
+    def accept(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """Answer the handshake: the WebSocket is open."""
+
+    def refuse(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
+        """Answer the handshake with an HTTP error response, and end."""
+
+    def deny_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        """The head of the app's denial response (an HTTP response instead of the WebSocket)."""
+
+    def deny_body(self, data: bytes, end: bool) -> None:
+        """A piece of the app's denial response; ``end``: the last."""
+
+    def pause_reading(self) -> None:
+        """Take no more bytes from the client for now."""
+
+    def resume_reading(self) -> None:
+        """Take bytes from the client again."""
+
+    def finish(self) -> None:
+        """The closing handshake is complete (or failed with a close frame sent): end cleanly."""
+
+    def abandon(self) -> None:
+        """The session cannot end cleanly (no pong, no answer to our close): cut it."""
+
+    def drain(self) -> Awaitable[None]:
+        """Wait while the client is slow to take what is sent; raise ClientDisconnected once it is gone."""
+
+
+class WebSocketChannel:
+    """One WebSocket session between a client and the app, over any carrier."""
+
+    __slots__ = ("_close_timer", "_early", "_early_bytes", "_handshake_timer", "_ping_count", "_ping_payload",
+                 "_ping_timer", "_pong_timer", "carrier", "ctx", "exchange", "gone", "info", "reading_paused",
+                 "request", "send_bytes", "send_text", "session", "shutting_down", "task")
+
+    def __init__(self, ctx: ServerContext, info: ConnectionInfo, request: Request, carrier: Carrier) -> None:
+        self.ctx = ctx
+        self.info = info
+        self.request = request
+        self.carrier = carrier
+        settings = ctx.websocket
+        self.session = WebSocketSession(request, max_size=settings.max_size,
+                                        per_message_deflate=settings.per_message_deflate, write=carrier.write)
+        # the exchange's send_text/send_bytes go straight to the session (one call less per message)
+        self.send_text = self.session.send_text
+        self.send_bytes = self.session.send_bytes
+        self.exchange: WebSocketExchange | None = None
+        self.task: asyncio.Task[None] | None = None
+        self._early: list[bytes] = []
+        self._early_bytes = 0
+        self._ping_timer: asyncio.TimerHandle | None = None
+        self._pong_timer: asyncio.TimerHandle | None = None
+        self._close_timer: asyncio.TimerHandle | None = None
+        self._handshake_timer: asyncio.TimerHandle | None = None
+        self._ping_payload: bytes | None = None
+        self._ping_count = 0
+        self.reading_paused = False
+        self.shutting_down = False
+        #: the carrier is gone (connection lost, stream reset): nothing more goes out
+        self.gone = False
+
+    @property
+    def write_paused(self) -> bool:
+        return self.carrier.write_paused
+
+    def start(self) -> None:
+        """The handshake request is here: refuse it (invalid), or run the app, which accepts or denies it."""
+        rejection = self.session.rejection
+        if rejection is not None:
+            logger.info("WebSocket handshake from %s refused: %s", client_text(self.info), rejection.detail)
+            self._log_access(rejection.status)
+            self.carrier.refuse(rejection.status, rejection.headers, rejection.detail)
+            return
+        ctx = self.ctx
+        self.exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), ctx.limits.request_buffer)
+        self.task = ctx.loop.create_task(self.exchange.run(ctx.app))
+        self._handshake_timer = ctx.loop.call_later(ctx.timeouts.ws_handshake, self._handshake_overdue)
+
+    # ------------------------------------------------------------------ from the carrier
+
+    def receive(self, data: bytes) -> None:
+        """Bytes from the client."""
+        session = self.session
+        if session.state == CONNECTING:
+            self._early.append(data)  # held until the app answers the handshake
+            self._early_bytes += len(data)
+            if self._early_bytes > EARLY_LIMIT:
+                self._pause()
+            return
+        exchange = self.exchange
+        if exchange is None or session.state == CLOSED:
+            return
+        for event in session.receive_data(data):
+            if isinstance(event, (str, bytes)):
+                exchange.on_message(event)
+            elif isinstance(event, Close):
+                self._on_close(event)
+                return
+            elif isinstance(event, Pong) and event.payload == self._ping_payload:
+                self._pong_received()
+        if exchange.over_limit or self.carrier.output_full():
+            # the app has not taken what came, or the client does not take what we send (our answers to its
+            # pings included): read no more until it does
+            self._pause()
+
+    def _pause(self) -> None:
+        if not self.reading_paused:
+            self.reading_paused = True
+            self.carrier.pause_reading()
+
+    def resume_reading(self) -> None:
+        """Read again once neither the app's queue nor the client's unread output is over its bound (called by the
+        exchange as the app takes messages, and by the carrier as the client takes bytes)."""
+        if (self.reading_paused and not self.gone and self.session.state != CONNECTING
+                and (self.exchange is None or not self.exchange.over_limit) and not self.carrier.output_full()):
+            self.reading_paused = False
+            self.carrier.resume_reading()
+
+    def lost(self) -> None:
+        """The carrier is gone without a closing handshake."""
+        if not self.gone:
+            self.gone = True
+            self._stop_timers()
+            if self.exchange is not None:
+                self.exchange.on_close(1006)
+
+    def _on_close(self, event: Close) -> None:
+        """The client's close frame (echoed by the session), or a failure the session closed for."""
+        if event.error:
+            logger.info("WebSocket from %s closed with %d: %s", client_text(self.info), event.code,
+                        escape_log(event.reason))
+        assert self.exchange is not None
+        self.exchange.on_close(event.code, "" if event.error else event.reason)
+        self._stop_timers()
+        self.carrier.finish()
+
+    def _pong_received(self) -> None:
+        self._ping_payload = None
+        if self._pong_timer is not None:
+            self._pong_timer.cancel()
+            self._pong_timer = None
+
+    # ------------------------------------------------------------------ timers
+
+    def _start_keepalive(self) -> None:
+        interval = self.ctx.websocket.ping_interval
+        if interval > 0:
+            self._ping_timer = self.ctx.loop.call_later(interval, self._keepalive)
+
+    def _keepalive(self) -> None:
+        settings = self.ctx.websocket
+        loop = self.ctx.loop
+        self._ping_timer = None
+        if self.session.state != OPEN or self.gone:
+            return
+        # once per interval, release the compression state (rebuilt from its history by the next message)
+        self.session.compact()
+        if self._ping_payload is None:
+            self._ping_count += 1
+            self._ping_payload = payload = struct.pack("!I", self._ping_count & 0xFFFFFFFF)
+            self.session.ping(payload)
+            self.carrier.flush()
+            if settings.ping_timeout > 0:
+                self._pong_timer = loop.call_later(settings.ping_timeout, self._pong_overdue)
+        self._ping_timer = loop.call_later(settings.ping_interval, self._keepalive)
+
+    def _pong_overdue(self) -> None:
+        self._pong_timer = None
+        if self.gone or self.session.state != OPEN:
+            return
+        logger.info("WebSocket from %s closed: no pong within %.1fs", client_text(self.info),
+                    self.ctx.websocket.ping_timeout)
+        self.session.fail(1011, "keepalive ping timeout")
+        self._abandon()
+
+    def _await_close(self) -> None:
+        """We sent a close frame: give the client ``--ws-close-timeout`` to answer with its own."""
+        self._stop_timers()
+        if not self.gone:
+            self._close_timer = self.ctx.loop.call_later(self.ctx.websocket.close_timeout, self._abandon)
+
+    def _abandon(self) -> None:
+        """The session cannot end cleanly: the app is told, the carrier cut."""
+        self._close_timer = None
+        if self.exchange is not None:
+            self.exchange.on_close(1006)
+        self._stop_timers()
+        self.carrier.abandon()
+
+    def _handshake_overdue(self) -> None:
+        """--timeout-ws-handshake: the app neither accepted nor refused the WebSocket in time."""
+        self._handshake_timer = None
+        if self.gone or self.session.state != CONNECTING:
+            return
+        logger.info("WebSocket from %s not accepted nor refused by the app within %gs: answering 503",
+                    client_text(self.info), self.ctx.timeouts.ws_handshake)
+        if self.exchange is not None:
+            self.exchange.on_close(1006)  # the app hears websocket.disconnect; its accept() would fail
+        self.send_error(503)
+
+    def _handshake_answered(self) -> None:
+        if self._handshake_timer is not None:
+            self._handshake_timer.cancel()
+            self._handshake_timer = None
+
+    def _stop_timers(self) -> None:
+        for timer in (self._ping_timer, self._pong_timer, self._close_timer, self._handshake_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ping_timer = self._pong_timer = self._close_timer = self._handshake_timer = None
+
+    # ------------------------------------------------------------------ shutdown
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: the app gets websocket.disconnect (1001), then the client a close frame (1001).  Before
+        the handshake is answered the app decides; an accept is followed at once by the close."""
+        self.shutting_down = True
+        if self.session.state == OPEN:
+            self._go_away()
+
+    def _go_away(self) -> None:
+        if self.exchange is not None:
+            self.exchange.on_close(1001, "server shutting down")
+        self.session.send_close(1001, "server shutting down")
+        self._await_close()
+
+    # ------------------------------------------------------------------ WebSocketStream (used by the exchange)
+
+    def accept(self, subprotocol: str | None, headers: list[tuple[bytes, bytes]]) -> None:
+        status, response = self.session.accept(subprotocol, headers)
+        self._handshake_answered()
+        self.carrier.accept(status, response)
+        self._log_access(status)
+        if self._early:
+            early = b"".join(self._early)
+            self._early.clear()
+            self._early_bytes = 0
+            self.receive(early)
+            self.resume_reading()
+        if self.session.state != OPEN:
+            return  # the early bytes closed it
+        self._start_keepalive()
+        if self.shutting_down:
+            self._go_away()
+
+    # send_text / send_bytes are the session's own (see __init__)
+
+    def close(self, code: int, reason: str) -> None:
+        self.session.send_close(code, reason)
+        self._await_close()
+
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        """The denial response's head (an HTTP response instead of the upgrade)."""
+        self.session.reject()
+        self._handshake_answered()
+        self.carrier.deny_head(status, list(headers))
+        self._log_access(status)
+
+    def send_data(self, data: bytes, end: bool) -> None:
+        self.carrier.deny_body(data, end)
+
+    def send_error(self, status: int) -> None:
+        self.session.reject()
+        self._handshake_answered()
+        self._log_access(status)
+        self.carrier.refuse(status, [], "")
+
+    def abort(self) -> None:
+        self._stop_timers()
+        self.carrier.abandon()
+
+    def drain(self) -> Awaitable[None]:
+        return self.carrier.drain()
+
+    def create_waiter(self) -> asyncio.Future[None]:
+        return self.ctx.loop.create_future()
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_access(self, status: int) -> None:
+        if self.ctx.logging.access_log:
+            exchange = self.exchange
+            if exchange is None:
+                target = self.request.target.decode("latin-1")
+            else:
+                scope = exchange.scope
+                query = scope["query_string"]
+                target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+            access_logger.info('%s - "WebSocket %s%s" %d', client_text(self.info), escape_log(target),
+                               self.carrier.label, status)
