@@ -53,6 +53,9 @@ from .events import (
 
 __all__ = ["H1Connection", "ResponseDefaults", "status_line"]
 
+#: bytes from the peer: a read, or a slice of one (:meth:`H1Connection._receive_sliced` feeds memoryview slices)
+Received = bytes | memoryview
+
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TOKEN_RUN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 # A method token longer than this, unknown to the parser, is answered 501 without waiting for its end (RFC 9112
@@ -265,7 +268,7 @@ class H1Connection:
 
     # ------------------------------------------------------------------ inbound
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Received) -> list[Event]:
         """Feed bytes from the peer; return the events they complete (possibly several pipelined requests)."""
         if self.broken:
             probe = self._probe
@@ -289,7 +292,7 @@ class H1Connection:
                 self._after_read(data, events)
         return events
 
-    def _receive_checked(self, data: bytes) -> list[Event]:
+    def _receive_checked(self, data: Received) -> list[Event]:
         """:meth:`receive_data` for a read that may hold a head over a limit, or after one that left something
         pending (part of a head, bytes held back, bytes that made no event)."""
         if len(data) > _SLICE or self._held:
@@ -309,11 +312,11 @@ class H1Connection:
             self._checking = 0
         return events
 
-    def _upgraded(self, exc: httptools.HttpParserUpgrade, data: bytes, events: list[Event]) -> None:
+    def _upgraded(self, exc: httptools.HttpParserUpgrade, data: Received, events: list[Event]) -> None:
         if not self._connect(events):
             events.append(Upgrade(bytes(data[exc.args[0]:])))
 
-    def _failed(self, exc: httptools.HttpParserError, data: bytes, events: list[Event]) -> None:
+    def _failed(self, exc: httptools.HttpParserError, data: Received, events: list[Event]) -> None:
         self.broken = True
         data = bytes(data)
         # a request whose body the parser refused is not delivered: the error answers it
@@ -339,7 +342,7 @@ class H1Connection:
         (with ``b""``) once the requests received so far have been answered."""
         return bool(self._held) and not self.broken
 
-    def _receive_sliced(self, data: bytes) -> list[Event]:
+    def _receive_sliced(self, data: Received) -> list[Event]:
         """A large read, or bytes held back: parsed a slice at a time, so that once as many requests as may be
         queued (:attr:`RequestLimits.pipeline`) have come, no more of a flood of pipelined requests is parsed; the
         rest waits, unparsed, in :attr:`held`."""
@@ -354,7 +357,7 @@ class H1Connection:
         step = _HEAD_SLICE
         while start < size:
             end = min(start + step, size)
-            got = self.receive_data(view[start:end])  # type: ignore[arg-type]
+            got = self.receive_data(view[start:end])
             events += got
             if self.broken:
                 if got and type(got[-1]) is Preface and end < size:
@@ -376,7 +379,7 @@ class H1Connection:
             start = end
         return events
 
-    def _after_read(self, data: bytes, events: list[Event]) -> None:
+    def _after_read(self, data: Received, events: list[Event]) -> None:
         """Bound what a read left pending: a head not complete yet, or bytes that made no event (framing, trailers:
         the parser keeps a field being received)."""
         limits = self._limits

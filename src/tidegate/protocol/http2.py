@@ -588,11 +588,12 @@ class H2Connection:
             self._continuation = None
             self._on_header_block(stream_id, cont.end_stream, b"".join(cont.fragments), cont.self_dependent)
 
-    def _decode(self, block: bytes) -> list[tuple[bytes, bytes]]:
+    def _decode(self, block: bytes) -> Iterable[tuple[bytes, bytes]]:
+        """The fields of a header block (iterated once by each caller)."""
         if self._head_cache and not _all_indexed(block):
             self._head_cache.clear()  # the HPACK table may change: cached meanings may not hold
         try:
-            fields: list[tuple[bytes, bytes]] = self._decoder.decode(block, raw=True)  # type: ignore[assignment]
+            fields = self._decoder.decode(block, raw=True)
         except HPACKError as exc:
             raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
         return fields
