@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
@@ -89,6 +89,10 @@ class _UpgradeBody(asyncio.Protocol):
 
 
 class H1Driver(asyncio.Protocol):
+    #: set by connection_made
+    transport: asyncio.Transport
+    info: ConnectionInfo
+
     __slots__ = (
         "_body_since",
         "_body_waiter",
@@ -127,8 +131,6 @@ class H1Driver(asyncio.Protocol):
         # waits).
         self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
         self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.info: ConnectionInfo = None  # type: ignore[assignment]
         self.current: HTTPExchange | None = None
         self.current_request: Request | None = None
         self._last: HTTPExchange | None = None
@@ -160,7 +162,7 @@ class H1Driver(asyncio.Protocol):
         return self.writes.paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         self.writes.attach(self.transport)
         self.info = connection_info(self.ctx, transport)
         if not self.ctx.registry.add(self):
@@ -194,27 +196,26 @@ class H1Driver(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):
-            kind = type(event)
-            if kind is Request:
-                self._on_request(event)  # type: ignore[arg-type]
-            elif kind is Data:
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, Data):
                 last = self._last
                 if last is not None:
-                    if not last.on_data(event.data):  # type: ignore[union-attr]
+                    if not last.on_data(event.data):
                         self._body_too_large()
                         return
                     if last.buffered > self.ctx.limits.request_buffer and not self.reading_paused:
                         self.reading_paused = True
                         self.transport.pause_reading()
-            elif kind is EndOfMessage:
+            elif isinstance(event, EndOfMessage):
                 if self._last is not None:
                     self._last.on_end()
-            elif kind is RequestError:
-                self._on_request_error(event)  # type: ignore[arg-type]
-            elif kind is Upgrade:
-                self._on_upgrade(event)  # type: ignore[arg-type]
-            elif kind is Preface:
-                self._on_preface(event)  # type: ignore[arg-type]
+            elif isinstance(event, RequestError):
+                self._on_request_error(event)
+            elif isinstance(event, Upgrade):
+                self._on_upgrade(event)
+            elif isinstance(event, Preface):
+                self._on_preface(event)
         if self._phase == _IDLE and self.conn.in_head:
             # the first byte of a request head: its deadline runs from now, whatever comes after
             self._phase = _HEAD

@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any
+from typing import Any, cast
 
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
@@ -102,6 +102,8 @@ async def _drain(stream: H2Stream | H2WebSocket) -> None:
 class H2Stream:
     """One stream: the :class:`~tidegate.asgi.http.Stream` its exchange talks to."""
 
+    exchange: HTTPExchange  # set by the driver, which makes the exchange with this stream
+
     __slots__ = ("_waiter", "driver", "exchange", "gone", "id", "reading_paused", "request", "started_at", "task",
                  "unacked", "write_paused")
 
@@ -109,7 +111,6 @@ class H2Stream:
         self.driver = driver
         self.id = request.stream_id
         self.request = request
-        self.exchange: HTTPExchange = None  # type: ignore[assignment]
         self.task: asyncio.Task[None] | None = None
         self.write_paused = False
         self.reading_paused = False
@@ -371,6 +372,10 @@ class H2WebSocket:
 class H2Driver(asyncio.Protocol):
     """One HTTP/2 connection."""
 
+    #: set by connection_made
+    transport: asyncio.Transport
+    info: ConnectionInfo
+
     def __init__(self, ctx: ServerContext, upgrade: tuple[Request, bytes, int] | None = None) -> None:
         self.ctx = ctx
         settings = ctx.h2
@@ -381,8 +386,6 @@ class H2Driver(asyncio.Protocol):
                                  initial_window_size=max(min(ctx.limits.request_buffer, 2**31 - 1), 1),
                                  enable_connect_protocol=ctx.connect_protocol,
                                  max_resets=MAX_RESETS)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]
-        self.info: ConnectionInfo = None  # type: ignore[assignment]
         #: streams whose app task runs (a stream the client reset stays here until its app returns; a WebSocket
         #: until its stream ends too)
         self.streams: dict[int, H2Stream | H2WebSocket] = {}
@@ -405,7 +408,7 @@ class H2Driver(asyncio.Protocol):
         return self.writes.paused
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         self.writes.attach(self.transport)
         self.info = connection_info(self.ctx, transport)
         self.ctx.registry.add(self)
@@ -439,29 +442,28 @@ class H2Driver(asyncio.Protocol):
         conn = self.conn
         streams = self.streams
         for event in conn.receive_data(data):
-            kind = type(event)
-            if kind is Request:
-                self._on_request(event)  # type: ignore[arg-type]
-            elif kind is EndOfMessage:
-                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
+            if isinstance(event, Request):
+                self._on_request(event)
+            elif isinstance(event, EndOfMessage):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.on_end()
-            elif kind is Data:
-                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
+            elif isinstance(event, Data):
+                stream = streams.get(event.stream_id)
                 if stream is None or stream.gone:
-                    conn.acknowledge(event.stream_id, len(event.data))  # type: ignore[union-attr]
+                    conn.acknowledge(event.stream_id, len(event.data))
                 else:
-                    stream.on_data(event.data)  # type: ignore[union-attr]
-            elif kind is StreamReset:
-                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
+                    stream.on_data(event.data)
+            elif isinstance(event, StreamReset):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.on_reset()
-            elif kind is Writable:
-                stream = streams.get(event.stream_id)  # type: ignore[union-attr]
+            elif isinstance(event, Writable):
+                stream = streams.get(event.stream_id)
                 if stream is not None:
                     stream.wake()
-            elif kind is ConnectionClosed:
-                self._on_closed(event)  # type: ignore[arg-type]
+            elif isinstance(event, ConnectionClosed):
+                self._on_closed(event)
         if conn.resets and self._reset_timer is None:
             self._reset_timer = self.ctx.loop.call_later(RESET_INTERVAL, self._clear_resets)
         self.writes.flush()

@@ -70,6 +70,8 @@ class WriteDeadline:
 class WriteBuffer:
     """Coalesced writes, the transport's pause state, drain waiters and the write deadline of one connection."""
 
+    transport: asyncio.Transport  # set by attach()
+
     __slots__ = ("_handle", "_loop", "_waiters", "closing", "deadline", "lost", "out", "paused", "pending",
                  "transport")
 
@@ -79,7 +81,6 @@ class WriteBuffer:
         self.out: list[Any] = []
         self.pending = 0
         self._handle: asyncio.Handle | None = None
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by attach()
         self.paused = False
         self.lost = False
         self.closing = False

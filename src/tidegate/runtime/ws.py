@@ -46,6 +46,8 @@ def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], default
 
 
 class WebSocketDriver(asyncio.Protocol):
+    transport: asyncio.Transport  # set by connection_made
+
     __slots__ = ("_denial", "_lost", "channel", "ctx", "info", "label", "request", "transport", "writes")
 
     def __init__(self, ctx: ServerContext, info: ConnectionInfo, request: Request) -> None:
@@ -54,7 +56,6 @@ class WebSocketDriver(asyncio.Protocol):
         self.request = request
         self.label = ""
         self.writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
-        self.transport: asyncio.Transport = None  # type: ignore[assignment]  # set by connection_made
         self._denial: H1Connection | None = None
         self._lost = False
         self.channel = WebSocketChannel(ctx, info, request, self)
