@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "AppSettings",
@@ -58,6 +58,19 @@ def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{name} must be a number, not {value!r}")
     if value < 0 or (value == 0 and not zero_ok):
         raise ConfigError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
+
+
+class _Group(Protocol):
+    PREFIX: str
+
+
+def _positives(group: _Group, *fields: str, zero_ok: tuple[str, ...] = ()) -> None:
+    """Each named field of a settings group is a number > 0 (>= 0 for those in ``zero_ok``) or None (not set);
+    an error names the setting as the CLI spells it."""
+    for fname in fields:
+        value = getattr(group, fname)
+        if value is not None:
+            _positive(group.PREFIX + fname, value, zero_ok=fname in zero_ok)
 
 
 @dataclass(frozen=True)
@@ -182,14 +195,8 @@ class TimeoutSettings:
         "gets websocket.disconnect.", metavar="SECONDS")
 
     def validate(self) -> None:
-        _positive("timeout_keep_alive", self.keep_alive)
-        _positive("timeout_graceful_shutdown", self.graceful_shutdown, zero_ok=True)
-        _positive("timeout_worker_healthcheck", self.worker_healthcheck)
-        _positive("timeout_request_header", self.request_header)
-        _positive("timeout_request_body", self.request_body)
-        _positive("timeout_write", self.write)
-        _positive("timeout_tls_handshake", self.tls_handshake)
-        _positive("timeout_ws_handshake", self.ws_handshake)
+        _positives(self, "keep_alive", "graceful_shutdown", "worker_healthcheck", "request_header", "request_body",
+                   "write", "tls_handshake", "ws_handshake", zero_ok=("graceful_shutdown",))
 
 
 @dataclass(frozen=True)
@@ -218,16 +225,8 @@ class LimitSettings:
         "holds new ones [default: no limit].", metavar="N")
 
     def validate(self) -> None:
-        _positive("limit_request_buffer", self.request_buffer)
-        _positive("limit_pipeline_depth", self.pipeline_depth)
-        _positive("limit_request_line", self.request_line)
-        _positive("limit_request_headers", self.request_headers)
-        _positive("limit_request_header_count", self.request_header_count)
-        _positive("limit_request_body", self.request_body, zero_ok=True)
-        if self.concurrency is not None:
-            _positive("limit_concurrency", self.concurrency)
-        if self.connections is not None:
-            _positive("limit_connections", self.connections)
+        _positives(self, "request_buffer", "pipeline_depth", "request_line", "request_headers", "request_header_count",
+                   "request_body", "concurrency", "connections", zero_ok=("request_body",))
 
 
 @dataclass(frozen=True)
@@ -291,10 +290,8 @@ class WorkerSettings:
         0, "Add a random 0..N to each worker's --max-requests, so they do not all retire at once.", metavar="N")
 
     def validate(self) -> None:
-        if self.workers is not None:
-            _positive("workers", self.workers)
-        _positive("max_requests", self.max_requests, zero_ok=True)
-        _positive("max_requests_jitter", self.max_requests_jitter, zero_ok=True)
+        _positives(self, "workers", "max_requests", "max_requests_jitter",
+                   zero_ok=("max_requests", "max_requests_jitter"))
 
 
 @dataclass(frozen=True)
@@ -350,10 +347,7 @@ class SyncSettings:
         "[default: off].", metavar="SECONDS")
 
     def validate(self) -> None:
-        if self.threads is not None:
-            _positive("threads", self.threads)
-        if self.warn_blocking is not None:
-            _positive("warn_blocking", self.warn_blocking)
+        _positives(self, "threads", "warn_blocking")
 
 
 @dataclass(frozen=True)
@@ -373,10 +367,8 @@ class WebSocketSettings:
                                         "offers it.")
 
     def validate(self) -> None:
-        _positive("ws_max_size", self.max_size)
-        _positive("ws_ping_interval", self.ping_interval, zero_ok=True)
-        _positive("ws_ping_timeout", self.ping_timeout, zero_ok=True)
-        _positive("ws_close_timeout", self.close_timeout)
+        _positives(self, "max_size", "ping_interval", "ping_timeout", "close_timeout",
+                   zero_ok=("ping_interval", "ping_timeout"))
 
 
 @dataclass(frozen=True)
@@ -402,8 +394,7 @@ class HTTP2Settings:
         "answered 431, twice as large ends the connection.", metavar="BYTES")
 
     def validate(self) -> None:
-        _positive("h2_max_concurrent_streams", self.max_concurrent_streams)
-        _positive("h2_max_header_list_size", self.max_header_list_size)
+        _positives(self, "max_concurrent_streams", "max_header_list_size")
 
 
 @dataclass(frozen=True)
@@ -488,26 +479,35 @@ class Config:
 
         A value of the wrong type is a ConfigError naming the setting (an int serves for a float, a list of
         strings for a tuple)."""
-        grouped: dict[str, dict[str, Any]] = {name: {} for name, _ in GROUPS}
-        index = flat_index()
-        for key, value in settings.items():
-            if key not in index:
-                raise ConfigError(f"unknown setting {key!r}")
-            group, fname = index[key]
-            grouped[group][fname] = _typed(key, group, fname, value)
-        return cls(**{name: kind(**grouped[name]) for name, kind in GROUPS})
+        grouped = _grouped(settings)
+        return cls(**{name: kind(**grouped.get(name, {})) for name, kind in GROUPS})
 
     def replace(self, **settings: Any) -> Config:
         """A copy with some flat settings changed."""
-        index = flat_index()
-        changes: dict[str, dict[str, Any]] = {}
-        for key, value in settings.items():
-            if key not in index:
-                raise ConfigError(f"unknown setting {key!r}")
-            group, fname = index[key]
-            changes.setdefault(group, {})[fname] = _typed(key, group, fname, value)
-        groups = {g: dataclasses.replace(getattr(self, g), **c) for g, c in changes.items()}
+        groups = {g: dataclasses.replace(getattr(self, g), **c) for g, c in _grouped(settings).items()}
         return dataclasses.replace(self, **groups)
+
+    @classmethod
+    def for_run(cls, app: object, config: Config | None, settings: dict[str, Any]) -> Config:
+        """The settings of ``run(app, config=..., **settings)``: ``config`` with ``settings`` changed, or (without
+        one) a Config from ``settings``, whose ``app`` is ``app`` when that is an import string."""
+        if config is not None:
+            return config.replace(**settings) if settings else config
+        if isinstance(app, str):
+            settings = {**settings, "app": app}
+        return cls.from_flat(**settings)
+
+
+def _grouped(settings: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Flat settings → ``{group: {field: value}}``, each value checked (see :func:`_typed`)."""
+    index = flat_index()
+    grouped: dict[str, dict[str, Any]] = {}
+    for key, value in settings.items():
+        if key not in index:
+            raise ConfigError(f"unknown setting {key!r}")
+        group, fname = index[key]
+        grouped.setdefault(group, {})[fname] = _typed(key, group, fname, value)
+    return grouped
 
 
 def _typed(flat: str, group: str, fname: str, value: Any) -> Any:

@@ -36,12 +36,6 @@ def run(app: Any = None, *, config: Config | None = None, **settings: Any) -> No
     ``app`` is an ASGI callable or a ``"module:attribute"`` string; ``settings`` are flat setting names as the
     CLI spells them (``port=8080``, ``timeout_keep_alive=10``, ``workers=4``).
     """
-    if config is None:
-        if isinstance(app, str):
-            settings["app"] = app
-        config = Config.from_flat(**settings)
-    elif settings:
-        config = config.replace(**settings)
-    code = run_config(config, app=None if isinstance(app, str) else app)
+    code = run_config(Config.for_run(app, config, settings), app=None if isinstance(app, str) else app)
     if code:
         raise SystemExit(code)
