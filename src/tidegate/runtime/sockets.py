@@ -53,15 +53,8 @@ def bind_socket(bind: BindSettings) -> socket.socket:
         with contextlib.suppress(FileNotFoundError):
             if stat.S_ISSOCK(os.stat(path).st_mode):
                 os.unlink(path)  # a stale socket left by a previous run
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(path)
-        except OSError as exc:
-            sock.close()
-            raise ConfigError(f"cannot bind UNIX socket {path!r}: {exc.strerror}") from None
-        sock.listen(bind.backlog)
-        sock.setblocking(False)
-        return sock
+        return _listening(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM), path, bind.backlog,
+                          f"UNIX socket {path!r}")
     host = bind.host
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -69,12 +62,17 @@ def bind_socket(bind: BindSettings) -> socket.socket:
     if family == socket.AF_INET6:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    return _listening(sock, (host.strip("[]"), bind.port), bind.backlog, f"{host}:{bind.port}")
+
+
+def _listening(sock: socket.socket, address: str | tuple[str, int], backlog: int, name: str) -> socket.socket:
+    """``sock`` bound to ``address`` and listening, non-blocking; closed, and a ConfigError, if it cannot bind."""
     try:
-        sock.bind((host.strip("[]"), bind.port))
+        sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {host}:{bind.port}: {exc.strerror}") from None
-    sock.listen(bind.backlog)
+        raise ConfigError(f"cannot bind {name}: {exc.strerror}") from None
+    sock.listen(backlog)
     sock.setblocking(False)
     return sock
 
