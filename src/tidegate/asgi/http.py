@@ -74,7 +74,21 @@ class Stream(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class HTTPExchange:
+class Waiting:
+    """What both exchanges share: the one waiter an app's ``receive()`` sleeps on, woken by the driver's news."""
+
+    __slots__ = ("_waiter",)
+    _waiter: Waiter | None  # set by each exchange's __init__ (no super() call per request)
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+
+class HTTPExchange(Waiting):
     """One request and its response."""
 
     __slots__ = (
@@ -86,7 +100,6 @@ class HTTPExchange:
         "_more_body",
         "_state",
         "_trailers",
-        "_waiter",
         "buffered",
         "bytes_sent",
         "scope",
@@ -98,6 +111,7 @@ class HTTPExchange:
                  body_limit: int = 0) -> None:
         self.stream = stream
         self.scope = scope
+        self._waiter = None
         self._state = _START
         # request body bytes still allowed (--limit-request-body; 0: no limit)
         self._body_left = body_limit or _NO_LIMIT
@@ -106,7 +120,6 @@ class HTTPExchange:
         self._end_delivered = False
         self._eof = False
         self._expect_continue = expect_continue
-        self._waiter: Waiter | None = None
         #: request body bytes received and not yet handed to the app
         self.buffered = 0
         #: response status and body bytes, for the access log
@@ -146,13 +159,6 @@ class HTTPExchange:
         if self._state != _DONE:
             self._state = _GONE
         self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     @property
     def request_complete(self) -> bool:

@@ -26,7 +26,7 @@ from typing import Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
-from .http import Waiter, _as_bytes, escape_log
+from .http import Waiter, Waiting, _as_bytes, escape_log
 from .types import (
     ASGIApp,
     ASGISendEvent,
@@ -71,20 +71,20 @@ class WebSocketStream(Protocol):
     def resume_reading(self) -> None: ...
 
 
-class WebSocketExchange:
+class WebSocketExchange(Waiting):
     """One WebSocket session as the app sees it."""
 
-    __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "_waiter", "queue_bytes_limit",
-                 "queued_bytes", "scope", "status", "stream")
+    __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "queue_bytes_limit", "queued_bytes", "scope",
+                 "status", "stream")
 
     def __init__(self, stream: WebSocketStream, scope: WebSocketScope, queue_bytes_limit: int = 65536) -> None:
         self.stream = stream
         self.scope = scope
+        self._waiter = None
         self._state = _HANDSHAKE
         self._connect_pending = True
         self._queue: deque[str | bytes] = deque()
         self._disconnect: WebSocketDisconnectEvent | None = None
-        self._waiter: Waiter | None = None
         #: size of the messages received and not yet taken by the app
         self.queued_bytes = 0
         self.queue_bytes_limit = queue_bytes_limit
@@ -117,13 +117,6 @@ class WebSocketExchange:
         if self._state != _DENIED:
             self._state = _GONE
         self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
 
     # ------------------------------------------------------------------ to the app
 
