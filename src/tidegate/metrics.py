@@ -179,12 +179,17 @@ class MetricsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         kind = scope["type"]
-        if kind == "http":
-            await self._http(scope, receive, send)
-        elif kind == "websocket":
-            await self._websocket(scope, receive, send)
-        else:
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        try:
+            if kind == "http":
+                await self._http(scope, receive, send)
+            else:
+                await self._websocket(scope, receive, send)
+        except Exception:
+            self.metrics.exceptions += 1
+            raise
 
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
         metrics = self.metrics
@@ -208,9 +213,6 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, counted_receive, counted_send)
-        except Exception:
-            metrics.exceptions += 1
-            raise
         finally:
             # no response started: the server answers 500 (or the client has gone)
             metrics.observe(status or 500, perf_counter() - started)
@@ -233,8 +235,5 @@ class MetricsMiddleware:
 
         try:
             await self.app(scope, counted_receive, counted_send)
-        except Exception:
-            metrics.exceptions += 1
-            raise
         finally:
             metrics.websocket_open -= 1
