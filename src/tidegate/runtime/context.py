@@ -15,10 +15,11 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable, Mapping
+from time import perf_counter
 from typing import Any, Protocol
 
 from ..accesslog import renderer
-from ..asgi.http import ASGIApp
+from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo
 from ..config import Config
 from ..protocol.events import Request
@@ -26,9 +27,10 @@ from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
 from .tls import with_tls
 
 __all__ = ["ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
-           "connection_info"]
+           "connection_info", "cut", "log_access"]
 
 logger = logging.getLogger("tidegate.error")
+access_logger = logging.getLogger("tidegate.access")
 
 
 class Driver(Protocol):
@@ -257,6 +259,27 @@ def connection_info(ctx: ServerContext, transport: asyncio.BaseTransport) -> Con
                                                                    ctx.config.tls.certfile)
     return ConnectionInfo(address(transport.get_extra_info("peername")), local, scheme, ctx.config.app.root_path,
                           ctx.state, extensions)
+
+
+def cut(transport: asyncio.Transport, *tasks: asyncio.Task[None] | None) -> list[asyncio.Task[None]]:
+    """Shutdown ran out of time: drop the connection and cancel its app tasks; the tasks this cancelled."""
+    transport.abort()
+    return [task for task in tasks if task is not None and task.cancel()]
+
+
+def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange, started_at: float) -> None:
+    """The access line of a complete response (``--access-log-format``/``--access-log-json``, else the default)."""
+    scope = exchange.scope
+    duration = (perf_counter() - started_at) * 1000.0
+    render = ctx.access_line
+    if render is not None:
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
+        return
+    query = scope["query_string"]
+    target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms', client_text(info), scope["method"], escape_log(target),
+                       scope["http_version"], exchange.status, exchange.bytes_sent, duration)
 
 
 def client_text(info: ConnectionInfo | None) -> str:

@@ -14,13 +14,13 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .context import ServerContext, client_text, connection_info
+from .context import ServerContext, client_text, connection_info, cut, log_access
 from .writes import WriteBuffer
 
 __all__ = ["H1Driver"]
@@ -157,13 +157,8 @@ class H1Driver(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
-    @property
-    def write_paused(self) -> bool:
-        return self.writes.paused
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
-        self.writes.attach(self.transport)
+        self.transport = self.writes.attach(transport)
         self.info = connection_info(self.ctx, transport)
         if not self.ctx.registry.add(self):
             # accepted past --limit-connections (in the same batch as the last one allowed): not read until a
@@ -240,6 +235,10 @@ class H1Driver(asyncio.Protocol):
         else:
             self.conn.keep_alive = False
         return True
+
+    @property
+    def write_paused(self) -> bool:
+        return self.writes.paused
 
     def pause_writing(self) -> None:
         self.writes.pause()
@@ -558,18 +557,7 @@ class H1Driver(asyncio.Protocol):
             self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
-        scope = exchange.scope
-        duration = (perf_counter() - self._started_at) * 1000.0
-        render = self.ctx.access_line
-        if render is not None:
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
-            return
-        query = scope["query_string"]
-        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms', self._client_text(), scope["method"],
-                           escape_log(target), scope["http_version"], exchange.status, exchange.bytes_sent,
-                           duration)
+        log_access(self.ctx, self.info, exchange, self._started_at)
 
     def _client_text(self) -> str:
         return client_text(self.info)
@@ -615,11 +603,7 @@ class H1Driver(asyncio.Protocol):
 
     def force_close(self) -> list[asyncio.Task[None]]:
         """Shutdown ran out of time: cancel the app and drop the connection; return the task cancelled."""
-        task = self.task
-        self.transport.abort()
-        if task is not None and task.cancel():
-            return [task]
-        return []
+        return cut(self.transport, self.task)
 
     def drain(self) -> Awaitable[None]:
         return self.writes.drain()

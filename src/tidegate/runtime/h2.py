@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any, cast
+from typing import Any
 
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
@@ -36,7 +36,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, client_text, connection_info
+from .context import ServerContext, client_text, connection_info, cut, log_access
 from .websocket import WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
 
@@ -71,6 +71,13 @@ def _stream_deadline(driver: H2Driver, stream: H2Stream | H2WebSocket) -> WriteD
         driver.writes.wrote(0)
 
     return WriteDeadline(driver.ctx.loop, driver.ctx.timeouts.write, queued, expired)
+
+
+def _release(stream: H2Stream | H2WebSocket) -> None:
+    """Wake the stream's coroutine waiting in drain(), if any."""
+    waiter, stream._waiter = stream._waiter, None
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 async def _drain(stream: H2Stream | H2WebSocket) -> None:
@@ -149,11 +156,7 @@ class H2Stream:
         pass  # a request in progress is answered
 
     def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        _release(self)
 
     # ------------------------------------------------------------------ Stream
 
@@ -293,11 +296,7 @@ class H2WebSocket:
         self.channel.shutdown()
 
     def wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None:
-            self._waiter = None
-            if not waiter.done():
-                waiter.set_result(None)
+        _release(self)
         self.channel.resume_reading()
 
     # ------------------------------------------------------------------ Carrier (used by the channel)
@@ -403,13 +402,8 @@ class H2Driver(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio.Protocol
 
-    @property
-    def write_paused(self) -> bool:
-        return self.writes.paused
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
-        self.writes.attach(self.transport)
+        self.transport = self.writes.attach(transport)
         self.info = connection_info(self.ctx, transport)
         self.ctx.registry.add(self)
         if self._upgrade is None:
@@ -444,23 +438,21 @@ class H2Driver(asyncio.Protocol):
         for event in conn.receive_data(data):
             if isinstance(event, Request):
                 self._on_request(event)
-            elif isinstance(event, EndOfMessage):
-                stream = streams.get(event.stream_id)
-                if stream is not None:
-                    stream.on_end()
             elif isinstance(event, Data):
                 stream = streams.get(event.stream_id)
                 if stream is None or stream.gone:
                     conn.acknowledge(event.stream_id, len(event.data))
                 else:
                     stream.on_data(event.data)
-            elif isinstance(event, StreamReset):
+            elif isinstance(event, (EndOfMessage, StreamReset, Writable)):
                 stream = streams.get(event.stream_id)
-                if stream is not None:
+                if stream is None:
+                    continue
+                if isinstance(event, EndOfMessage):
+                    stream.on_end()
+                elif isinstance(event, StreamReset):
                     stream.on_reset()
-            elif isinstance(event, Writable):
-                stream = streams.get(event.stream_id)
-                if stream is not None:
+                else:
                     stream.wake()
             elif isinstance(event, ConnectionClosed):
                 self._on_closed(event)
@@ -469,6 +461,10 @@ class H2Driver(asyncio.Protocol):
         self.writes.flush()
         if conn.closed:
             self.close()
+
+    @property
+    def write_paused(self) -> bool:
+        return self.writes.paused
 
     def pause_writing(self) -> None:
         self.writes.pause()
@@ -668,9 +664,7 @@ class H2Driver(asyncio.Protocol):
 
     def force_close(self) -> list[asyncio.Task[None]]:
         """Shutdown ran out of time: cancel the apps and drop the connection; return the tasks cancelled."""
-        cancelled = [s.task for s in self.streams.values() if s.task is not None and s.task.cancel()]
-        self.transport.abort()
-        return cancelled
+        return cut(self.transport, *(stream.task for stream in self.streams.values()))
 
     # ------------------------------------------------------------------ logging
 
@@ -678,18 +672,7 @@ class H2Driver(asyncio.Protocol):
         return self._client_text()
 
     def log_access(self, stream: H2Stream) -> None:
-        exchange = stream.exchange
-        scope = exchange.scope
-        duration = (perf_counter() - stream.started_at) * 1000.0
-        render = self.ctx.access_line
-        if render is not None:  # --access-log-format / --access-log-json
-            if access_logger.isEnabledFor(logging.INFO):
-                access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
-            return
-        query = scope["query_string"]
-        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        access_logger.info('%s - "%s %s HTTP/2" %d %d %.1fms', self._client_text(), scope["method"],
-                           escape_log(target), exchange.status, exchange.bytes_sent, duration)
+        log_access(self.ctx, self.info, stream.exchange, stream.started_at)
 
     def _client_text(self) -> str:
         return client_text(self.info)

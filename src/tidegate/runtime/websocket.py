@@ -193,9 +193,9 @@ class WebSocketChannel:
 
     def _pong_received(self) -> None:
         self._ping_payload = None
-        if self._pong_timer is not None:
-            self._pong_timer.cancel()
-            self._pong_timer = None
+        timer, self._pong_timer = self._pong_timer, None
+        if timer is not None:
+            timer.cancel()
 
     # ------------------------------------------------------------------ timers
 

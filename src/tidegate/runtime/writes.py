@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ..asgi.errors import ClientDisconnected
 
@@ -88,8 +88,11 @@ class WriteBuffer:
         #: the write deadline; ``stuck()`` is the driver's way to drop the connection when it passes
         self.deadline = WriteDeadline(loop, timeout, self._queued, stuck)
 
-    def attach(self, transport: asyncio.Transport) -> None:
-        self.transport = transport
+    def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
+        """The connection's transport is here; returned as the stream transport it is (uvloop's transports are not
+        asyncio's classes)."""
+        self.transport = cast(asyncio.Transport, transport)
+        return self.transport
 
     def _queued(self) -> int:
         return self.transport.get_write_buffer_size()

@@ -11,12 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable
-from typing import cast
 
 from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, ResponseDefaults, status_line
-from .context import ServerContext, client_text
+from .context import ServerContext, client_text, cut
 from .websocket import WebSocketChannel
 from .writes import WriteBuffer
 
@@ -63,8 +62,7 @@ class WebSocketDriver(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
-        self.writes.attach(self.transport)
+        self.transport = self.writes.attach(transport)
         self.ctx.registry.add(self)
         self.channel.start()
         task = self.channel.task
@@ -114,11 +112,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def force_close(self) -> list[asyncio.Task[None]]:
         """Shutdown ran out of time: cancel the app and drop the connection; return the task cancelled."""
-        task = self.channel.task
-        self.transport.abort()
-        if task is not None and task.cancel():
-            return [task]
-        return []
+        return cut(self.transport, self.channel.task)
 
     def drain(self) -> Awaitable[None]:
         return self.writes.drain()
