@@ -50,6 +50,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
 
@@ -232,22 +233,18 @@ def _default_fields(lines: bytes) -> bytes:
 _PSEUDO_REQUEST = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 
 
+@dataclass(slots=True, eq=False)
 class _Head:
     """A decoded, validated request head (cached for repeated all-indexed header blocks)."""
 
-    __slots__ = ("content_length", "expect_continue", "headers", "method", "protocol", "size", "target",
-                 "trailers")
-
-    def __init__(self, method: bytes, target: bytes, headers: Headers, content_length: int, expect_continue: bool,
-                 trailers: bool, protocol: bytes | None, size: int) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.content_length = content_length
-        self.expect_continue = expect_continue
-        self.trailers = trailers
-        self.protocol = protocol
-        self.size = size
+    method: bytes
+    target: bytes
+    headers: Headers
+    content_length: int
+    expect_continue: bool
+    trailers: bool
+    protocol: bytes | None
+    size: int
 
 
 def parse_request(fields: Iterable[tuple[bytes, bytes]], connect_protocol: bool) -> _Head | str:

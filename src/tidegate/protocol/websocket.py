@@ -35,6 +35,7 @@ import re
 import struct
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .events import Headers, ProtocolError, Request
@@ -80,27 +81,23 @@ def accept_key(key: bytes) -> bytes:
     return base64.b64encode(hashlib.sha1(key + _GUID).digest())
 
 
+@dataclass(slots=True, eq=False)
 class Close:
     """The session is closed: the peer's close frame (``error`` False), or a failure we closed it for."""
 
-    __slots__ = ("code", "error", "reason")
-
-    def __init__(self, code: int, reason: str = "", error: bool = False) -> None:
-        self.code = code
-        self.reason = reason
-        self.error = error
+    code: int
+    reason: str = ""
+    error: bool = False
 
     def __repr__(self) -> str:
         return f"<Close {self.code} {self.reason!r}{' error' if self.error else ''}>"
 
 
+@dataclass(slots=True, eq=False)
 class Pong:
     """A pong frame arrived (the answer to a ping, or unsolicited)."""
 
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
+    payload: bytes
 
 
 Event = str | bytes | Close | Pong
