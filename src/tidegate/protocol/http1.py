@@ -838,6 +838,15 @@ class H1Connection:
     def response_complete(self) -> bool:
         return self._state == _DONE
 
+    def close_after_response(self) -> None:
+        """The response in progress (or the next one) is the last on this connection: it says
+        ``connection: close``."""
+        self.keep_alive = False
+
+    def stop(self) -> None:
+        """This connection carries no more requests: what else comes is not parsed as requests."""
+        self.broken = True
+
     def next_response(self) -> None:
         """Get ready to answer the next pipelined request (the previous response is complete)."""
         self._state = _IDLE

@@ -433,7 +433,7 @@ class H2Connection:
         self._max_frame = DEFAULT_FRAME_SIZE
         self._table_size_update = False
         self._events: list[Event] = []
-        #: client resets and client-caused stream errors since the caller last zeroed this
+        #: client resets and client-caused stream errors since the caller last zeroed this (:meth:`forget_resets`)
         self.resets = 0
         #: True once a GOAWAY for an error was sent: nothing more is read or written
         self.closed = False
@@ -441,6 +441,10 @@ class H2Connection:
         self.peer_going_away = False
 
     # ------------------------------------------------------------------ setup
+
+    def forget_resets(self) -> None:
+        """A new interval of the reset count (rapid reset, CVE-2023-44487) begins."""
+        self.resets = 0
 
     def initiate(self) -> None:
         """Our connection preface: SETTINGS, then the connection window."""

@@ -233,7 +233,7 @@ class H1Driver(asyncio.Protocol):
                 exchange.on_eof()
             self._eof = True
         else:
-            self.conn.keep_alive = False
+            self.conn.close_after_response()
         return True
 
     @property
@@ -281,7 +281,7 @@ class H1Driver(asyncio.Protocol):
         if limited and not self._admit():
             return
         if ctx.on_request is not None and ctx.on_request():
-            self.conn.keep_alive = False  # the last request this server takes (--max-requests)
+            self.conn.close_after_response()  # the last request this server takes (--max-requests)
         self.current = exchange
         self.current_request = request
         if ctx.logging.access_log:
@@ -380,13 +380,13 @@ class H1Driver(asyncio.Protocol):
 
     def refuse(self, status: int, detail: str) -> None:
         """Answer with an error response and close (an upgrade that cannot be carried out)."""
-        self.conn.broken = True
+        self.conn.stop()
         writes = self.writes
         writes.out.append(self.conn.error_response(status, detail))
         self._close()
 
     def _body_too_large(self) -> None:
-        self.conn.broken = True  # what follows the refused part of the body is not read as requests
+        self.conn.stop()  # what follows the refused part of the body is not read as requests
         self._on_request_error(RequestError(413, "request body larger than the limit"))
 
     def _write_error(self, status: int, detail: str, extra: bytes = b"") -> None:
@@ -395,7 +395,7 @@ class H1Driver(asyncio.Protocol):
             writes = self.writes
             writes.out.append(self.conn.error_response(status, detail, extra))
             writes.flush()
-            self.conn.broken = True
+            self.conn.stop()
             if transport.can_write_eof():
                 # linger: send the answer and a FIN, read (and drop) what the client still sends until it closes
                 transport.write_eof()
@@ -537,7 +537,7 @@ class H1Driver(asyncio.Protocol):
                     self.ctx.timeouts.request_body)
         current = self.current
         assert current is not None
-        self.conn.broken = True
+        self.conn.stop()
         current.on_disconnect()
         if self.conn.response_started:
             self.abort()
@@ -547,7 +547,7 @@ class H1Driver(asyncio.Protocol):
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
         self.shutting_down = True
-        self.conn.keep_alive = False
+        self.conn.close_after_response()
         if self._parked:
             self._close()  # accepted past the connection limit and never read
             return

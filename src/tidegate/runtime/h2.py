@@ -575,7 +575,7 @@ class H2Driver(asyncio.Protocol):
 
     def _clear_resets(self) -> None:
         self._reset_timer = None
-        self.conn.resets = 0
+        self.conn.forget_resets()
 
     # ------------------------------------------------------------------ h2c upgrade
 

@@ -140,7 +140,7 @@ class WebSocketDriver(asyncio.Protocol):
     def refuse(self, status: int, headers: list[tuple[bytes, bytes]], detail: str) -> None:
         conn = H1Connection(self.ctx.defaults, self.writes.write)
         if headers:
-            conn.keep_alive = False
+            conn.close_after_response()
             conn.start_response(self.request, status, [*headers, (b"content-type", b"text/plain; charset=utf-8")])
             conn.send_body((detail + "\n").encode(), True)
         else:
@@ -149,7 +149,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def deny_head(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         conn = H1Connection(self.ctx.defaults, self.writes.write)
-        conn.keep_alive = False
+        conn.close_after_response()
         conn.start_response(self.request, status, headers)
         self._denial = conn
 
