@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field, fields
+from typing import Any, Literal
 
 __all__ = [
     "AppSettings",
@@ -42,9 +42,10 @@ class ConfigError(ValueError):
 
 
 def setting(default: Any, help: str, *, metavar: str | None = None, choices: tuple[str, ...] = (),
-            flag: str | None = None, repeat: bool = False) -> Any:
-    """Declare one setting: its default and its help text (and how the CLI spells it, if not by its name)."""
-    meta = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "repeat": repeat}
+            flag: str | None = None, repeat: bool = False, bound: str = "") -> Any:
+    """Declare one setting: its default and its help text (and how the CLI spells it, if not by its name);
+    ``bound`` ``">0"`` or ``">=0"`` for a number that must be positive (None, where allowed, is not checked)."""
+    meta = {"help": help, "metavar": metavar, "choices": choices, "flag": flag, "repeat": repeat, "bound": bound}
     if isinstance(default, (list, dict, set)):
         raise TypeError("use a tuple for a sequence default")
     return field(default=default, metadata=meta)
@@ -60,17 +61,15 @@ def _positive(name: str, value: float, *, zero_ok: bool = False) -> None:
         raise ConfigError(f"{name} must be {'>= 0' if zero_ok else '> 0'}, not {value!r}")
 
 
-class _Group(Protocol):
-    PREFIX: str
-
-
-def _positives(group: _Group, *fields: str, zero_ok: tuple[str, ...] = ()) -> None:
-    """Each named field of a settings group is a number > 0 (>= 0 for those in ``zero_ok``) or None (not set);
-    an error names the setting as the CLI spells it."""
-    for fname in fields:
-        value = getattr(group, fname)
-        if value is not None:
-            _positive(group.PREFIX + fname, value, zero_ok=fname in zero_ok)
+def _check_bounds(group: Any) -> None:
+    """Each setting of a group declared with a ``bound`` is a number > 0 (or >= 0), or None; an error names the
+    setting as the CLI spells it."""
+    for item in fields(group):
+        bound = item.metadata.get("bound")
+        if bound:
+            value = getattr(group, item.name)
+            if value is not None:
+                _positive(group.PREFIX + item.name, value, zero_ok=bound == ">=0")
 
 
 @dataclass(frozen=True)
@@ -173,30 +172,28 @@ class TimeoutSettings:
 
     PREFIX = "timeout_"
     keep_alive: float = setting(5.0, "Close a keep-alive connection idle for this long between requests.",
-                                metavar="SECONDS")
+                                metavar="SECONDS", bound=">0")
     graceful_shutdown: float = setting(
-        30.0, "On shutdown, wait this long for in-flight requests before cancelling them.", metavar="SECONDS")
+        30.0, "On shutdown, wait this long for in-flight requests before cancelling them.", metavar="SECONDS",
+        bound=">=0")
     worker_healthcheck: float = setting(
         10.0, "Replace a worker process whose event loop has not answered the supervisor for this long.",
-        metavar="SECONDS")
+        metavar="SECONDS", bound=">0")
     request_header: float = setting(
         30.0, "A request head must be complete this long after its first byte (not pushed back by further "
-        "bytes); else 408 and the connection closes.", metavar="SECONDS")
+        "bytes); else 408 and the connection closes.", metavar="SECONDS", bound=">0")
     request_body: float = setting(
         60.0, "Longest wait for the next piece of a request body the app is reading; past it the app gets "
-        "http.disconnect and the client 408 (if no response started).", metavar="SECONDS")
+        "http.disconnect and the client 408 (if no response started).", metavar="SECONDS", bound=">0")
     write: float = setting(
         60.0, "Drop a connection whose client has not taken the response bytes we queued for this long.",
-        metavar="SECONDS")
+        metavar="SECONDS", bound=">0")
     tls_handshake: float = setting(10.0, "Drop a connection whose TLS handshake has not completed in this long.",
-                                   metavar="SECONDS")
+                                   metavar="SECONDS", bound=">0")
     ws_handshake: float = setting(
         10.0, "The app must accept or refuse a WebSocket within this long of its request; else 503 and the app "
-        "gets websocket.disconnect.", metavar="SECONDS")
+        "gets websocket.disconnect.", metavar="SECONDS", bound=">0")
 
-    def validate(self) -> None:
-        _positives(self, "keep_alive", "graceful_shutdown", "worker_healthcheck", "request_header", "request_body",
-                   "write", "tls_handshake", "ws_handshake", zero_ok=("graceful_shutdown",))
 
 
 @dataclass(frozen=True)
@@ -206,27 +203,26 @@ class LimitSettings:
     PREFIX = "limit_"
     request_buffer: int = setting(
         65536, "Pause reading from a client while this many request body bytes wait for the app.",
-        metavar="BYTES")
+        metavar="BYTES", bound=">0")
     pipeline_depth: int = setting(
-        16, "Pipelined requests queued per connection before reading from it pauses.", metavar="N")
-    request_line: int = setting(8192, "Longest request target; a longer one is answered 414.", metavar="BYTES")
+        16, "Pipelined requests queued per connection before reading from it pauses.", metavar="N", bound=">0")
+    request_line: int = setting(8192, "Longest request target; a longer one is answered 414.", metavar="BYTES",
+        bound=">0")
     request_headers: int = setting(
         65536, "Largest request header section (names, values and their separators); larger is answered 431.",
-        metavar="BYTES")
-    request_header_count: int = setting(100, "Most request header fields; more are answered 431.", metavar="N")
+        metavar="BYTES", bound=">0")
+    request_header_count: int = setting(100, "Most request header fields; more are answered 431.", metavar="N",
+        bound=">0")
     request_body: int = setting(
         1024 ** 3, "Largest request body; a larger Content-Length is answered 413 before the body is read, a "
-        "longer chunked body ends the request (413 if no response started). 0: no limit.", metavar="BYTES")
+        "longer chunked body ends the request (413 if no response started). 0: no limit.", metavar="BYTES", bound=">=0")
     concurrency: int | None = setting(
         None, "Requests handled at once by each process; more are answered 503 with Retry-After "
-        "[default: no limit].", metavar="N")
+        "[default: no limit].", metavar="N", bound=">0")
     connections: int | None = setting(
         None, "Open connections per process; at the limit it stops accepting and the kernel's listen backlog "
-        "holds new ones [default: no limit].", metavar="N")
+        "holds new ones [default: no limit].", metavar="N", bound=">0")
 
-    def validate(self) -> None:
-        _positives(self, "request_buffer", "pipeline_depth", "request_line", "request_headers", "request_header_count",
-                   "request_body", "concurrency", "connections", zero_ok=("request_body",))
 
 
 @dataclass(frozen=True)
@@ -283,15 +279,13 @@ class WorkerSettings:
     PREFIX = ""
     workers: int | None = setting(
         None, "Run N worker processes under a supervisor that binds the listeners once and replaces workers "
-        "that die [default: one process, no supervisor].", metavar="N")
+        "that die [default: one process, no supervisor].", metavar="N", bound=">0")
     max_requests: int = setting(
-        0, "A worker retires gracefully (and is replaced) after this many requests; 0 never.", metavar="N")
+        0, "A worker retires gracefully (and is replaced) after this many requests; 0 never.", metavar="N", bound=">=0")
     max_requests_jitter: int = setting(
-        0, "Add a random 0..N to each worker's --max-requests, so they do not all retire at once.", metavar="N")
+        0, "Add a random 0..N to each worker's --max-requests, so they do not all retire at once.", metavar="N",
+        bound=">=0")
 
-    def validate(self) -> None:
-        _positives(self, "workers", "max_requests", "max_requests_jitter",
-                   zero_ok=("max_requests", "max_requests_jitter"))
 
 
 @dataclass(frozen=True)
@@ -341,13 +335,11 @@ class SyncSettings:
         "auto", "Application interface: 'auto' serves an app taking (environ, start_response) as WSGI and "
         "anything else as ASGI.", choices=("auto", "asgi", "wsgi"))
     threads: int | None = setting(
-        None, "Threads running a WSGI app's requests [default: 10 per CPU core, at most 64].", metavar="N")
+        None, "Threads running a WSGI app's requests [default: 10 per CPU core, at most 64].", metavar="N", bound=">0")
     warn_blocking: float | None = setting(
         None, "Log the request and the application stack when the event loop is blocked longer than this "
-        "[default: off].", metavar="SECONDS")
+        "[default: off].", metavar="SECONDS", bound=">0")
 
-    def validate(self) -> None:
-        _positives(self, "threads", "warn_blocking")
 
 
 @dataclass(frozen=True)
@@ -356,19 +348,16 @@ class WebSocketSettings:
 
     PREFIX = "ws_"
     max_size: int = setting(16 * 1024 * 1024, "Largest WebSocket message accepted, in bytes after decompression; "
-                            "a bigger one closes the connection with 1009.", metavar="BYTES")
+                            "a bigger one closes the connection with 1009.", metavar="BYTES", bound=">0")
     ping_interval: float = setting(20.0, "Ping each WebSocket client this often; 0 disables keepalive pings.",
-                                   metavar="SECONDS")
+                                   metavar="SECONDS", bound=">=0")
     ping_timeout: float = setting(20.0, "Close a WebSocket whose client has not answered a ping for this long; "
-                                  "0 waits forever.", metavar="SECONDS")
+                                  "0 waits forever.", metavar="SECONDS", bound=">=0")
     close_timeout: float = setting(10.0, "After sending a close frame, wait this long for the client's before "
-                                   "dropping the connection.", metavar="SECONDS")
+                                   "dropping the connection.", metavar="SECONDS", bound=">0")
     per_message_deflate: bool = setting(True, "Compress WebSocket messages (permessage-deflate) when the client "
                                         "offers it.")
 
-    def validate(self) -> None:
-        _positives(self, "max_size", "ping_interval", "ping_timeout", "close_timeout",
-                   zero_ok=("ping_interval", "ping_timeout"))
 
 
 @dataclass(frozen=True)
@@ -388,13 +377,11 @@ class HTTP2Settings:
     PREFIX = "h2_"
     max_concurrent_streams: int = setting(
         100, "Streams one HTTP/2 connection may have open at once (also bounds the apps still running for "
-        "streams the client reset).", metavar="N")
+        "streams the client reset).", metavar="N", bound=">0")
     max_header_list_size: int = setting(
         65536, "Largest HTTP/2 request header list (RFC 9113 size: names + values + 32 per field); larger is "
-        "answered 431, twice as large ends the connection.", metavar="BYTES")
+        "answered 431, twice as large ends the connection.", metavar="BYTES", bound=">0")
 
-    def validate(self) -> None:
-        _positives(self, "max_concurrent_streams", "max_header_list_size")
 
 
 @dataclass(frozen=True)
@@ -469,6 +456,7 @@ class Config:
     def __post_init__(self) -> None:
         for name, _ in GROUPS:
             group = getattr(self, name)
+            _check_bounds(group)
             check = getattr(group, "validate", None)
             if check is not None:
                 check()
