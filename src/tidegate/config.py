@@ -195,7 +195,6 @@ class TimeoutSettings:
         "gets websocket.disconnect.", metavar="SECONDS", bound=">0")
 
 
-
 @dataclass(frozen=True)
 class LimitSettings:
     """Sizes, in bytes, and counts."""
@@ -222,7 +221,6 @@ class LimitSettings:
     connections: int | None = setting(
         None, "Open connections per process; at the limit it stops accepting and the kernel's listen backlog "
         "holds new ones [default: no limit].", metavar="N", bound=">0")
-
 
 
 @dataclass(frozen=True)
@@ -287,7 +285,6 @@ class WorkerSettings:
         bound=">=0")
 
 
-
 @dataclass(frozen=True)
 class ReloadSettings:
     """Development reload."""
@@ -341,7 +338,6 @@ class SyncSettings:
         "[default: off].", metavar="SECONDS", bound=">0")
 
 
-
 @dataclass(frozen=True)
 class WebSocketSettings:
     """WebSocket (RFC 6455, RFC 7692)."""
@@ -357,7 +353,6 @@ class WebSocketSettings:
                                    "dropping the connection.", metavar="SECONDS", bound=">0")
     per_message_deflate: bool = setting(True, "Compress WebSocket messages (permessage-deflate) when the client "
                                         "offers it.")
-
 
 
 @dataclass(frozen=True)
@@ -381,7 +376,6 @@ class HTTP2Settings:
     max_header_list_size: int = setting(
         65536, "Largest HTTP/2 request header list (RFC 9113 size: names + values + 32 per field); larger is "
         "answered 431, twice as large ends the connection.", metavar="BYTES", bound=">0")
-
 
 
 @dataclass(frozen=True)
