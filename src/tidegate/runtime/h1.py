@@ -120,6 +120,7 @@ class H1Driver(asyncio.Protocol):
         "shutting_down",
         "task",
         "transport",
+        "write_paused",
         "writes",
     )
 
@@ -129,7 +130,9 @@ class H1Driver(asyncio.Protocol):
         # response, past FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one
         # go leaves in one write, and an event sent before the app waits for something is on the wire before it
         # waits).
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        #: the client has not taken what was written (the exchange's send() then waits in drain())
+        self.write_paused = False
         self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
         self.current: HTTPExchange | None = None
         self.current_request: Request | None = None
@@ -236,9 +239,8 @@ class H1Driver(asyncio.Protocol):
             self.conn.close_after_response()
         return True
 
-    @property
-    def write_paused(self) -> bool:
-        return self.writes.paused
+    def _on_paused(self, paused: bool) -> None:
+        self.write_paused = paused
 
     def pause_writing(self) -> None:
         self.writes.pause()

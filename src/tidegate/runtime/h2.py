@@ -234,13 +234,12 @@ class H2WebSocket:
     handshake ends the stream with END_STREAM; a failure or a missing close resets it.
     """
 
-    __slots__ = ("_ending", "_waiter", "channel", "driver", "gone", "id", "label", "task", "unacked", "write_paused")
+    __slots__ = ("_ending", "_waiter", "channel", "driver", "gone", "id", "label", "task", "unacked")
 
     def __init__(self, driver: H2Driver, request: Request) -> None:
         self.driver = driver
         self.id = request.stream_id
         self.label = " HTTP/2"
-        self.write_paused = False
         #: request bytes received and not yet given back to the client's window
         self.unacked = 0
         self.gone = False
@@ -248,6 +247,16 @@ class H2WebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.channel = WebSocketChannel(driver.ctx, driver.info, request, self)
+
+    @property
+    def write_paused(self) -> bool:
+        """The stream's data waits for its window or the transport: the app's send() waits (the channel's flag,
+        which its exchange reads)."""
+        return self.channel.write_paused
+
+    @write_paused.setter
+    def write_paused(self, paused: bool) -> None:
+        self.channel.write_paused = paused
 
     def start(self) -> None:
         channel = self.channel
@@ -378,7 +387,9 @@ class H2Driver(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, upgrade: tuple[Request, bytes, int] | None = None) -> None:
         self.ctx = ctx
         settings = ctx.h2
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        #: the transport is above its high-water mark
+        self.write_paused = False
         self.conn = H2Connection(writes.out.append, defaults=ctx.defaults,
                                  max_concurrent_streams=settings.max_concurrent_streams,
                                  max_header_list_size=settings.max_header_list_size,
@@ -462,9 +473,8 @@ class H2Driver(asyncio.Protocol):
         if conn.closed:
             self.close()
 
-    @property
-    def write_paused(self) -> bool:
-        return self.writes.paused
+    def _on_paused(self, paused: bool) -> None:
+        self.write_paused = paused
 
     def pause_writing(self) -> None:
         self.writes.pause()

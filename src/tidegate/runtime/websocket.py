@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
 from ..asgi.http import escape_log
@@ -43,14 +43,11 @@ class Carrier(Protocol):
     label: str
 
     @property
-    def write_paused(self) -> bool:
-        """Whether send() should wait (drain) before the app goes on."""
+    def write(self) -> Callable[[bytes], None]:
+        """Where frame bytes for the client go (the session's write)."""
 
     def output_full(self) -> bool:
         """Whether what waits for the client is over its bound: reading pauses until it is not."""
-
-    def write(self, data: bytes) -> None:
-        """Frame bytes for the client."""
 
     def flush(self) -> None:
         """Put what was written on its way now."""
@@ -88,7 +85,7 @@ class WebSocketChannel:
 
     __slots__ = ("_close_timer", "_early", "_early_bytes", "_handshake_timer", "_ping_count", "_ping_payload",
                  "_ping_timer", "_pong_timer", "carrier", "ctx", "exchange", "gone", "info", "reading_paused",
-                 "request", "send_bytes", "send_text", "session", "shutting_down", "task")
+                 "request", "send_bytes", "send_text", "session", "shutting_down", "task", "write_paused")
 
     def __init__(self, ctx: ServerContext, info: ConnectionInfo, request: Request, carrier: Carrier) -> None:
         self.ctx = ctx
@@ -112,13 +109,11 @@ class WebSocketChannel:
         self._ping_payload: bytes | None = None
         self._ping_count = 0
         self.reading_paused = False
+        #: send() waits (drain) before the app goes on: set by the carrier as the client takes its bytes or not
+        self.write_paused = False
         self.shutting_down = False
         #: the carrier is gone (connection lost, stream reset): nothing more goes out
         self.gone = False
-
-    @property
-    def write_paused(self) -> bool:
-        return self.carrier.write_paused
 
     def start(self) -> None:
         """The handshake request is here: refuse it (invalid), or run the app, which accepts or denies it."""

@@ -72,11 +72,14 @@ class WriteBuffer:
 
     transport: asyncio.Transport  # set by attach()
 
-    __slots__ = ("_handle", "_loop", "_waiters", "closing", "deadline", "lost", "out", "paused", "pending",
-                 "transport")
+    __slots__ = ("_handle", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost", "out", "paused",
+                 "pending", "transport")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, stuck: Callable[[], None]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, stuck: Callable[[], None],
+                 on_paused: Callable[[bool], None] | None = None) -> None:
         self._loop = loop
+        #: told each time :attr:`paused` changes (a driver keeps a plain ``write_paused`` for its exchanges to read)
+        self._on_paused = on_paused
         #: bytes made and not yet handed to the transport; ``out.append`` is the sans-IO connection's write callback
         self.out: list[Any] = []
         self.pending = 0
@@ -102,20 +105,35 @@ class WriteBuffer:
     def write(self, data: bytes) -> None:
         """Queue ``data``; it leaves past ``FLUSH_BYTES`` or at the end of this loop iteration."""
         self.out.append(data)
-        self.wrote(len(data))
+        self.pending += len(data)
+        if self.pending > FLUSH_BYTES:
+            self._flush_checked()
+        elif self._handle is None:
+            self._handle = self._loop.call_soon(self._flush_soon)
 
     def wrote(self, size: int) -> None:
         """``size`` bytes were appended to :attr:`out` (by a sans-IO connection): flush now past ``FLUSH_BYTES``,
         else at the end of this loop iteration."""
         self.pending += size
         if self.pending > FLUSH_BYTES:
-            self.flush()
+            self._flush_checked()
         elif self._handle is None and self.out:
             self._handle = self._loop.call_soon(self._flush_soon)
 
     def _flush_soon(self) -> None:
         self._handle = None
-        self.flush()
+        self._flush_checked()
+
+    def _flush_checked(self) -> None:
+        """Flush, and once the transport has failed make send() wait for the loss: a failed transport no longer
+        pauses its writer, and an app streaming into it would never yield."""
+        if self.flush() and self.transport.is_closing() and not self.paused:
+            self._set_paused(True)
+
+    def _set_paused(self, paused: bool) -> None:
+        self.paused = paused
+        if self._on_paused is not None:
+            self._on_paused(paused)
 
     def flush(self) -> bool:
         """Write what is queued; True if anything was handed to the transport."""
@@ -132,22 +150,19 @@ class WriteBuffer:
         else:
             transport.writelines(out)
         out.clear()
-        if transport.is_closing() and not self.paused:
-            # a failed transport no longer pauses its writer: make send() wait for the loss
-            self.paused = True
         return True
 
     # ------------------------------------------------------------------ back-pressure (from the transport)
 
     def pause(self) -> None:
         """The transport's buffer passed its high-water mark: the client must take some of it every period."""
-        self.paused = True
+        self._set_paused(True)
         if not self.lost:
             self.deadline.start()
 
     def resume(self) -> None:
         """The transport's buffer is below its low-water mark again: every waiter goes on."""
-        self.paused = False
+        self._set_paused(False)
         if not self.closing:
             self.deadline.cancel()
         self._wake()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 
 from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Request
@@ -46,15 +46,18 @@ def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], default
 
 class WebSocketDriver(asyncio.Protocol):
     transport: asyncio.Transport  # set by connection_made
+    write: Callable[[bytes], None]
 
-    __slots__ = ("_denial", "_lost", "channel", "ctx", "info", "label", "request", "transport", "writes")
+    __slots__ = ("_denial", "_lost", "channel", "ctx", "info", "label", "request", "transport", "write", "writes")
 
     def __init__(self, ctx: ServerContext, info: ConnectionInfo, request: Request) -> None:
         self.ctx = ctx
         self.info = info
         self.request = request
         self.label = ""
-        self.writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        #: the carrier's write: frames go straight to the write buffer
+        self.write = writes.write
         self._denial: H1Connection | None = None
         self._lost = False
         self.channel = WebSocketChannel(ctx, info, request, self)
@@ -123,11 +126,11 @@ class WebSocketDriver(asyncio.Protocol):
     def write_paused(self) -> bool:
         return self.writes.paused
 
+    def _on_paused(self, paused: bool) -> None:
+        self.channel.write_paused = paused
+
     def output_full(self) -> bool:
         return self.writes.paused
-
-    def write(self, data: bytes) -> None:
-        self.writes.write(data)
 
     def flush(self) -> None:
         self.writes.flush()
