@@ -78,6 +78,7 @@ PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Frame types
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
+_FRAME_TYPES = 10
 # Flags
 END_STREAM = ACK = 0x1
 END_HEADERS = 0x4
@@ -435,6 +436,7 @@ class H2Connection:
         self._events: list[Event] = []
         #: client resets and client-caused stream errors since the caller last zeroed this (:meth:`forget_resets`)
         self.resets = 0
+
         #: True once a GOAWAY for an error was sent: nothing more is read or written
         self.closed = False
         #: True once the peer said it will open no more streams
@@ -498,6 +500,7 @@ class H2Connection:
                 pos = 24
             end = len(buf)
             unpack = _FRAME.unpack_from
+            handlers = _HANDLERS
             while end - pos >= 9:
                 high, low, ftype, flags, stream_id = unpack(buf, pos)
                 length = (high << 8) | low
@@ -512,27 +515,8 @@ class H2Connection:
                     raise _ConnectionError(PROTOCOL_ERROR, "header block interrupted by another frame")
                 if not self._settings_seen and ftype != SETTINGS:
                     raise _ConnectionError(PROTOCOL_ERROR, "the first frame must be SETTINGS")
-                if ftype == HEADERS:
-                    self._on_headers(flags, stream_id, payload)
-                elif ftype == DATA:
-                    self._on_data(flags, stream_id, payload)
-                elif ftype == WINDOW_UPDATE:
-                    self._on_window_update(stream_id, payload)
-                elif ftype == SETTINGS:
-                    self._on_settings(flags, stream_id, payload)
-                elif ftype == PING:
-                    self._on_ping(flags, stream_id, payload)
-                elif ftype == RST_STREAM:
-                    self._on_rst_stream(stream_id, payload)
-                elif ftype == PRIORITY:
-                    self._on_priority(stream_id, payload)
-                elif ftype == CONTINUATION:
-                    self._on_continuation(flags, stream_id, payload)
-                elif ftype == GOAWAY:
-                    self._on_goaway(stream_id, payload)
-                elif ftype == PUSH_PROMISE:
-                    raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
-                # frames of unknown types are ignored (RFC 9113 §4.1)
+                if ftype < _FRAME_TYPES:  # frames of unknown types are ignored (RFC 9113 §4.1)
+                    handlers[ftype](self, flags, stream_id, payload)
                 if self.resets > self.max_resets:
                     raise _ConnectionError(ENHANCE_YOUR_CALM, "too many stream resets")
         except _ConnectionError as exc:
@@ -811,7 +795,7 @@ class H2Connection:
         if not flags & ACK:
             self.write(_frame(PING, ACK, 0, payload))
 
-    def _on_rst_stream(self, stream_id: int, payload: bytes) -> None:
+    def _on_rst_stream(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnectionError(FRAME_SIZE_ERROR, "RST_STREAM payload is not 4 bytes")
         if stream_id == 0 or stream_id > self._last_stream_id:
@@ -824,7 +808,7 @@ class H2Connection:
         self._close(stream)
         self._events.append(StreamReset(stream_id, code))
 
-    def _on_priority(self, stream_id: int, payload: bytes) -> None:
+    def _on_priority(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id == 0:
             raise _ConnectionError(PROTOCOL_ERROR, "PRIORITY on stream 0")
         if len(payload) != 5:
@@ -842,7 +826,10 @@ class H2Connection:
                 self._write_reset(stream_id, PROTOCOL_ERROR)
         # priorities are advisory (RFC 9113 §5.3 deprecates the scheme): otherwise ignored
 
-    def _on_goaway(self, stream_id: int, payload: bytes) -> None:
+    def _on_push_promise(self, flags: int, stream_id: int, payload: bytes) -> None:
+        raise _ConnectionError(PROTOCOL_ERROR, "a client must not send PUSH_PROMISE")
+
+    def _on_goaway(self, flags: int, stream_id: int, payload: bytes) -> None:
         if stream_id:
             raise _ConnectionError(PROTOCOL_ERROR, "GOAWAY on a stream")
         if len(payload) < 8:
@@ -852,7 +839,7 @@ class H2Connection:
             code = _GOAWAY.unpack_from(payload)[1]
             self._events.append(ConnectionClosed(code, error_name(code), True))
 
-    def _on_window_update(self, stream_id: int, payload: bytes) -> None:
+    def _on_window_update(self, flags: int, stream_id: int, payload: bytes) -> None:
         if len(payload) != 4:
             raise _ConnectionError(FRAME_SIZE_ERROR, "WINDOW_UPDATE payload is not 4 bytes")
         increment = _U32.unpack(payload)[0] & 0x7FFFFFFF
@@ -1195,3 +1182,11 @@ class H2Connection:
     @property
     def last_stream_id(self) -> int:
         return self._last_stream_id
+
+
+
+#: frame type -> its handler (flags, stream id, payload), by type number
+_HANDLERS: tuple[Callable[[H2Connection, int, int, bytes], None], ...] = (
+    H2Connection._on_data, H2Connection._on_headers, H2Connection._on_priority, H2Connection._on_rst_stream,
+    H2Connection._on_settings, H2Connection._on_push_promise, H2Connection._on_ping, H2Connection._on_goaway,
+    H2Connection._on_window_update, H2Connection._on_continuation)
