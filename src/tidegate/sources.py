@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -68,6 +68,13 @@ def _kinds(annotation: str) -> set[str]:
     return {part.strip() for part in annotation.split("|")}
 
 
+# numbers a setting may be: (its kind, the conversion, the Python types taken as they are, what the error expects)
+_NUMBERS: tuple[tuple[str, Callable[[Any], Any], tuple[type, ...], str], ...] = (
+    ("int", int, (int,), "an integer"),
+    ("float", float, (int, float), "a number"),
+)
+
+
 def coerce(decl: Declared, value: Any, where: str, *, from_text: bool) -> Any:
     """``value`` as the setting's type; ``from_text`` for environment strings.  ConfigError names ``where``."""
     kinds = _kinds(decl.annotation)
@@ -93,24 +100,16 @@ def coerce(decl: Declared, value: Any, where: str, *, from_text: bool) -> Any:
         if from_text and value.strip().lower() in _TRUE | _FALSE:
             return value.strip().lower() in _TRUE
         raise bad("true or false")
-    if "int" in kinds:
-        if from_text:
-            try:
-                return int(value.strip())
-            except ValueError:
-                raise bad("an integer") from None
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise bad("an integer")
-    if "float" in kinds:
-        if from_text:
-            try:
-                return float(value.strip())
-            except ValueError:
-                raise bad("a number") from None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise bad("a number")
+    for kind, convert, accepted, expected in _NUMBERS:
+        if kind in kinds:
+            if from_text:
+                try:
+                    return convert(value.strip())
+                except ValueError:
+                    raise bad(expected) from None
+            if isinstance(value, accepted) and not isinstance(value, bool):
+                return convert(value)
+            raise bad(expected)
     if not isinstance(value, str):
         raise bad("a string")
     if decl.choices and value not in decl.choices:
