@@ -211,25 +211,20 @@ class HTTPExchange(Waiting):
             if type(body) is not bytes:
                 body = _as_bytes(body, "'body'")
             stream = self.stream
-            if message.get("more_body", False):
-                if body or state == _STARTED:  # the head goes out at once, even before the first event
-                    self._state = _STREAMING
-                    self.bytes_sent += len(body)
-                    try:
-                        stream.send_data(body, False)
-                    except ProtocolError:
-                        stream.abort()
-                        raise
-                    if stream.write_paused:
-                        await stream.drain()
-                return
-            self._state = _DONE
+            more = message.get("more_body", False)
+            if more and not body and state == _STREAMING:
+                return  # nothing to send (the head went out with the first piece)
+            self._state = _STREAMING if more else _DONE
             self.bytes_sent += len(body)
             try:
-                stream.send_data(body, True)
+                stream.send_data(body, not more)
             except ProtocolError:
                 stream.abort()
                 raise
+            if more:  # the head goes out at once, even before the first event
+                if stream.write_paused:
+                    await stream.drain()
+                return
             stream.response_done()
             self._wake()
             if stream.write_paused:
