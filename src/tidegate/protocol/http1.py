@@ -279,6 +279,10 @@ class H1Connection:
             return [verdict] if verdict is not None else []
         if len(data) > self._lean or self._slow:
             return self._receive_checked(data)
+        return self._feed(data)
+
+    def _feed(self, data: Received) -> list[Event]:
+        """Parse ``data``; the events it completes."""
         events: list[Event] = []
         self._events = events
         try:
@@ -288,7 +292,8 @@ class H1Connection:
         except httptools.HttpParserError as exc:
             self._failed(exc, data, events)
         else:
-            if not events or self._headers is not _TRAILERS:
+            # a read that completed requests and ended between them left nothing pending
+            if not events or self._headers is not _TRAILERS or self._checking:
                 self._after_read(data, events)
         return events
 
@@ -297,20 +302,11 @@ class H1Connection:
         pending (part of a head, bytes held back, bytes that made no event)."""
         if len(data) > _SLICE or self._held:
             return self._receive_sliced(data)
-        events: list[Event] = []
-        self._events = events
         self._checking = 2 if self._carried or len(data) > self._max_section else 1
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._upgraded(exc, data, events)
-        except httptools.HttpParserError as exc:
-            self._failed(exc, data, events)
-        else:
-            self._after_read(data, events)
+            return self._feed(data)
         finally:
             self._checking = 0
-        return events
 
     def _upgraded(self, exc: httptools.HttpParserUpgrade, data: Received, events: list[Event]) -> None:
         if not self._connect(events):
