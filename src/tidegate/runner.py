@@ -14,7 +14,7 @@ from .log import configure_logging
 from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
 
-__all__ = ["EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run", "run_config"]
+__all__ = ["EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run_config"]
 
 logger = logging.getLogger("tidegate.error")
 
@@ -36,17 +36,6 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             return loop
     return asyncio.new_event_loop()
-
-
-def run(app: Any = None, *, config: Config | None = None, **settings: Any) -> None:
-    """Serve an app in this process until SIGINT/SIGTERM; raise ``SystemExit`` with a non-zero code on failure.
-
-    ``app`` is an ASGI callable or a ``"module:attribute"`` string; ``settings`` are flat setting names as the
-    CLI spells them (``port=8080``, ``timeout_keep_alive=10``).
-    """
-    code = run_config(Config.for_run(app, config, settings), app=None if isinstance(app, str) else app)
-    if code:
-        raise SystemExit(code)
 
 
 def run_config(config: Config, app: Any = None) -> int:
