@@ -136,3 +136,27 @@ def test_every_sender_waiting_on_a_paused_transport_wakes(kind: str) -> None:
         assert all(isinstance(w.exception(), ClientDisconnected) for w in waits)
 
     run(main)
+
+
+def test_a_websocket_client_that_leaves_while_a_send_waits_is_dropped_at_once() -> None:
+    # its FIN comes while bytes still wait for it: closing would wait for it to take them (it never will), and the
+    # app's send() with it, until the write deadline
+    outcome: list[str] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        clock = Clock(loop)
+        ctx = ServerContext(ws_streamer(outcome), Config.from_flat(app="x:y", access_log=False), clock)  # type: ignore[arg-type]
+        transport = Transport(loop)
+        transport.high_water = 0
+        transport.buffered = 1_000_000
+        start_ws(ctx, transport)
+        await settle()
+        driver = transport.protocol
+        assert driver is not None and driver.write_paused
+        assert driver.eof_received() is None
+        await settle()
+        assert transport.aborted
+        assert outcome == ["disconnected"]
+
+    run(main)

@@ -83,7 +83,8 @@ class Carrier(Protocol):
 class WebSocketChannel:
     """One WebSocket session between a client and the app, over any carrier."""
 
-    __slots__ = ("_close_timer", "_early", "_early_bytes", "_handshake_timer", "_ping_count", "_ping_payload",
+    __slots__ = ("_close_timer", "_early", "_early_bytes", "_handshake_timer", "_holding", "_ping_count",
+                 "_ping_payload",
                  "_ping_timer", "_pong_timer", "carrier", "ctx", "exchange", "gone", "info", "reading_paused",
                  "request", "send_bytes", "send_text", "session", "shutting_down", "task", "write_paused")
 
@@ -100,6 +101,9 @@ class WebSocketChannel:
         self.send_bytes = self.session.send_bytes
         self.exchange: WebSocketExchange | None = None
         self.task: asyncio.Task[None] | None = None
+        #: bytes from the client held unparsed: before the handshake is answered, and while our output to the client
+        #: is over its bound (then reading goes on, so that a client that leaves is seen, up to EARLY_LIMIT bytes)
+        self._holding = True
         self._early: list[bytes] = []
         self._early_bytes = 0
         self._ping_timer: asyncio.TimerHandle | None = None
@@ -132,13 +136,13 @@ class WebSocketChannel:
 
     def receive(self, data: bytes) -> None:
         """Bytes from the client."""
-        session = self.session
-        if session.state == CONNECTING:
-            self._early.append(data)  # held until the app answers the handshake
+        if self._holding:
+            self._early.append(data)  # parsed once the handshake is answered, or the client reads again
             self._early_bytes += len(data)
             if self._early_bytes > EARLY_LIMIT:
                 self._pause()
             return
+        session = self.session
         exchange = self.exchange
         if exchange is None or session.state == CLOSED:
             return
@@ -150,10 +154,12 @@ class WebSocketChannel:
                 return
             elif isinstance(event, Pong) and event.payload == self._ping_payload:
                 self._pong_received()
-        if exchange.over_limit or self.carrier.output_full():
-            # the app has not taken what came, or the client does not take what we send (our answers to its
-            # pings included): read no more until it does
-            self._pause()
+        if exchange.over_limit:
+            self._pause()  # the app has not taken what came: read no more until it does
+        elif self.carrier.output_full():
+            # the client does not take what we send (our answers to its pings included): parse no more until it
+            # does, and read no more than EARLY_LIMIT meanwhile
+            self._holding = True
 
     def _pause(self) -> None:
         if not self.reading_paused:
@@ -161,12 +167,24 @@ class WebSocketChannel:
             self.carrier.pause_reading()
 
     def resume_reading(self) -> None:
-        """Read again once neither the app's queue nor the client's unread output is over its bound (called by the
-        exchange as the app takes messages, and by the carrier as the client takes bytes)."""
-        if (self.reading_paused and not self.gone and self.session.state != CONNECTING
-                and (self.exchange is None or not self.exchange.over_limit) and not self.carrier.output_full()):
+        """Parse and read again once neither the app's queue nor the client's unread output is over its bound
+        (called by the exchange as the app takes messages, and by the carrier as the client takes bytes)."""
+        if self.gone or self.session.state == CONNECTING or self.carrier.output_full():
+            return
+        if self._holding:
+            self._release()
+        if self.reading_paused and not self._holding and (self.exchange is None or not self.exchange.over_limit):
             self.reading_paused = False
             self.carrier.resume_reading()
+
+    def _release(self) -> None:
+        """Parse the bytes held meanwhile."""
+        self._holding = False
+        if self._early:
+            early = b"".join(self._early)
+            self._early.clear()
+            self._early_bytes = 0
+            self.receive(early)
 
     def lost(self) -> None:
         """The carrier is gone without a closing handshake."""
@@ -283,12 +301,8 @@ class WebSocketChannel:
         self._handshake_answered()
         self.carrier.accept(status, response)
         self._log_access(status)
-        if self._early:
-            early = b"".join(self._early)
-            self._early.clear()
-            self._early_bytes = 0
-            self.receive(early)
-            self.resume_reading()
+        self._release()
+        self.resume_reading()
         if self.session.state != OPEN:
             return  # the early bytes closed it
         self._start_keepalive()

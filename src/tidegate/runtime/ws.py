@@ -76,7 +76,10 @@ class WebSocketDriver(asyncio.Protocol):
         self.channel.receive(data)
 
     def eof_received(self) -> bool | None:
-        # A client that half-closes without a close frame is gone: close our side too.
+        # A client that half-closes without a close frame is gone: close our side too, at once if bytes still
+        # wait for it (a closing transport would wait for it to take them, and a sender with it).
+        if self.transport.get_write_buffer_size():
+            self.transport.abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
