@@ -29,17 +29,22 @@ FLUSH_BYTES = 65536
 
 class WriteDeadline:
     """Calls ``expired()`` once a whole ``timeout`` passes in which ``queued()`` (bytes waiting for the client) did
-    not go down.  A client that takes some bytes in every period -- slow, but reading -- is given another one."""
+    not go down and nothing said the client took some (:meth:`progressed`).  A client that takes some bytes in every
+    period -- slow, but reading -- is given another one.  While ``active()`` is false when the period ends (nothing
+    waits for the client any more) the watch simply stops: a transport that pauses and resumes often arms one timer
+    per period, not one per pause."""
 
-    __slots__ = ("_expired", "_loop", "_queued", "_seen", "_timer", "timeout")
+    __slots__ = ("_active", "_expired", "_loop", "_progressed", "_queued", "_seen", "_timer", "timeout")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, queued: Callable[[], int],
-                 expired: Callable[[], None]) -> None:
+                 expired: Callable[[], None], active: Callable[[], bool] | None = None) -> None:
         self._loop = loop
         self.timeout = timeout
         self._queued = queued
         self._expired = expired
+        self._active = active
         self._seen = 0
+        self._progressed = False
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -50,7 +55,12 @@ class WriteDeadline:
         """Start watching (a no-op while already watching)."""
         if self._timer is None:
             self._seen = self._queued()
+            self._progressed = False
             self._timer = self._loop.call_at(self._loop.time() + self.timeout, self._check)
+
+    def progressed(self) -> None:
+        """The client took some of what waited for it."""
+        self._progressed = True
 
     def cancel(self) -> None:
         if self._timer is not None:
@@ -58,12 +68,13 @@ class WriteDeadline:
             self._timer = None
 
     def _check(self) -> None:
-        queued = self._queued()
-        if queued < self._seen:  # it took some: another period
-            self._seen = queued
-            self._timer = self._loop.call_at(self._loop.time() + self.timeout, self._check)
-            return
         self._timer = None
+        if self._active is not None and not self._active():
+            return  # nothing waits for the client now
+        queued = self._queued()
+        if queued < self._seen or self._progressed:  # it took some: another period
+            self.start()
+            return
         self._expired()
 
 
@@ -89,7 +100,7 @@ class WriteBuffer:
         self.closing = False
         self._waiters: list[asyncio.Future[None]] = []
         #: the write deadline; ``stuck()`` is the driver's way to drop the connection when it passes
-        self.deadline = WriteDeadline(loop, timeout, self._queued, stuck)
+        self.deadline = WriteDeadline(loop, timeout, self._queued, stuck, self._waiting)
 
     def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
         """The connection's transport is here; returned as the stream transport it is (uvloop's transports are not
@@ -99,6 +110,10 @@ class WriteBuffer:
 
     def _queued(self) -> int:
         return self.transport.get_write_buffer_size()
+
+    def _waiting(self) -> bool:
+        """Whether bytes wait for the client: the transport is over its high-water mark, or closing with bytes."""
+        return (self.paused or self.closing) and not self.lost
 
     # ------------------------------------------------------------------ producing
 
@@ -163,8 +178,7 @@ class WriteBuffer:
     def resume(self) -> None:
         """The transport's buffer is below its low-water mark again: every waiter goes on."""
         self._set_paused(False)
-        if not self.closing:
-            self.deadline.cancel()
+        self.deadline.progressed()
         self._wake()
 
     async def drain(self) -> None:
