@@ -50,7 +50,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -341,31 +341,27 @@ _INDEXED_BYTES = bytes(range(0x80, 0xFF))
 _IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
 
 
+@dataclass(slots=True, eq=False)
 class _Stream:
-    __slots__ = ("buffered", "credit", "head", "head_only", "id", "pending", "pending_end", "pending_trailers",
-                 "received", "recv_window", "remaining", "remote_open", "request_length", "send_window",
-                 "state", "status")
-
-    def __init__(self, stream_id: int, send_window: int, recv_window: int, head_only: bool) -> None:
-        self.id = stream_id
-        self.remote_open = True
-        self.state = _IDLE
-        self.head = b""
-        self.head_only = head_only
-        self.status = 0
-        self.send_window = send_window
-        self.recv_window = recv_window
-        #: bytes delivered to the application and not acknowledged yet
-        self.buffered = 0
-        #: bytes acknowledged and not yet given back to the peer with a WINDOW_UPDATE
-        self.credit = 0
-        self.request_length = -1
-        self.received = 0
-        #: response content-length still owed (-1: none announced)
-        self.remaining = -1
-        self.pending: list[bytes | memoryview] = []
-        self.pending_end = False
-        self.pending_trailers = b""
+    id: int
+    send_window: int
+    recv_window: int
+    head_only: bool
+    remote_open: bool = True
+    state: int = _IDLE
+    head: bytes = b""
+    status: int = 0
+    #: bytes delivered to the application and not acknowledged yet
+    buffered: int = 0
+    #: bytes acknowledged and not yet given back to the peer with a WINDOW_UPDATE
+    credit: int = 0
+    request_length: int = -1
+    received: int = 0
+    #: response content-length still owed (-1: none announced)
+    remaining: int = -1
+    pending: list[bytes | memoryview] = field(default_factory=list)
+    pending_end: bool = False
+    pending_trailers: bytes = b""
 
 
 class _ConnectionError(Exception):
