@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote_to_bytes
 
 from ..protocol.events import Request
@@ -121,26 +121,13 @@ def websocket_scope(request: Request, info: ConnectionInfo) -> WebSocketScope:
     ``extensions`` advertises the denial response (asgiref extensions.rst): the app may answer the handshake with
     an HTTP response of its own.
     """
-    raw_path, query = split_target(request.target)
-    path = decode_path(raw_path)
+    # the handshake request's own http scope (target, addresses, headers, state), made a websocket one
+    scope: dict[str, Any] = dict(http_scope(request, info))
+    del scope["method"]
     subprotocols: list[str] = []
     for name, value in request.headers:
         if name == b"sec-websocket-protocol":
             subprotocols += [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
-    root = info.root_path
-    return {
-        "type": "websocket",
-        "asgi": ASGI_VERSION,
-        "http_version": request.http_version,
-        "scheme": "wss" if info.scheme == "https" else "ws",
-        "path": root + path if root else path,
-        "raw_path": info.root_path_bytes + raw_path if root else raw_path,
-        "query_string": query,
-        "root_path": root,
-        "headers": request.headers,
-        "client": info.client,
-        "server": info.server,
-        "subprotocols": subprotocols,
-        "state": info.state.copy(),
-        "extensions": {**info.extensions, "websocket.http.response": {}},
-    }
+    scope.update(type="websocket", scheme="wss" if info.scheme == "https" else "ws", subprotocols=subprotocols,
+                 extensions={**info.extensions, "websocket.http.response": {}})
+    return cast(WebSocketScope, scope)
