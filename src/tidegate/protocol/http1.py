@@ -51,7 +51,7 @@ from .events import (
     Upgrade,
 )
 
-__all__ = ["H1Connection", "ResponseDefaults", "status_line"]
+__all__ = ["H1Connection", "ResponseDefaults", "status_line", "switching_protocols"]
 
 #: bytes from the peer: a read, or a slice of one (:meth:`H1Connection._receive_sliced` feeds memoryview slices)
 Received = bytes | memoryview
@@ -143,6 +143,26 @@ _NO_BODY_LIMIT = 1 << 62
 # requests past the pipeline depth.
 _SLICE = 65536
 _HEAD_SLICE = 1024
+
+
+def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], defaults: ResponseDefaults) -> bytes:
+    """The head that accepts a WebSocket handshake (101), with the server's default fields the app did not set."""
+    has_server = has_date = False
+    parts = [status_line(status)]
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"server":
+            has_server = True
+        elif lname == b"date":
+            has_date = True
+        parts += (name, b": ", value, b"\r\n")
+    if not has_server:
+        parts.append(defaults.server)
+    if not has_date:
+        parts.append(defaults.date)
+    parts.append(defaults.extra)
+    parts.append(b"\r\n")
+    return b"".join(parts)
 
 
 def _discard(data: bytes) -> None:

@@ -14,34 +14,14 @@ from collections.abc import Awaitable, Callable
 
 from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Request
-from ..protocol.http1 import H1Connection, ResponseDefaults, status_line
+from ..protocol.http1 import H1Connection, switching_protocols
 from .context import ServerContext, client_text, cut
 from .websocket import WebSocketChannel
 from .writes import WriteBuffer
 
-__all__ = ["WebSocketDriver", "switching_protocols"]
+__all__ = ["WebSocketDriver"]
 
 logger = logging.getLogger("tidegate.error")
-
-
-def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], defaults: ResponseDefaults) -> bytes:
-    """The head that accepts a WebSocket handshake (101), with the server's default fields the app did not set."""
-    has_server = has_date = False
-    parts = [status_line(status)]
-    for name, value in headers:
-        lname = name.lower()
-        if lname == b"server":
-            has_server = True
-        elif lname == b"date":
-            has_date = True
-        parts += (name, b": ", value, b"\r\n")
-    if not has_server:
-        parts.append(defaults.server)
-    if not has_date:
-        parts.append(defaults.date)
-    parts.append(defaults.extra)
-    parts.append(b"\r\n")
-    return b"".join(parts)
 
 
 class WebSocketDriver(asyncio.Protocol):
