@@ -206,7 +206,7 @@ def test_invalid_response_headers_raise(headers: Any) -> None:
     assert pair.wire() == b""
 
 
-@pytest.mark.parametrize("status", [99, 100, 101, 1000, "200", 200.0])
+@pytest.mark.parametrize("status", [99, 100, 101, 600, 999, 1000, "200", 200.0])
 def test_invalid_status_raises(status: Any) -> None:
     pair = Pair()
     pair.request()

@@ -628,8 +628,8 @@ class H1Connection:
         self._version10 = version10
         line = (_STATUS_LINES_10 if version10 else _STATUS_LINES).get(status)
         if line is None:
-            if type(status) is not int or not 200 <= status <= 999:
-                raise ProtocolError(f"status must be an int in 200..999 (1xx are informational), not {status!r}")
+            if type(status) is not int or not 200 <= status <= 599:
+                raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
             line = status_line(status, b"1.0" if version10 else b"1.1")
         elif status < 200:
             raise ProtocolError(f"status {status} is informational: send it before the final response")

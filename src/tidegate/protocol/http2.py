@@ -174,7 +174,7 @@ def encode_field(name: bytes, value: bytes) -> bytes:
     return bytes((flags,)) + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
 
 
-_STATUS_FIELDS = {status: encode_field(b":status", b"%d" % status) for status in range(100, 1000)}
+_STATUS_FIELDS = {status: encode_field(b":status", b"%d" % status) for status in range(100, 600)}
 # content-length fields by value (bounded, like the field cache)
 _LENGTH_FIELDS: dict[bytes, bytes] = {}
 
@@ -971,7 +971,7 @@ class H2Connection:
             raise ProtocolError("the response has already started")
         field = _STATUS_FIELDS.get(status) if type(status) is int else None
         if field is None or status < 200:
-            raise ProtocolError(f"status must be an int in 200..999 (1xx are informational), not {status!r}")
+            raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
         parts, has_date, has_server = self._encode_headers(headers, stream)
         parts.insert(0, field)
         parts.append(self._defaults_block(has_date, has_server))
