@@ -79,3 +79,36 @@ def test_chunked_body_of_an_unknown_upgrade_is_refused(run_server: Any) -> None:
         assert response.status == 400
         client.wait_closed()
     assert seen == []
+
+
+def websocket_handshake(framing: bytes) -> bytes:
+    return (b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n" + framing + b"\r\n")
+
+
+@pytest.mark.parametrize("framing", [b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n"],
+                         ids=["content-length", "chunked"])
+def test_a_websocket_handshake_with_a_body_is_refused(run_server: Any, framing: bytes) -> None:
+    # its body bytes would be frames to us and the request's body to a proxy in front (RFC 9112 §6)
+    seen: list[tuple[str, bytes]] = []
+    server = run_server(recorder(seen))
+    with RawClient(server.port) as client:
+        client.send(websocket_handshake(framing) + b"\x81\x80abcd")
+        response = client.read_response()
+        assert response.status == 400
+        assert b"no body" in response.body
+    with RawClient(server.port) as client:  # the next client is served
+        client.send(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert client.read_response().status == 200
+    assert seen == [("/next", b"")]
+
+
+def test_a_websocket_handshake_with_an_empty_body_is_accepted(run_server: Any) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+
+    server = run_server(app)
+    with RawClient(server.port) as client:
+        client.send(websocket_handshake(b"Content-Length: 0\r\n"))
+        assert client.read_head()[1] == 101

@@ -34,9 +34,24 @@ _UPGRADE_FIELDS = frozenset({b"connection", b"upgrade", b"http2-settings", b"kee
                              b"transfer-encoding"})
 
 
+def _body_length(request: Request) -> int:
+    """The body an upgrade request declares: its content-length, -1 for a transfer-encoding, else 0."""
+    length = 0
+    for name, value in request.headers:
+        if name == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        elif name == b"transfer-encoding":
+            return -1
+    return length
+
+
 def upgrade_websocket(h1: Handover, request: Request, trailing: bytes) -> None:
     """``Upgrade: websocket``: hand the HTTP/1.1 connection to a WebSocket driver (which answers the handshake
-    once the app has decided)."""
+    once the app has decided).  A handshake carries no body: one that declares one is refused, since its bytes
+    would be read as frames here and as the request's body by a proxy (RFC 9112 §6)."""
+    if _body_length(request):
+        h1.refuse(400, "a WebSocket handshake has no body")
+        return
     h1.hand_over(WebSocketDriver(h1.ctx, h1.info, request), trailing)
 
 
@@ -48,12 +63,7 @@ def prior_knowledge(h1: Handover, data: bytes) -> None:
 def upgrade_h2c(h1: Handover, request: Request, trailing: bytes) -> None:
     """``Upgrade: h2c`` (RFC 7540 §3.2): answer 101, then the request on stream 1 over HTTP/2."""
     settings = [value for name, value in request.headers if name == b"http2-settings"]
-    body_length = 0
-    for name, value in request.headers:
-        if name == b"content-length":
-            body_length = int(value) if value.isdigit() else -1
-        elif name == b"transfer-encoding":
-            body_length = -1
+    body_length = _body_length(request)
     if body_length < 0:
         # the parser took the body for bytes after the upgrade: they cannot be read as a request
         h1.refuse(400, "an h2c upgrade request's body needs a content-length")
