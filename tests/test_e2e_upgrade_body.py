@@ -112,3 +112,14 @@ def test_a_websocket_handshake_with_an_empty_body_is_accepted(run_server: Any) -
     with RawClient(server.port) as client:
         client.send(websocket_handshake(b"Content-Length: 0\r\n"))
         assert client.read_head()[1] == 101
+
+
+def test_a_websocket_upgrade_in_an_http10_request_is_answered_as_a_plain_request(run_server: Any) -> None:
+    # RFC 9110 §7.8: Upgrade is ignored in an HTTP/1.0 request
+    seen: list[tuple[str, bytes]] = []
+    server = run_server(recorder(seen))
+    with RawClient(server.port) as client:
+        client.send(websocket_handshake(b"").replace(b"HTTP/1.1", b"HTTP/1.0"))
+        response = client.read_response()
+        assert response.status == 200
+    assert seen == [("/ws", b"")]

@@ -262,7 +262,8 @@ class H1Driver(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         self._phase = _BUSY
-        if request.upgrade is not None and self.current is None and request.upgrade in self.ctx.upgrades:
+        if (request.upgrade is not None and self.current is None and request.upgrade in self.ctx.upgrades
+                and request.http_version != "1.0"):  # HTTP/1.0 has no Upgrade (RFC 9110 §7.8): a plain request
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
             return
