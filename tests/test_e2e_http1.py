@@ -960,3 +960,20 @@ def test_lifespan_state_is_shallow_copied_into_each_request(run_server: Any, loo
         assert http.get("/a").text == "0 1"
         assert http.get("/b").text == "0 2"
     assert shared == ["/a", "/b"]
+
+
+def test_a_request_with_connection_close_is_answered_connection_close_whatever_the_app_set(run_server: Any) -> None:
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"connection", b"keep-alive"), (b"content-length", b"2")]})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = run_server(app)
+    with RawClient(server.port) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        response = client.read_response()
+        assert response.header(b"connection") == b"close"
+        assert client.sock.recv(1) == b""  # and it closes
+    with RawClient(server.port) as client:  # the next client is served
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n")
+        assert client.read_response().header(b"connection") == b"keep-alive"

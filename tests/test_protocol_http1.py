@@ -797,3 +797,18 @@ def test_te_trailers_in_chunked_trailers_does_not_reach_the_next_request() -> No
     requests = [e for e in events if isinstance(e, Request)]
     assert [r.target for r in requests] == [b"/", b"/next"]
     assert not requests[1].trailers
+
+
+@pytest.mark.parametrize("value", [b"keep-alive", b"Keep-Alive", b"upgrade"])
+def test_a_request_with_connection_close_gets_connection_close_whatever_the_app_set(value: bytes) -> None:
+    sink = respond(request(keep_alive=False), 200, [(b"connection", value), (b"content-length", b"2")], b"ok")
+    head = sink.data.split(b"\r\n\r\n")[0].lower()
+    assert b"\r\nconnection: close" in head
+    assert head.count(b"\r\nconnection:") == 1
+    assert not sink.conn.keep_alive
+
+
+def test_the_apps_connection_header_stands_on_a_keep_alive_connection() -> None:
+    sink = respond(request(), 200, [(b"connection", b"keep-alive"), (b"content-length", b"2")], b"ok")
+    assert b"\r\nconnection: keep-alive\r\n" in sink.data
+    assert sink.conn.keep_alive

@@ -634,7 +634,7 @@ class H1Connection:
         elif status < 200:
             raise ProtocolError(f"status {status} is informational: send it before the final response")
         keep_alive = request.keep_alive and self.keep_alive
-        content_length = length_at = -1
+        content_length = length_at = connection_at = -1
         has_date = has_server = app_connection = False
         parts = [line]
         try:
@@ -656,6 +656,8 @@ class H1Connection:
                         app_connection = True
                         if b"close" in value.lower():
                             keep_alive = False
+                        else:
+                            connection_at = len(parts)
                     elif lname == b"date":
                         has_date = True
                     else:
@@ -699,6 +701,8 @@ class H1Connection:
             self.keep_alive = False
             if not app_connection:
                 parts.append(b"connection: close\r\n")
+            elif connection_at >= 0:
+                parts[connection_at + 2] = b"close"  # the connection closes, whatever the app said
         elif version10 and not app_connection:
             parts.append(b"connection: keep-alive\r\n")
         self._response_keep_alive = keep_alive
