@@ -650,12 +650,14 @@ def test_an_app_returning_without_a_response_gets_500(error_log: list[logging.Lo
     assert "GET /path?q=1" in record.getMessage()
 
 
-def test_an_app_returning_after_the_start_only_aborts(error_log: list[logging.LogRecord]) -> None:
+def test_an_app_returning_after_the_start_only_gets_a_500(error_log: list[logging.LogRecord]) -> None:
+    # the head waits for the first body: nothing is on the wire, so the client gets an answer, not a bare close
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send(START)
 
     _, stream = run_app(app)
-    assert stream.names() == ["send_head", "abort"]
+    assert stream.names() == ["send_head", "send_error"]
+    assert stream.calls[-1] == ("send_error", 500)
     [record] = error_log
     assert "without completing the response" in record.getMessage()
 

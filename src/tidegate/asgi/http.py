@@ -341,7 +341,8 @@ class HTTPExchange(Waiting):
         if self._state >= _DONE:
             # complete (its connection may already carry the next request) or gone: nothing to answer or close
             return
-        if self._state == _START:
+        if self._state == _START or self._state == _STARTED or self._state == _STARTED_T:
+            # nothing is on the wire yet (a started response's head waits for its first body): answer 500
             self._state = _DONE
             self.status = 500
             self.stream.send_error(500)
