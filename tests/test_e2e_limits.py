@@ -580,3 +580,34 @@ def test_a_websocket_client_that_does_not_read_is_dropped(run_server: Any, loop:
                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         done.wait_sync(10)  # reads nothing more
     assert outcome == ["ClientDisconnected"]
+
+
+def test_a_websocket_counts_against_the_connection_limit_once(run_server: Any, loop: str) -> None:
+    # the HTTP/1.1 connection hands itself over to the WebSocket driver: one connection, counted once, never held
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket":
+            await receive()
+            await send({"type": "websocket.accept"})
+            while (await receive())["type"] != "websocket.disconnect":
+                pass
+            return
+        await hello(scope, receive, send)
+
+    server = run_server(app, loop=loop, limit_connections=2, timeout_keep_alive=30)
+    ws = RawClient(server.port)
+    ws.send(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    assert ws.read_head()[1] == 101
+    clients = [RawClient(server.port) for _ in range(2)]
+    try:
+        for client in clients:
+            client.send(GET)
+        (first,) = answered(clients, 1)  # the WebSocket and one more: the limit
+        assert first.read_response().status == 200
+        ws.close()  # the WebSocket's connection closes: the one waiting comes in
+        (second,) = answered([c for c in clients if c is not first], 1)
+        assert second.read_response().status == 200
+    finally:
+        ws.close()
+        for client in clients:
+            client.close()

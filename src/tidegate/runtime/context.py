@@ -107,12 +107,14 @@ class ConnectionRegistry:
         self._gate: Gate = gate or _NoGate()
         self._drained: asyncio.Future[None] | None = None
 
-    def add(self, driver: Any) -> bool:
+    def add(self, driver: Any, admit: bool = True) -> bool:
         """A connection opened: True to serve it, False to hold it unread (accepted past --limit-connections in
-        the batch of the last one allowed) until a connection closes and ``driver.unpark()`` is called."""
+        the batch of the last one allowed) until a connection closes and ``driver.unpark()`` is called.  With
+        ``admit`` False (a connection handed over from another driver, or one that cannot be held) it is only
+        counted."""
         self.connections.add(driver)
         limit = self.connection_limit
-        if limit is None:
+        if limit is None or not admit:
             return True
         if len(self.connections) - len(self._parked) > limit:
             self._parked.append(driver)
@@ -124,6 +126,10 @@ class ConnectionRegistry:
     def would_fill(self) -> bool:
         """Under --limit-connections: whether one more connection reaches the limit (accepting should stop)."""
         return self.connection_limit is not None and len(self.connections) + 1 >= self.connection_limit
+
+    def hand_over(self, driver: Any) -> None:
+        """``driver``'s connection goes on under another driver (which adds itself): no room is made."""
+        self.connections.discard(driver)
 
     def discard(self, driver: Any) -> None:
         """A connection closed (or was handed to another driver, which adds itself)."""

@@ -374,7 +374,7 @@ class H1Driver(asyncio.Protocol):
             self.writes.out.append(head)
         self.writes.flush()
         self.writes.connection_lost()
-        self.ctx.registry.discard(self)
+        self.ctx.registry.hand_over(self)
         self._lost = True  # nothing more comes through this driver
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)

@@ -416,7 +416,7 @@ class H2Driver(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.writes.attach(transport)
         self.info = connection_info(self.ctx, transport)
-        self.ctx.registry.add(self)
+        self.ctx.registry.add(self, admit=False)  # counted; HTTP/2 connections are not held unread
         if self._upgrade is None:
             self.conn.initiate()
             self.writes.flush()

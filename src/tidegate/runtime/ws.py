@@ -46,7 +46,7 @@ class WebSocketDriver(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = self.writes.attach(transport)
-        self.ctx.registry.add(self)
+        self.ctx.registry.add(self, admit=False)  # handed over by an HTTP/1.1 connection already admitted
         self.channel.start()
         task = self.channel.task
         if task is not None:
