@@ -130,7 +130,7 @@ class H1Driver(asyncio.Protocol):
         # response, past FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one
         # go leaves in one write, and an event sent before the app waits for something is on the wire before it
         # waits).
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused)
         #: the client has not taken what was written (the exchange's send() then waits in drain())
         self.write_paused = False
         self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
@@ -250,13 +250,6 @@ class H1Driver(asyncio.Protocol):
         if self._held and not self._lost:
             self._held = False
             self._next()
-
-    def _write_stuck(self) -> None:
-        """--timeout-write passed with the client taking none of what waits for it."""
-        if not self._lost:
-            logger.info("client %s has not read the response for %gs: dropping the connection",
-                        self._client_text(), self.ctx.timeouts.write)
-            self.transport.abort()
 
     # ------------------------------------------------------------------ requests
 

@@ -387,7 +387,7 @@ class H2Driver(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, upgrade: tuple[Request, bytes, int] | None = None) -> None:
         self.ctx = ctx
         settings = ctx.h2
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "HTTP/2 ")
         #: the transport is above its high-water mark
         self.write_paused = False
         self.conn = H2Connection(writes.out.append, defaults=ctx.defaults,
@@ -487,13 +487,6 @@ class H2Driver(asyncio.Protocol):
             self.transport.resume_reading()
         for stream in list(self.waiting):
             stream.wake()
-
-    def _write_stuck(self) -> None:
-        """--timeout-write passed with the client taking none of what waits for it."""
-        if not self._lost:
-            logger.info("HTTP/2 client %s has not read for %gs: dropping the connection", self._client_text(),
-                        self.ctx.timeouts.write)
-            self.transport.abort()
 
     # ------------------------------------------------------------------ streams
 

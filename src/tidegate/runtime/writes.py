@@ -17,12 +17,15 @@ must take some of them in every period of that length; a client that takes none 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from typing import Any, cast
 
 from ..asgi.errors import ClientDisconnected
 
 __all__ = ["FLUSH_BYTES", "WriteBuffer", "WriteDeadline"]
+
+logger = logging.getLogger("tidegate.error")
 
 FLUSH_BYTES = 65536
 
@@ -46,10 +49,6 @@ class WriteDeadline:
         self._seen = 0
         self._progressed = False
         self._timer: asyncio.TimerHandle | None = None
-
-    @property
-    def armed(self) -> bool:
-        return self._timer is not None
 
     def start(self) -> None:
         """Start watching (a no-op while already watching)."""
@@ -83,12 +82,14 @@ class WriteBuffer:
 
     transport: asyncio.Transport  # set by attach()
 
-    __slots__ = ("_handle", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost", "out", "paused",
-                 "pending", "transport")
+    __slots__ = ("_handle", "_kind", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost", "out",
+                 "paused", "pending", "transport")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, stuck: Callable[[], None],
-                 on_paused: Callable[[bool], None] | None = None) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, on_paused: Callable[[bool], None],
+                 kind: str = "") -> None:
         self._loop = loop
+        #: how the log names the client's protocol ("", "HTTP/2 ", "WebSocket ")
+        self._kind = kind
         #: told each time :attr:`paused` changes (a driver keeps a plain ``write_paused`` for its exchanges to read)
         self._on_paused = on_paused
         #: bytes made and not yet handed to the transport; ``out.append`` is the sans-IO connection's write callback
@@ -99,8 +100,8 @@ class WriteBuffer:
         self.lost = False
         self.closing = False
         self._waiters: list[asyncio.Future[None]] = []
-        #: the write deadline; ``stuck()`` is the driver's way to drop the connection when it passes
-        self.deadline = WriteDeadline(loop, timeout, self._queued, stuck, self._waiting)
+        #: the write deadline: past it, the connection is dropped
+        self.deadline = WriteDeadline(loop, timeout, self._queued, self._stuck, self._waiting)
 
     def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
         """The connection's transport is here; returned as the stream transport it is (uvloop's transports are not
@@ -111,6 +112,15 @@ class WriteBuffer:
     def _queued(self) -> int:
         return self.transport.get_write_buffer_size()
 
+    def _stuck(self) -> None:
+        """--timeout-write passed with the client taking none of what waits for it: drop the connection."""
+        if not self.lost:
+            peer = self.transport.get_extra_info("peername")
+            client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) and len(peer) >= 2 else "-"
+            logger.info("%sclient %s has not read for %gs: dropping the connection", self._kind, client,
+                        self.deadline.timeout)
+            self.transport.abort()
+
     def _waiting(self) -> bool:
         """Whether bytes wait for the client: the transport is over its high-water mark, or closing with bytes."""
         return (self.paused or self.closing) and not self.lost
@@ -118,7 +128,8 @@ class WriteBuffer:
     # ------------------------------------------------------------------ producing
 
     def write(self, data: bytes) -> None:
-        """Queue ``data``; it leaves past ``FLUSH_BYTES`` or at the end of this loop iteration."""
+        """Queue ``data``; it leaves past ``FLUSH_BYTES`` or at the end of this loop iteration.  (:meth:`wrote`
+        inlined: this is a WebSocket session's write, once per frame.)"""
         self.out.append(data)
         self.pending += len(data)
         if self.pending > FLUSH_BYTES:
@@ -147,8 +158,7 @@ class WriteBuffer:
 
     def _set_paused(self, paused: bool) -> None:
         self.paused = paused
-        if self._on_paused is not None:
-            self._on_paused(paused)
+        self._on_paused(paused)
 
     def flush(self) -> bool:
         """Write what is queued; True if anything was handed to the transport."""
@@ -195,10 +205,6 @@ class WriteBuffer:
                     self._waiters.remove(waiter)
         if self.lost:
             raise ClientDisconnected("the client has disconnected")
-
-    @property
-    def waiting(self) -> int:
-        return len(self._waiters)
 
     def _wake(self) -> None:
         waiters = self._waiters

@@ -35,7 +35,7 @@ class WebSocketDriver(asyncio.Protocol):
         self.info = info
         self.request = request
         self.label = ""
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._write_stuck, self._on_paused)
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "WebSocket ")
         #: the carrier's write: frames go straight to the write buffer
         self.write = writes.write
         self._denial: H1Connection | None = None
@@ -74,13 +74,6 @@ class WebSocketDriver(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.writes.resume()
         self.channel.resume_reading()
-
-    def _write_stuck(self) -> None:
-        """--timeout-write passed with the client taking none of what waits for it."""
-        if not self._lost:
-            logger.info("WebSocket client %s has not read for %gs: dropping the connection", client_text(self.info),
-                        self.ctx.timeouts.write)
-            self.transport.abort()
 
     # ------------------------------------------------------------------ lifetime
 
