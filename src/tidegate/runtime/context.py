@@ -96,7 +96,7 @@ class ConnectionRegistry:
     def __init__(self, loop: Any, connections: int | None = None, concurrency: int | None = None,
                  gate: Gate | None = None) -> None:
         self._loop = loop
-        self.connections: set[Any] = set()
+        self.connections: set[Driver] = set()
         #: --limit-connections (None: none); connections accepted past it wait, not read, in _parked
         self.connection_limit = connections
         #: --limit-concurrency (None: none) and the requests being handled under it
@@ -107,7 +107,7 @@ class ConnectionRegistry:
         self._gate: Gate = gate or _NoGate()
         self._drained: asyncio.Future[None] | None = None
 
-    def add(self, driver: Any, admit: bool = True) -> bool:
+    def add(self, driver: Driver, admit: bool = True) -> bool:
         """A connection opened: True to serve it, False to hold it unread (accepted past --limit-connections in
         the batch of the last one allowed) until a connection closes and ``driver.unpark()`` is called.  With
         ``admit`` False (a connection handed over from another driver, or one that cannot be held) it is only
@@ -127,11 +127,11 @@ class ConnectionRegistry:
         """Under --limit-connections: whether one more connection reaches the limit (accepting should stop)."""
         return self.connection_limit is not None and len(self.connections) + 1 >= self.connection_limit
 
-    def hand_over(self, driver: Any) -> None:
+    def hand_over(self, driver: Driver) -> None:
         """``driver``'s connection goes on under another driver (which adds itself): no room is made."""
         self.connections.discard(driver)
 
-    def discard(self, driver: Any) -> None:
+    def discard(self, driver: Driver) -> None:
         """A connection closed (or was handed to another driver, which adds itself)."""
         if driver in self.connections:
             self.connections.discard(driver)
@@ -242,7 +242,7 @@ class ServerContext:
         self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
 
     @property
-    def connections(self) -> set[Any]:
+    def connections(self) -> set[Driver]:
         return self.registry.connections
 
 
