@@ -368,6 +368,53 @@ def test_connections_past_the_limit_wait_in_the_backlog(run_server: Any, loop: s
             client.close()
 
 
+def test_under_churn_every_connection_past_the_limit_is_served_in_turn(run_server: Any, loop: str) -> None:
+    # Connections close while others are being accepted and set up: none is lost on the way (each is answered),
+    # and the server never answers more than the limit at once.
+    server = run_server(hello, loop=loop, limit_connections=2, timeout_keep_alive=30)
+    pending = [RawClient(server.port) for _ in range(40)]
+    try:
+        for client in pending:
+            client.send(GET)
+        answered_count = 0
+        while pending:
+            ready, _, _ = select.select([c.sock for c in pending], [], [], 5)
+            assert ready, f"no answer ({answered_count} of 40 answered)"
+            assert len(ready) <= 2
+            for client in [c for c in pending if c.sock in ready]:
+                assert client.read_response().status == 200
+                client.close()
+                pending.remove(client)
+                answered_count += 1
+    finally:
+        for client in pending:
+            client.close()
+
+
+def test_tls_handshakes_in_progress_count_against_the_connection_limit(run_server: Any, loop: str, ca: trustme.CA,
+                                                                      tmp_path: Any) -> None:
+    server = run_server(hello, loop=loop, limit_connections=1, timeout_tls_handshake=30, **tls_files(ca, tmp_path))
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as silent:  # never starts its handshake
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.setblocking(False)
+        tls = context.wrap_socket(raw, server_hostname="127.0.0.1", do_handshake_on_connect=False)
+        try:
+            with pytest.raises(ssl.SSLWantReadError):
+                tls.do_handshake()  # sends its ClientHello
+            ready, _, _ = select.select([tls], [], [], 0.3)
+            assert not ready, "a second connection was set up past --limit-connections 1"
+            silent.close()  # the slot frees: the waiting connection is accepted and its handshake completes
+            tls.setblocking(True)
+            tls.settimeout(5)
+            tls.do_handshake()
+            tls.sendall(GET)
+            assert tls.recv(4096).startswith(b"HTTP/1.1 200 ")
+        finally:
+            tls.close()
+
+
 class StateServer(ServerThread):
     """A server whose ServerContext the test can look at (through ``prepare``)."""
 

@@ -123,10 +123,6 @@ class ConnectionRegistry:
             return False
         return True
 
-    def would_fill(self) -> bool:
-        """Under --limit-connections: whether one more connection reaches the limit (accepting should stop)."""
-        return self.connection_limit is not None and len(self.connections) + 1 >= self.connection_limit
-
     def hand_over(self, driver: Driver) -> None:
         """``driver``'s connection goes on under another driver (which adds itself): no room is made."""
         self.connections.discard(driver)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import functools
 import logging
 import socket
 import ssl
@@ -28,90 +30,107 @@ logger = logging.getLogger("tidegate.error")
 
 
 class Listeners:
-    """The listening sockets, and accepting paused and resumed under --limit-connections (the registry's gate)."""
+    """The listening sockets, and accepting paused and resumed under --limit-connections (the registry's gate).
+
+    Without a limit each socket is an asyncio server.  Under a limit the listeners accept themselves, one
+    connection at a time and never more than the limit (the connections being set up, TLS handshakes included,
+    count): pausing only stops watching the socket, so nothing is torn down under a connection being set up, and
+    the kernel's backlog holds the connections that come meanwhile."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
         self.loop = loop
         self.config = config
         limits = config.limits
         self.registry = ConnectionRegistry(loop, limits.connections, limits.concurrency, gate=self)
-        # [socket, its asyncio server or None while accepting is paused]
-        self._listening: list[list[Any]] = []
+        self._servers: list[asyncio.base_events.Server] = []
+        self._sockets: list[socket.socket] = []  # accepted from by the listeners themselves (under a limit)
         self._factory: Callable[[], asyncio.Protocol] | None = None
-        self._tls: ssl.SSLContext | None = None
+        self._options: dict[str, Any] = {}
+        self._opening = 0  # accepted, not yet open (TLS handshake, transport set-up)
+        self._retry: asyncio.TimerHandle | None = None
         self.accepting = False
 
     async def listen(self, sockets: list[socket.socket], factory: Callable[[], asyncio.Protocol],
                      tls: ssl.SSLContext | None) -> None:
-        """Accept connections on ``sockets``.  Under --limit-connections each is served through a duplicate of
-        its file descriptor, so that accepting can stop (the duplicate closes) while the socket stays open and the
-        kernel's backlog holds the connections that come meanwhile."""
         self._factory = factory
-        self._tls = tls
+        if tls is not None:
+            self._options = {"ssl": tls, "ssl_handshake_timeout": self.config.timeouts.tls_handshake}
+        backlog = self.config.bind.backlog
         self.accepting = True
         for sock in sockets:
-            self._listening.append([sock, await self._serve_socket(sock)])
-
-    async def _serve_socket(self, sock: socket.socket) -> asyncio.base_events.Server:
-        options: dict[str, Any] = {}
-        if self._tls is not None:
-            options["ssl"] = self._tls
-            options["ssl_handshake_timeout"] = self.config.timeouts.tls_handshake
-        backlog = self.config.bind.backlog
-        if self.registry.connection_limit is None:
-            assert self._factory is not None
-            return await self.loop.create_server(self._factory, sock=sock, backlog=backlog, **options)
-        return await self.loop.create_server(self._accept, sock=sock.dup(), backlog=backlog, **options)
+            if self.registry.connection_limit is None:
+                server = await self.loop.create_server(factory, sock=sock, backlog=backlog, **self._options)
+                self._servers.append(server)
+            else:
+                sock.setblocking(False)
+                sock.listen(backlog)
+                self._sockets.append(sock)
+                self.loop.add_reader(sock, self._accept, sock)
 
     def close(self) -> None:
         """Stop accepting for good (and close the sockets, as an asyncio server closes its own)."""
-        self.accepting = False
-        for entry in self._listening:
-            if entry[1] is not None:
-                entry[1].close()
-                entry[1] = None
-            if self.registry.connection_limit is not None:
-                entry[0].close()  # served through duplicates: the socket itself is still open
-        self._listening.clear()
+        self.pause_accepting()
+        if self._retry is not None:
+            self._retry.cancel()
+        for server in self._servers:
+            server.close()
+        for sock in self._sockets:
+            sock.close()
+        self._servers.clear()
+        self._sockets.clear()
 
-    def _accept(self) -> asyncio.Protocol:
-        # the protocol factory under --limit-connections: the connection that reaches the limit stops accepting
-        assert self._factory is not None
-        if self.accepting and self.registry.would_fill():
-            self.pause_accepting()
-        return self._factory()
+    def _accept(self, sock: socket.socket) -> None:
+        limit = self.registry.connection_limit
+        assert limit is not None and self._factory is not None
+        while self.accepting:
+            if len(self.registry.connections) + self._opening >= limit:
+                self.pause_accepting()
+                return
+            try:
+                conn, _ = sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors or memory: the backlog keeps the connection, try again in a second
+                    logger.error("cannot accept a connection (%s): trying again in 1 s", exc)
+                    self.pause_accepting()
+                    self._retry = self.loop.call_later(1.0, self._retry_accepting)
+                    return
+                continue  # that connection was reset before it was accepted
+            conn.setblocking(False)
+            self._opening += 1
+            opening = self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn, **self._options))
+            opening.add_done_callback(functools.partial(self._opened, conn))
+
+    def _opened(self, conn: socket.socket, opening: asyncio.Task[Any]) -> None:
+        self._opening -= 1
+        failure = None if opening.cancelled() else opening.exception()
+        if opening.cancelled() or failure is not None:
+            conn.close()
+            logger.debug("a connection could not be opened: %r", failure)
+        limit = self.registry.connection_limit
+        assert limit is not None
+        if not self.accepting and len(self.registry.connections) < limit:
+            self.resume_accepting()
+
+    def _retry_accepting(self) -> None:
+        self._retry = None
+        self.resume_accepting()
 
     def pause_accepting(self) -> None:
-        # The servers close at the next turn of the loop: the connections a listener accepted together with this
-        # one are still being set up, and closing their server under them would drop them.
-        self.accepting = False
-        self.loop.call_soon(self._close_servers)
-
-    def _close_servers(self) -> None:
         if self.accepting:
-            return  # a connection closed meanwhile: accepting goes on
-        logger.debug("%d connections open (--limit-connections): not accepting more for now",
-                     len(self.registry.connections))
-        for entry in self._listening:
-            if entry[1] is not None:
-                entry[1].close()
-                entry[1] = None
+            self.accepting = False
+            logger.debug("%d connections open (--limit-connections): not accepting more for now",
+                         len(self.registry.connections))
+            for sock in self._sockets:
+                self.loop.remove_reader(sock)
 
     def resume_accepting(self) -> None:
-        if self._listening:
+        if self._sockets and not self.accepting and self._retry is None:
             self.accepting = True
-            self.loop.create_task(self._resume_accepting())
-
-    async def _resume_accepting(self) -> None:
-        for entry in list(self._listening):
-            if entry[1] is None:
-                server = await self._serve_socket(entry[0])
-                if entry[1] is None and entry in self._listening:
-                    entry[1] = server
-                    if not self.accepting:  # paused again meanwhile
-                        self.loop.call_soon(self._close_servers)
-                else:
-                    server.close()
+            for sock in self._sockets:
+                self.loop.add_reader(sock, self._accept, sock)
 
 
 class DateClock:
