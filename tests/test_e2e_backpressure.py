@@ -23,9 +23,11 @@ import pytest
 from .ops_helpers import Proc, serving_url
 
 APP = '''
+import asyncio
 import os
 
-stats = {"started": 0, "done": 0, "in_send": 0}
+stats = {"started": 0, "done": 0, "in_send": 0, "held": 0}
+release = asyncio.Event()
 BIG = b"x" * 100_000
 HUGE = b"x" * 1_000_000
 
@@ -47,9 +49,25 @@ async def app(scope, receive, send):
         return
     if scope["type"] != "http":
         return
-    if scope["path"] == "/stats":
-        body = ('{"started": %d, "done": %d, "in_send": %d, "rss": %d}'
-                % (stats["started"], stats["done"], stats["in_send"], rss_kib())).encode()
+    if scope["path"] == "/hold":  # reads its body only once /release is asked for
+        stats["held"] += 1
+        await release.wait()
+        size = 0
+        while True:
+            message = await receive()
+            size += len(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = str(size).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if scope["path"] == "/release":
+        release.set()
+    if scope["path"] in ("/stats", "/release"):
+        body = ('{"started": %d, "done": %d, "in_send": %d, "held": %d, "rss": %d}'
+                % (stats["started"], stats["done"], stats["in_send"], stats["held"], rss_kib())).encode()
         await send({"type": "http.response.start", "status": 200,
                     "headers": [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -83,9 +101,9 @@ def server(tmp_path: Path) -> Any:
     assert "was destroyed but it is pending" not in proc.output
 
 
-def stats(port: int) -> dict[str, int]:
+def stats(port: int, path: str = "/stats") -> dict[str, int]:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(b"GET /stats HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -232,3 +250,51 @@ def test_a_websocket_ping_flood_that_never_reads_costs_bounded_memory(server: An
     assert sent < 64 * len(flood)  # it stopped reading long before the client stopped sending
     sock.close()
     assert stats(port)["rss"] > 0  # still serving everyone else
+
+
+def send_all_for(socks: list[socket.socket], data: bytes, seconds: float) -> list[int]:
+    """Send ``data`` on every socket, as far as the server takes it within ``seconds``; the bytes sent on each."""
+    sent = [0] * len(socks)
+    for sock in socks:
+        sock.setblocking(False)
+    deadline = time.monotonic() + seconds
+    while True:
+        remaining = deadline - time.monotonic()
+        busy = [sock for sock, done in zip(socks, sent, strict=True) if done < len(data)]
+        if remaining <= 0 or not busy:
+            break
+        _, writable, _ = select.select([], busy, [], remaining)
+        for sock in writable:
+            i = socks.index(sock)
+            sent[i] += sock.send(data[sent[i]:sent[i] + 65536])
+    for sock in socks:
+        sock.setblocking(True)
+    return sent
+
+
+def test_a_body_in_one_byte_chunks_to_an_app_that_does_not_read_costs_its_bytes_not_a_piece_each(server: Any) -> None:
+    # 8 clients send 1-byte chunks to an app that does not read: the server stops reading each at the request
+    # buffer (64 KiB), whose memory is its bytes, not tens of bytes of bookkeeping per piece
+    port = server
+    base = stats(port)["rss"]
+    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    for sock in socks:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+        sock.sendall(b"POST /hold HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+    flood = b"1\r\nz\r\n" * 2_000_000  # 12 MB for 2 MB of body: more than the kernel's buffers hold
+    sent = send_all_for(socks, flood, 4.0)
+    peak, now = watch_rss(port, 1.0, lambda s: False)
+    growth = peak - base
+    assert now["held"] == len(socks)
+    assert all(count < len(flood) for count in sent)  # the server stopped reading every one
+    assert growth < 4 * MIB, f"the server grew by {growth / MIB:.1f} MiB for {len(socks)} clients' 1-byte chunks"
+    stats(port, "/release")  # the app reads at last: every byte sent arrives
+    for sock, count in zip(socks, sent, strict=True):
+        chunks = -(-count // 6)  # the last one perhaps cut: its end is sent now
+        sock.sendall(flood[count:chunks * 6] + b"0\r\n\r\n")
+        response = b""
+        while not response.endswith(b"\r\n\r\n" + str(chunks).encode()):
+            chunk = sock.recv(65536)
+            assert chunk, f"closed before the answer ({response!r})"
+            response += chunk
+        sock.close()

@@ -224,6 +224,25 @@ def test_too_many_header_fields_get_431(run_server: Any) -> None:
     served_normally(server.port)
 
 
+def test_chunk_extensions_past_the_header_limit_get_400(run_server: Any, loop: str) -> None:
+    # 3.2 MB of 8 KB extensions, each before a 1-byte chunk: refused long before the end, within one read of 8 KiB
+    app = Recorder()
+    server = run_server(app, loop=loop, limit_request_headers=8192, limit_request_body=1024)
+    flood = b"".join(b"1;e=" + b"x" * 8000 + b"\r\nz\r\n" for _ in range(400))
+    with RawClient(server.port) as client:
+        client.send(b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
+        try:
+            client.sock.sendall(flood)
+        except OSError:
+            pass  # the server closed while the client was still sending
+        response = client.read_response()
+        assert response.status == 400 and b"chunk extensions" in response.body
+        client.wait_closed()
+    assert app.finished.wait(5)
+    assert sum(len(m.get("body", b"")) for m in app.messages) < 100  # a few chunks' data, not 400
+    served_normally(server.port)
+
+
 def test_default_head_limits(run_server: Any) -> None:
     server = run_server(hello)
     assert refused(server.port, b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 414

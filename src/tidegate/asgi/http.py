@@ -46,6 +46,8 @@ Message = dict[str, Any]
 # _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
 _START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE = range(8)
 _NO_LIMIT = 1 << 62
+#: body pieces smaller than this are joined while they wait for the app (see HTTPExchange.on_data)
+_SMALL_PIECE = 1024
 
 
 
@@ -115,7 +117,7 @@ class HTTPExchange(Waiting):
         self._state = _START
         # request body bytes still allowed (--limit-request-body; 0: no limit)
         self._body_left = body_limit or _NO_LIMIT
-        self._chunks: list[bytes] = []
+        self._chunks: list[bytes | bytearray] = []
         self._more_body = True
         self._end_delivered = False
         self._eof = False
@@ -136,7 +138,18 @@ class HTTPExchange(Waiting):
         if left < 0:
             return False
         self._body_left = left
-        self._chunks.append(data)
+        chunks = self._chunks
+        if size < _SMALL_PIECE and chunks:
+            # small pieces (a body sent a byte at a time) are joined: the buffer costs its bytes, not a piece each
+            last = chunks[-1]
+            if type(last) is bytearray:
+                last += data
+            elif len(last) < _SMALL_PIECE:
+                chunks[-1] = bytearray(last) + data
+            else:
+                chunks.append(data)
+        else:
+            chunks.append(data)
         self.buffered += size
         self._wake()
         return True
@@ -176,7 +189,7 @@ class HTTPExchange(Waiting):
         while True:
             chunks = self._chunks
             if chunks:
-                body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+                body = bytes(chunks[0]) if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
                 self.buffered = 0
                 stream = self.stream

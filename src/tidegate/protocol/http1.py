@@ -17,7 +17,9 @@ Rules this file enforces (RFC 9112):
 - limits (:class:`RequestLimits`): a request target longer than ``line`` → 414; a header section larger than
   ``fields`` bytes, or with more than ``field_count`` fields → 431, found while the head is still coming (a head
   that never ends is refused within one read of the limit); a ``Content-Length`` over ``body`` → 413 before any of
-  the body; more than ``fields`` bytes that make no event (chunk extensions, trailer fields) → 431;
+  the body; in a chunked body, more than ``fields`` bytes that carry no data (chunk extensions, the trailer
+  section, beyond a chunk's size line and line ends) → 400 (whatever the reads, within one read of the limit);
+  between requests, more than ``fields`` bytes that make no event → 431;
 - a read larger than 64 KiB is parsed a slice at a time, and once ``pipeline`` requests came out of it the rest
   waits unparsed (:attr:`H1Connection.held`): a flood of pipelined requests is parsed only so far ahead;
 - ``CONNECT`` (a tunnel: this is not a proxy) → 400, and nothing after it is parsed; the ``*`` target only with
@@ -143,6 +145,8 @@ _NO_BODY_LIMIT = 1 << 62
 # requests past the pipeline depth.
 _SLICE = 65536
 _HEAD_SLICE = 1024
+# The framing a chunk may take besides its extensions: 16 hex digits of size and two line ends.
+_CHUNK_FRAMING = 20
 
 
 def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], defaults: ResponseDefaults) -> bytes:
@@ -182,6 +186,8 @@ class _Discard(list[tuple[bytes, bytes]]):
 
 
 _TRAILERS = _Discard()
+# Stands for the events of an earlier read (see H1Connection._feed).
+_EARLIER: list[Event] = []
 
 
 def _known_method(token: bytes) -> bool:
@@ -202,15 +208,19 @@ class H1Connection:
         "_body_digits",
         "_carried",
         "_checking",
+        "_chunked",
         "_chunked_ok",
+        "_chunks",
         "_defaults",
         "_events",
         "_expect",
+        "_extra",
         "_framing",
         "_head",
         "_headers",
         "_held",
         "_hosts",
+        "_inside",
         "_lean",
         "_limits",
         "_max_body",
@@ -242,8 +252,9 @@ class H1Connection:
         # Any HTTP/d.d reaches on_headers_complete, which decides (1.x → handled, other majors → 505).
         self._parser.set_dangerous_leniencies(lenient_version=True)
         self._defaults = defaults if defaults is not None else ResponseDefaults()
-        self._events: list[Event] = []
-        self._begun: list[Event] = self._events
+        self._events: list[Event] = _EARLIER
+        #: the list of events of the read in which the head being received began (_EARLIER: an earlier read)
+        self._begun: list[Event] = _EARLIER
         self._probe: bytes | None = None
         self._probe_first_line = True
         self._url = b""
@@ -262,8 +273,15 @@ class H1Connection:
         self._body_digits = len(str(self._max_body))
         #: bytes of the head being received, from earlier reads (0: none, or it began in this read)
         self._carried = 0
-        #: bytes received since the last event (chunk framing, trailers)
+        #: bytes received between requests that made no event
         self._quiet = 0
+        #: chunk size lines parsed in this read; whether the request in progress has a chunked body; whether the
+        #: read being parsed began inside such a body; the bytes of that body that carried no data beyond its
+        #: chunks' framing (extensions, trailers; see _framing_read)
+        self._chunks = 0
+        self._chunked = False
+        self._inside = False
+        self._extra = 0
         #: any of _carried, _quiet, _held is set: the next read takes the checked path
         self._slow = False
         #: 2 while a read may complete a head over the header section's limit (a read longer than it, or a head
@@ -312,10 +330,42 @@ class H1Connection:
         except httptools.HttpParserError as exc:
             self._failed(exc, data, events)
         else:
+            if self._inside or self._chunked or self._chunks:
+                self._framing_read(data, events)
             # a read that completed requests and ended between them left nothing pending
-            if not events or self._headers is not _TRAILERS or self._checking:
+            if (not events or self._headers is not _TRAILERS or self._checking) and not self.broken:
                 self._after_read(data, events)
+        # the events belong to the caller now (a read of tiny pieces makes thousands: none is kept here), and a
+        # head begun in this read began in an earlier one for the next
+        self._events = self._begun = _EARLIER
         return events
+
+    def _framing_read(self, data: Received, events: list[Event]) -> None:
+        """Bound the bytes of a chunked body that carry no data (RFC 9112 §7.1.1: chunk extensions, and the
+        trailer section) by the header section's limit.  The parser gives no offsets: a read that began inside the
+        body is accounted whole, less what it is known to hold (the data, each chunk's framing, the heads of the
+        requests after it), so that the rest is what the body spent on extensions and trailers."""
+        chunks = self._chunks
+        self._chunks = 0
+        if self._inside:
+            extra = self._extra + len(data) - _CHUNK_FRAMING * chunks
+            ended = False
+            for event in events:
+                if isinstance(event, Data):
+                    extra -= len(event.data)
+                elif isinstance(event, Request):
+                    extra -= len(event.target) + _LINE_EXTRA + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                elif isinstance(event, EndOfMessage):
+                    ended = True
+            headers = self._headers
+            if headers is not _TRAILERS:  # the head of a request after it, begun in this read
+                extra -= len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers)
+            if extra > self._max_section:
+                self.broken = True
+                events.append(RequestError(400, "chunk extensions or trailer section larger than the limit"))
+                return
+            self._extra = 0 if ended or extra < 0 else extra
+        self._inside = self._chunked
 
     def _receive_checked(self, data: Received) -> list[Event]:
         """:meth:`receive_data` for a read that may hold a head over a limit, or after one that left something
@@ -418,9 +468,9 @@ class H1Connection:
                 error = RequestError(431, "too many header fields")
             elif size - len(self._url) - _LINE_EXTRA > limits.fields:
                 error = RequestError(431, "request header section too large")
-        elif not events:
+        elif not events and not self._inside:
             self._quiet += len(data)
-            error = RequestError(431, "too many bytes between body chunks (chunk extensions or trailer fields)") \
+            error = RequestError(431, "too many bytes between requests that make no request") \
                 if self._quiet > limits.fields else None
         else:
             self._quiet = 0
@@ -543,6 +593,7 @@ class H1Connection:
                 if len(value) >= self._body_digits and int(value) > self._max_body:
                     raise _ParseAbort(RequestError(413, "request body larger than the limit"))
             elif name == b"transfer-encoding":
+                self._chunked = True  # its body is accounted from the next read (see _framing_read)
                 if value.lower() != b"chunked" or self._te_other:
                     self._transfer_coding(value)
             elif name == b"te":
@@ -615,7 +666,12 @@ class H1Connection:
     def on_body(self, body: bytes) -> None:
         self._events.append(Data(body))
 
+    def on_chunk_header(self) -> None:
+        self._chunks += 1
+        self._chunked = True
+
     def on_message_complete(self) -> None:
+        self._chunked = False
         self._events.append(EndOfMessage())
 
     # ------------------------------------------------------------------ outbound
