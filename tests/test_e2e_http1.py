@@ -259,6 +259,9 @@ def test_options_asterisk_and_absolute_form(run_server: Any, loop: str) -> None:
         assert scope["query_string"] == "x=1&y=%20"
         client.send(b"GET http://example.com HTTP/1.1\r\nhost: example.com\r\n\r\n")
         assert json.loads(client.read_response().body)["path"] == "/"
+        client.send(b"GET http://a.example/x HTTP/1.1\r\nhost: b.example\r\n\r\n")
+        scope = json.loads(client.read_response().body)  # RFC 9112 §3.2.2: the target's authority is the host
+        assert ["host", "a.example"] in scope["headers"] and ["host", "b.example"] not in scope["headers"]
 
 
 # ---------------------------------------------------------------------------------------------------- pipelining

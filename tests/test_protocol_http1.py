@@ -312,6 +312,24 @@ def test_absolute_form_targets(target: bytes) -> None:
     assert request.target == target
 
 
+@pytest.mark.parametrize(("target", "host"), [
+    (b"http://a.example/x", b"a.example"),
+    (b"https://a.example:8443?q", b"a.example:8443"),
+    (b"http://[::1]:80/", b"[::1]:80"),
+])
+def test_an_absolute_form_target_gives_the_host_whatever_the_host_field_says(target: bytes, host: bytes) -> None:
+    # RFC 9112 §3.2.2: the server ignores the Host field and uses the target's authority
+    request = only_request(feed(b"GET " + target + b" HTTP/1.1\r\nHost: b.example\r\nX: 1\r\n\r\n"))
+    assert request.headers == [(b"host", host), (b"x", b"1")]
+    request = only_request(feed(b"GET " + target + b" HTTP/1.0\r\n\r\n"))
+    assert request.headers == [(b"host", host)]
+
+
+@pytest.mark.parametrize("target", [b"http:///x", b"http://user@a.example/", b"http://a b/", b"http://a\x7fb/"])
+def test_an_absolute_form_target_without_a_valid_authority_gets_400(target: bytes) -> None:
+    assert summary(feed(b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n"))[-1] == ("error", 400)
+
+
 @pytest.mark.parametrize(("head", "status"), [
     (b"GET / HTTP/1.1\r\n\r\n", 400),
     (b"GET / HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n", 400),

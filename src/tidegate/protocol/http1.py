@@ -622,10 +622,30 @@ class H1Connection:
             if sum(len(n) + len(v) for n, v in headers) + 4 * len(headers) > limits.fields:
                 raise _ParseAbort(RequestError(431, "request header section too large"))
 
-    def _check_target(self, method: bytes, url: bytes) -> None:
+    def _check_target(self, method: bytes, url: bytes, headers: Headers) -> None:
         # RFC 9112 §3.2.4: the asterisk form only with OPTIONS
-        if url == b"*" and method != b"OPTIONS":
-            raise _ParseAbort(RequestError(400, "the '*' target is only for OPTIONS"))
+        if url == b"*":
+            if method != b"OPTIONS":
+                raise _ParseAbort(RequestError(400, "the '*' target is only for OPTIONS"))
+            return
+        start = url.find(b"://")
+        if start > 0:
+            # absolute-form (§3.2.2): the target's authority is the host, whatever the Host field says
+            start += 3
+            end = len(url)
+            for stop in (b"/", b"?", b"#"):
+                found = url.find(stop, start)
+                if 0 <= found < end:
+                    end = found
+            authority = url[start:end]
+            if not authority or b"@" in authority or not _HOST.fullmatch(authority):
+                raise _ParseAbort(RequestError(400, "invalid authority in the request target"))
+            for i, (name, _) in enumerate(headers):
+                if name == b"host":
+                    headers[i] = (b"host", authority)
+                    break
+            else:
+                headers.append((b"host", authority))
 
     def on_headers_complete(self) -> None:
         headers = self._headers
@@ -648,7 +668,7 @@ class H1Connection:
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
         if self._url[0] != 0x2F:  # not "/": absolute-form, "*" or authority-form
-            self._check_target(parser.get_method(), self._url)
+            self._check_target(parser.get_method(), self._url, headers)
         upgrade = None
         if parser.should_upgrade():
             for name, value in headers:
