@@ -124,6 +124,17 @@ def test_bad_trailers_abort() -> None:
     assert stream.aborted
 
 
+@pytest.mark.parametrize("name", [b"content-length", b"Transfer-Encoding", b"host", b"authorization", b"set-cookie",
+                                  b"content-type", b"trailer", b"cache-control", b":status"])
+def test_trailers_rfc_9110_forbids_cut_the_response(name: bytes) -> None:
+    exchange, stream = make()
+    with pytest.raises(ASGIError, match="may not be sent in trailers"):
+        run(send_all(exchange, START_T, {"type": "http.response.body", "body": b"x"},
+                     {"type": "http.response.trailers", "headers": [(b"x-ok", b"1"), (name, b"1")]}))
+    assert stream.aborted
+    assert not [call for call in stream.calls if call[0] == "send_trailers"]
+
+
 TRAILER_ERRORS = [
     ([START_T, {"type": "http.response.trailers", "headers": []}], "sent before the last body"),
     ([START_T, {"type": "http.response.body", "more_body": True}, {"type": "http.response.trailers"}],
@@ -273,3 +284,32 @@ def test_http2_trailers_and_early_hints(run_server: Any) -> None:
         assert not [e for e in client.events if isinstance(e, h2.events.TrailersReceived) and e.stream_id == stream_id]
     finally:
         client.close()
+
+
+async def forbidden_trailer_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["path"] != "/forbidden":
+        return await extensions_app(scope, receive, send)
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200, "headers": [], "trailers": True})
+    await send({"type": "http.response.body", "body": b"hello"})
+    await send({"type": "http.response.trailers", "headers": [(b"set-cookie", b"a=b")]})
+
+
+def test_a_forbidden_trailer_cuts_the_response_on_both_protocols(run_server: Any) -> None:
+    server = run_server(forbidden_trailer_app)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /forbidden HTTP/1.1\r\nHost: a\r\nTE: trailers\r\n\r\n")
+        data = read_all(sock)  # the connection closes without the last chunk: the client knows the body is cut
+    assert data.endswith(b"\r\n\r\n5\r\nhello\r\n") and b"set-cookie" not in data
+    client = H2Client(server.port)
+    try:
+        stream_id = client.request("/forbidden", headers=[(b"te", b"trailers")])
+        with pytest.raises(AssertionError, match="reset"):
+            client.response(stream_id)
+        assert client.response(client.request(headers=[(b"te", b"trailers")]))[1] == b"hello world"
+    finally:
+        client.close()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a\r\nTE: trailers\r\nConnection: close\r\n\r\n")
+        assert read_all(sock).endswith(b"0\r\nx-checksum: abc\r\nx-trailers-seen: True\r\n\r\n")

@@ -46,6 +46,16 @@ Message = dict[str, Any]
 # _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
 _START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE = range(8)
 _NO_LIMIT = 1 << 62
+#: Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, connection control, authentication
+#: and cookies, caching and conditional controls, and what says how to process the content.
+FORBIDDEN_TRAILERS = frozenset({
+    b"content-length", b"transfer-encoding", b"trailer", b"te", b"host", b"connection", b"keep-alive",
+    b"proxy-connection", b"upgrade", b"authorization", b"proxy-authorization", b"www-authenticate",
+    b"proxy-authenticate", b"authentication-info", b"set-cookie", b"cookie", b"content-type", b"content-encoding",
+    b"content-range", b"content-location", b"cache-control", b"expires", b"pragma", b"age", b"date", b"location",
+    b"retry-after", b"vary", b"expect", b"max-forwards", b"range", b"if-match", b"if-none-match",
+    b"if-modified-since", b"if-unmodified-since", b"if-range",
+})
 #: body pieces smaller than this are joined while they wait for the app (see HTTPExchange.on_data)
 _SMALL_PIECE = 1024
 
@@ -308,6 +318,11 @@ class HTTPExchange(Waiting):
             self._trailers.extend((_as_bytes(n, "trailer names"), _as_bytes(v, "trailer values")) for n, v in headers)
         except (TypeError, ValueError):
             raise ASGIError(f"'headers' must be an iterable of [name, value] byte strings, not {headers!r}") from None
+        for name, _ in self._trailers:
+            if name.lower() in FORBIDDEN_TRAILERS or name[:1] == b":":
+                self._state = _DONE
+                self.stream.abort()  # the body cannot end well: the client sees it cut
+                raise ASGIError(f"{name!r} may not be sent in trailers (RFC 9110 §6.5.1): the response was cut")
         if message.get("more_trailers", False):
             return
         self._state = _DONE
