@@ -377,6 +377,30 @@ def test_http_1_only_refuses_the_preface_and_the_upgrade(run_server: Any) -> Non
     assert response.status_code == 200 and response.json()["http_version"] == "1.1"
 
 
+@pytest.mark.parametrize("preface", [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ", b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n"])
+def test_an_invalid_preface_with_prior_knowledge_gets_goaway_protocol_error(run_server: Any, preface: bytes) -> None:
+    # the client began HTTP/2's preface: it is answered in HTTP/2 (h2spec http2/3.5/2 over h2c), not with a 400 head
+    server = run_server(info)
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(preface)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    offset = 0
+    frames = []
+    while offset + 9 <= len(data):
+        length = int.from_bytes(data[offset:offset + 3], "big")
+        frames.append((data[offset + 3], data[offset + 9:offset + 9 + length]))
+        offset += 9 + length
+    assert offset == len(data)
+    goaways = [payload for kind, payload in frames if kind == 0x7]
+    assert len(goaways) == 1 and int.from_bytes(goaways[0][4:8], "big") == ErrorCodes.PROTOCOL_ERROR
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"PRI * HTTP/1.1\r\n\r\nSM\r\n\r\n")  # another version: not HTTP/2's preface
+        assert sock.recv(65536).startswith(b"HTTP/1.1 400 ")
+    assert httpx.get(server.url + "/", timeout=TIMEOUT).status_code == 200
+
+
 def test_the_preface_after_a_request_is_not_a_switch(run_server: Any) -> None:
     server = run_server(info)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:

@@ -372,6 +372,15 @@ def test_http2_prior_knowledge_preface_is_handed_to_the_driver() -> None:
         assert events[0].data == b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames
 
 
+@pytest.mark.parametrize("version", [b"2.1", b"1.1", b"1.0", b"3.0", b"0.9"])
+def test_a_pri_preface_with_another_version_is_refused(version: bytes) -> None:
+    for chunks in ([b"PRI * HTTP/" + version + b"\r\n\r\nSM\r\n\r\n"],
+                   [b"PRI * HTT", b"P/" + version + b"\r\n\r\nSM\r\n\r\n"]):
+        conn = H1Connection()
+        events = [event for chunk in chunks for event in conn.receive_data(chunk)]
+        assert summary(events) == [("error", 400)] and conn.broken
+
+
 def test_upgrade_request_carries_the_token_and_the_bytes_after_the_head() -> None:
     events = feed(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
                   b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x05hello")

@@ -695,6 +695,33 @@ def test_empty_data_frames_count_as_abuse() -> None:
     assert of(events, ConnectionClosed)[0].code == ErrorCodes.ENHANCE_YOUR_CALM
 
 
+def test_a_settings_flood_that_toggles_the_initial_window_over_open_streams_counts_as_abuse() -> None:
+    # each change adjusts every open stream's window: 100 blocked streams make it 40 times a control frame's cost
+    pair = Pair(max_resets=200)
+    for _ in range(100):
+        pair.request(end=False)
+    toggle = b"".join(frame(4, 0, 0, struct.pack(">HL", 4, size)) for size in (0, 65535) * 150)
+    events = pair.to_server(toggle)
+    assert of(events, ConnectionClosed)[0].code == ErrorCodes.ENHANCE_YOUR_CALM
+    # a client that sets its window a few times, or changes it with no stream open, is not counted
+    pair = Pair(max_resets=5)
+    pair.to_server(b"".join(frame(4, 0, 0, struct.pack(">HL", 4, size)) for size in range(1000, 1100)))
+    pair.request(end=False)
+    pair.to_server(b"".join(frame(4, 0, 0, struct.pack(">HL", 4, size)) for size in (1 << 20, 1 << 21, 1 << 22)))
+    assert not pair.server.closed
+
+
+@pytest.mark.parametrize("path", [b"/a b", b"/a\tb", b"/\x7f", b"/caf\xc3\xa9", b"/\x00", b"/a\rb"])
+def test_a_path_that_breaks_the_target_grammar_is_a_stream_error(path: bytes) -> None:
+    pair = Pair(validate=False)
+    stream_id, events = pair.request([(b":method", b"GET"), (b":scheme", b"http"), (b":path", path),
+                                      (b":authority", b"a")])
+    assert not of(events, Request)
+    assert reset_code(pair, stream_id) == ErrorCodes.PROTOCOL_ERROR
+    stream_id, events = pair.request()  # the connection goes on
+    assert len(of(events, Request)) == 1
+
+
 def test_reset_by_us_drops_pending_data_and_ignores_late_frames() -> None:
     pair = Pair(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1})
     pair.to_server()
@@ -736,8 +763,9 @@ def test_headers_on_a_closed_stream_or_going_backwards() -> None:
     pair.to_server(frame(1, 0x5, 2, b"\x82\x86\x84"))
     assert goaway(pair).error_code == ErrorCodes.PROTOCOL_ERROR
     pair = Pair()
+    # RFC 9113 §5.1.1: a stream id lower than a previous one (h2spec http2/5.1.1/2)
     pair.to_server(frame(1, 0x5, 5, b"\x82\x86\x84\x41\x01a") + frame(1, 0x5, 3, b"\x82\x86\x84\xbe"))
-    assert goaway(pair).error_code == ErrorCodes.STREAM_CLOSED
+    assert goaway(pair).error_code == ErrorCodes.PROTOCOL_ERROR
 
 
 def test_rst_stream_errors() -> None:

@@ -505,11 +505,13 @@ class H1Connection:
         if message.startswith("Invalid method for HTTP"):
             # a method the parser knows from another protocol (RTSP's DESCRIBE, SETUP...): well-formed, not ours
             return RequestError(501, "method not implemented")
-        if message.startswith("Pause on PRI"):
+        if message.startswith("Pause on PRI") or message.startswith("Expected HTTP/2 Connection Preface"):
             # the HTTP/2 connection preface: the parser stopped after its first line, which ends this data's first
             # line when nothing came before it on the connection (the driver checks that)
             newline = data.find(b"\n")
             if self._url == b"*" and newline >= 0:
+                if self._parser.get_http_version() != "2.0":
+                    return RequestError(400, "'PRI * HTTP/x.y' is the HTTP/2 connection preface only with HTTP/2.0")
                 return Preface(b"PRI * HTTP/2.0\r\n" + data[newline + 1:])
             return RequestError(505, "HTTP version not supported")
         if message.startswith("Data after"):

@@ -39,9 +39,10 @@ Rules this file enforces:
   application stays bounded by the stream windows;
 - flow control, sending: DATA never exceeds the peer's windows or frame size; what does not fit waits in the
   stream (:meth:`send_body` returns False) until a WINDOW_UPDATE, when :class:`Writable` says it went out;
-- abuse: every RST_STREAM from the client on a live stream, every stream error it causes and every empty DATA or
-  CONTINUATION frame counts in :attr:`resets`; past ``max_resets`` (the caller zeroes the count every interval)
-  the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; empty frames, CVE-2019-9518);
+- abuse: every RST_STREAM from the client on a live stream, every stream error it causes, every empty DATA or
+  CONTINUATION frame, and every SETTINGS frame that changes SETTINGS_INITIAL_WINDOW_SIZE while streams are
+  open (each costs a pass over them) counts in :attr:`resets`; past ``max_resets`` (the caller zeroes the count
+  every interval) the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; empty frames, CVE-2019-9518);
 - :meth:`goaway` starts a graceful close: GOAWAY NO_ERROR with the last stream id; later streams are ignored.
 """
 
@@ -188,6 +189,9 @@ def _length_field(value: bytes) -> bytes:
     return piece
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+# What a :path may not hold, as an HTTP/1.1 request target may not (RFC 9112 §3.2): spaces, controls, DEL, raw
+# bytes above 0x7F.
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
 _BAD_VALUE = re.compile(rb"[\r\n\0]")
 _REQUEST_BAD_VALUE = re.compile(rb"[\r\n\0]|^[ \t]|[ \t]$")
 # Response fields we never pass through: HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2).
@@ -316,7 +320,7 @@ def parse_request(fields: Iterable[tuple[bytes, bytes]], connect_protocol: bool)
         target = pseudo.get(b":path", b"")
         if b":scheme" not in pseudo or not target:
             return "missing :scheme or :path"
-        if target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS"):
+        if (target[:1] != b"/" and not (target == b"*" and method == b"OPTIONS")) or _BAD_TARGET.search(target):
             return "invalid :path"
         if protocol is not None and not authority:
             return "extended CONNECT without :authority"
@@ -602,6 +606,9 @@ class H2Connection:
             self._decode(block)  # keep the HPACK state in step
             if stream_id in self._recent_resets:
                 return
+            if stream_id < self._last_stream_id:
+                # RFC 9113 §5.1.1: a new stream's id must be higher than every one before it
+                raise _ConnectionError(PROTOCOL_ERROR, f"HEADERS on stream {stream_id}, lower than a previous one")
             raise _ConnectionError(STREAM_CLOSED, f"HEADERS on closed stream {stream_id}")
         self._last_stream_id = stream_id
         head = self._decode_head(block)
@@ -766,7 +773,8 @@ class H2Connection:
                     raise _ConnectionError(FLOW_CONTROL_ERROR, "SETTINGS_INITIAL_WINDOW_SIZE too large")
                 delta = value - self._peer_stream_window
                 self._peer_stream_window = value
-                if delta:
+                if delta and self._streams:
+                    self.resets += 1
                     for stream in self._streams.values():
                         stream.send_window += delta
                         if stream.send_window > MAX_WINDOW:
