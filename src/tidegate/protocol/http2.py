@@ -42,7 +42,8 @@ Rules this file enforces:
 - abuse: every RST_STREAM from the client on a live stream, every stream error it causes, every empty DATA or
   CONTINUATION frame, and every SETTINGS frame that changes SETTINGS_INITIAL_WINDOW_SIZE while streams are
   open (each costs a pass over them) counts in :attr:`resets`; past ``max_resets`` (the caller zeroes the count
-  every interval) the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; empty frames, CVE-2019-9518);
+  every interval) the connection ends with GOAWAY ENHANCE_YOUR_CALM (rapid reset, CVE-2023-44487; empty
+  frames, CVE-2019-9518);
 - :meth:`goaway` starts a graceful close: GOAWAY NO_ERROR with the last stream id; later streams are ignored.
 """
 
