@@ -298,3 +298,29 @@ def test_a_body_in_one_byte_chunks_to_an_app_that_does_not_read_costs_its_bytes_
             assert chunk, f"closed before the answer ({response!r})"
             response += chunk
         sock.close()
+
+
+def test_a_message_in_a_million_one_byte_fragments_costs_its_size(server: Any) -> None:
+    # a message's memory is bounded by its size (--ws-max-size), whatever its fragmentation: ~55 bytes of
+    # bookkeeping per fragment would make these 1 M one-byte fragments cost 55 MB
+    port = server
+    base = stats(port)["rss"]
+    key = base64.b64encode(os.urandom(16))
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    fragment = bytes((0x00, 0x81)) + b"\x00\x00\x00\x00" + b"z"  # a continuation, not final, 1 byte
+    data = bytes((0x02, 0x81)) + b"\x00\x00\x00\x00" + b"a" + fragment * 1_000_000
+    sent = send_for(sock, data, 20.0)
+    assert sent == len(data)
+    peak, _ = watch_rss(port, 1.0, lambda s: False)
+    growth = peak - base
+    assert growth < 8 * MIB, f"the server grew by {growth / MIB:.1f} MiB for one message in 1 M fragments"
+    sock.sendall(bytes((0x80, 0x81)) + b"\x00\x00\x00\x00" + b"!")  # the last fragment: the message is whole
+    sock.sendall(bytes((0x88, 0x82)) + b"\x00\x00\x00\x00" + b"\x03\xe8")
+    assert sock.recv(16)[:1] == b"\x88"  # the close is answered: everything before it was taken
+    sock.close()

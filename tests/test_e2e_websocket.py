@@ -343,6 +343,29 @@ def test_invalid_frames_close_with_the_right_code(run_server: Any, data: bytes, 
     assert ("send after close", "ClientDisconnected") in rec.events
 
 
+@pytest.mark.parametrize(("bad", "code"), [
+    (masked(b"x", 0xA1), 1002),  # Autobahn 3.2: reserved bits
+    (masked(b"x", 0x85), 1002),  # 4.1.3: a reserved opcode
+    (masked(b"x", 0x80), 1002),  # 5.15-like: a continuation of nothing
+    (masked(b"\xff"), 1007),  # invalid UTF-8
+])
+def test_messages_before_a_protocol_error_are_answered_before_the_close(run_server: Any, loop: str, bad: bytes,
+                                                                        code: int) -> None:
+    # valid messages and a protocol error in the same write: the app gets the messages and its answers go out,
+    # then the connection fails
+    rec = Recorder()
+    server = run_server(echo_app(rec), loop=loop)
+    with RawWS(server.port) as raw:
+        assert raw.handshake()[0] == 101
+        raw.send(masked(b"Hello, world!") + masked(b"second", 0x82) + bad)
+        assert raw.read_frame() == (0x81, b"Hello, world!")
+        assert raw.read_frame() == (0x82, b"second")
+        assert raw.read_close()[0] == code
+        assert raw.wait_closed() == b""
+    rec.done.wait_sync()
+    assert rec.messages("websocket.disconnect")[0]["code"] == code
+
+
 def test_message_over_max_size_is_1009_without_reading_it(run_server: Any) -> None:
     rec = Recorder()
     server = run_server(echo_app(rec), ws_max_size=1000)

@@ -304,6 +304,61 @@ def test_utf8_split_at_the_end_is_only_an_error_at_the_end():
     assert_failed(pair, pair.to_server(masked(b"", 0x80)), 1007)
 
 
+@pytest.mark.parametrize("opcode", [0x81, 0x01, 0x80])
+@pytest.mark.parametrize("step", [1, 3, 7, 40])
+def test_invalid_utf8_in_a_frame_not_complete_yet_fails_as_it_arrives(opcode: int, step: int) -> None:
+    # Autobahn 6.4.3/6.4.4: one frame sent in chops; the chop with the invalid byte fails the connection, before
+    # the frame's end (a continuation goes on from the UTF-8 state of the fragments before it)
+    pair = connect(per_message_deflate=False)
+    before = b""
+    if opcode == 0x80:
+        before = masked(b"\xce", 0x01)  # a fragment ending inside a character: the next byte must continue it
+        assert pair.to_server(before) == []
+    payload = "κόσμε".encode() + b"\xf4\x90\x80\x80" + b"x" * 100  # over U+10FFFF, then more
+    frame = masked(b"\xba" + payload if opcode == 0x80 else payload, opcode)
+    cut = len(frame) - 100  # the invalid bytes are in, the frame is 100 bytes short
+    events: list[Any] = []
+    for i in range(0, cut, step):
+        events += pair.to_server(frame[i:min(i + step, cut)])
+        if events:
+            break
+    assert_failed(pair, events, 1007)
+
+
+def test_a_valid_text_frame_in_chops_is_one_message() -> None:
+    pair = connect(per_message_deflate=False)
+    text = "κόσμε €𝄞 " * 500
+    frame = masked(text.encode(), 0x81)
+    events: list[Any] = []
+    for i in range(0, len(frame), 5):
+        events += pair.to_server(frame[i:i + 5])
+    assert events == [text]
+
+
+def test_a_message_in_a_million_one_byte_fragments_costs_its_size() -> None:
+    pair = connect(max_size=2_000_000, per_message_deflate=False)
+    count = 1_000_000
+    assert pair.to_server(masked(b"a", 0x01)) == []
+    pair.to_server(masked(b"b", 0x00, b"\x00\x00\x00\x00") * (count - 2))
+    buffer = pair.session._frag_buffer
+    assert isinstance(buffer, bytearray) and len(buffer) == count - 1  # one buffer, not a piece per fragment
+    assert pair.to_server(masked(b"c", 0x80)) == ["a" + "b" * (count - 2) + "c"]
+
+
+def test_deferred_failure_reports_the_error_without_the_close_frame() -> None:
+    # the channel answers the messages before the error first, then calls fail()
+    pair = connect(per_message_deflate=False)
+    pair.session.defer_failures = True
+    events = pair.to_server(masked(b"Hello", 0x81) + masked(b"x", 0xA1))
+    assert events[0] == "Hello" and isinstance(events[1], Close) and events[1].code == 1002 and events[1].error
+    assert pair.session.state == OPEN and pair.to_client() == []
+    pair.session.send_text("Hello")
+    pair.session.fail(1002, "reserved bits must be 0")
+    frames = pair.to_client()
+    assert [f.opcode for f in frames] == [Opcode.TEXT, Opcode.CLOSE] and frames[0].data == b"Hello"
+    assert pair.session.state == CLOSED
+
+
 def test_max_size_decided_from_the_header():
     pair = connect(max_size=1000)
     # only the header of a 1001-byte frame: the session refuses it before any payload arrives
@@ -337,7 +392,8 @@ def test_a_frame_in_pieces_is_joined_once():
     for i in range(0, len(frame), 4096):
         events += pair.to_server(frame[i:i + 4096])
         if i + 4096 < len(frame):
-            assert len(pair.session._partial) == (i // 4096) + 1  # pieces kept, not re-joined each time
+            # one buffer grown in place (not re-joined each time, nor a piece object per read)
+            assert len(pair.session._partial) == i + 4096
     assert events == [b"q" * 200_000]
 
 

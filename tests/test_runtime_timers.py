@@ -214,6 +214,36 @@ def test_a_close_the_client_does_not_answer_ends_at_the_close_deadline(kind: str
 
 
 @pytest.mark.parametrize("kind", KINDS)
+def test_a_protocol_error_behind_a_message_the_app_never_takes_fails_at_the_close_deadline(kind: str) -> None:
+    # the messages before a client's protocol error are the app's to answer first; an app that never takes them
+    # does not hold the failure past --ws-close-timeout
+    taken: list[Any] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        taken.append(await receive())
+        await send({"type": "websocket.accept"})
+        await asyncio.Event().wait()  # never receives again
+
+    async def main() -> None:
+        peer = WebSocketPeer(kind, app, ws_close_timeout=10, ws_ping_interval=0)
+        await settle()
+        peer.read()
+        peer.send(masked(Opcode.TEXT, b"Hello") + bytes((0xA1, 0x80)) + b"mask")  # then reserved bits
+        await settle()
+        assert frames(peer.read()) == []  # the message waits for the app: no close yet
+        await peer.advance(9.99)
+        assert frames(peer.read()) == []
+        await peer.advance(0.01)
+        closing = frames(peer.read())
+        assert closing and closing[0][0] == Opcode.CLOSE.value and closing[0][1][:2] == b"\x03\xea"  # 1002
+        for task in asyncio.all_tasks():
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    run(main)
+
+
+@pytest.mark.parametrize("kind", KINDS)
 def test_an_app_that_neither_accepts_nor_refuses_is_answered_503_at_the_handshake_deadline(kind: str) -> None:
     outcome: list[Any] = []
 

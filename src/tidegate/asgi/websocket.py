@@ -104,6 +104,11 @@ class WebSocketExchange(Waiting):
                 waiter.set_result(None)
 
     @property
+    def has_messages(self) -> bool:
+        """Whether messages wait for the app."""
+        return bool(self._queue)
+
+    @property
     def over_limit(self) -> bool:
         """True while so much waits for the app that reading should pause."""
         return len(self._queue) > MAX_QUEUED or self.queued_bytes > self.queue_bytes_limit

@@ -316,14 +316,15 @@ class WebSocketSession:
         "_budget",
         "_deflate",
         "_extension_header",
+        "_frag_buffer",
         "_frag_compressed",
         "_frag_decoder",
         "_frag_kind",
-        "_frag_parts",
-        "_have",
         "_key",
         "_need",
         "_partial",
+        "_probe",
+        "defer_failures",
         "h2",
         "max_size",
         "rejection",
@@ -346,13 +347,20 @@ class WebSocketSession:
         self._extension_header = b""
         # receiving
         self._budget = max_size
-        self._partial: list[bytes] = []
-        self._have = 0
+        #: the start of a frame not complete yet (one buffer, whatever the number of reads it came in), and the size
+        #: the frame needs (0 while its header is not complete)
+        self._partial = bytearray()
         self._need = 0
+        #: a text frame not complete yet is checked as it comes: [decoder, payload bytes checked, mask], or None
+        self._probe: list[Any] | None = None
         self._frag_kind = 0  # opcode of the fragmented message being received (1 text, 2 binary), 0 if none
         self._frag_compressed = False
-        self._frag_parts: list[Any] = []
+        #: the fragments of the message being received, joined as they come
+        self._frag_buffer = bytearray()
         self._frag_decoder: codecs.IncrementalDecoder | None = None
+        #: when True, a protocol error in what the client sent is reported (a Close with ``error``) without the close
+        #: frame: the messages before it may still be answered, then the caller calls :meth:`fail`
+        self.defer_failures = False
         #: why the handshake is refused, or None when it may be accepted
         self.rejection = self._check_handshake(request, per_message_deflate)
 
@@ -457,12 +465,21 @@ class WebSocketSession:
             return events
         partial = self._partial
         if partial:
-            partial.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+            partial += data
+            if len(partial) < self._need:
+                probe = self._probe
+                if probe is not None:
+                    try:
+                        if probe:
+                            self._check_partial(data)
+                        else:
+                            self._start_probe(partial, 0)
+                    except _Fail as failure:
+                        self._fail_with(failure.code, failure.reason, events)
                 return events
-            data = b"".join(partial)
+            data = bytes(partial)
             partial.clear()
+            self._probe = None
         n = len(data)
         pos = 0
         need = 0  # bytes the frame at ``pos`` needs, once its header is complete
@@ -518,11 +535,45 @@ class WebSocketSession:
             self._fail_with(failure.code, failure.reason, events)
             return events
         if pos < n:
-            rest = data[pos:] if pos else data
-            partial.append(rest)
-            self._have = len(rest)
+            partial += memoryview(data)[pos:]
             self._need = need
+            if data[pos] & 0x4F == 0x01 or (data[pos] & 0x4F == 0 and frag == 1 and not self._frag_compressed):
+                # an uncompressed text frame (or continuation of a text message) that is not complete: its UTF-8
+                # is checked as it comes, so that an invalid byte fails the connection at once
+                try:
+                    self._start_probe(data, pos)
+                except _Fail as failure:
+                    self._fail_with(failure.code, failure.reason, events)
         return events
+
+    def _start_probe(self, data: bytes | bytearray, pos: int) -> None:
+        """Check the text frame at ``pos`` as far as it came, once its header has (until then, wait for it)."""
+        self._probe = []
+        if len(data) - pos < 2:
+            return
+        length = data[pos + 1] & 0x7F
+        start = pos + (6 if length < 126 else 8 if length == 126 else 14)
+        if len(data) < start:
+            return
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        if data[pos] & 0x0F == 0 and self._frag_decoder is not None:
+            decoder.setstate(self._frag_decoder.getstate())  # go on from the fragments before
+        self._probe = [decoder, 0, bytes(data[start - 4:start])]
+        self._check_partial(memoryview(data)[start:])
+
+    def _check_partial(self, data: bytes | memoryview) -> None:
+        probe = self._probe
+        assert probe is not None
+        decoder, checked, mask = probe
+        if not data:
+            return
+        shift = checked & 3
+        rotated = mask[shift:] + mask[:shift]
+        try:
+            decoder.decode(apply_mask(bytes(data), rotated), False)
+        except UnicodeDecodeError as exc:
+            raise _Fail(1007, f"invalid UTF-8: {exc.reason}") from None
+        probe[1] = checked + len(data)
 
     def _frame(self, b0: int, payload: bytes, events: list[Event]) -> None:
         """Every frame but a final, uncompressed text or binary one outside a fragmented message."""
@@ -587,22 +638,21 @@ class WebSocketSession:
             # first fragment
             self._frag_kind = kind
             self._frag_compressed = compressed
-            self._frag_parts = []
+            self._frag_buffer = bytearray()
             self._frag_decoder = codecs.getincrementaldecoder("utf-8")() if kind == 1 else None
         self._budget -= len(payload)
         decoder = self._frag_decoder
         if decoder is not None:
             try:
-                self._frag_parts.append(decoder.decode(payload, bool(fin)))
+                decoder.decode(payload, bool(fin))  # checked fragment by fragment, decoded once whole
             except UnicodeDecodeError as exc:
                 raise _Fail(1007, f"invalid UTF-8: {exc.reason}") from None
-        else:
-            self._frag_parts.append(payload)
+        buffer = self._frag_buffer
+        buffer += payload
         if fin:
-            parts = self._frag_parts
-            message: str | bytes = "".join(parts) if kind == 1 else b"".join(parts)
+            message: str | bytes = buffer.decode() if kind == 1 else bytes(buffer)
             self._frag_kind = 0
-            self._frag_parts = []
+            self._frag_buffer = bytearray()
             self._frag_decoder = None
             self._budget = self.max_size
             if self.state == OPEN:
@@ -629,13 +679,17 @@ class WebSocketSession:
         events.append(Close(code, reason))
 
     def _fail_with(self, code: int, reason: str, events: list[Event]) -> None:
-        self.fail(code, reason)
+        if self.defer_failures:
+            self._drop_message()
+        else:
+            self.fail(code, reason)
         events.append(Close(code, reason, error=True))
 
     def _drop_message(self) -> None:
         self._partial.clear()
+        self._probe = None
         self._frag_kind = 0
-        self._frag_parts = []
+        self._frag_buffer = bytearray()
         self._frag_decoder = None
 
     def fail(self, code: int, reason: str = "") -> None:

@@ -83,7 +83,7 @@ class Carrier(Protocol):
 class WebSocketChannel:
     """One WebSocket session between a client and the app, over any carrier."""
 
-    __slots__ = ("_close_timer", "_early", "_early_bytes", "_handshake_timer", "_holding", "_ping_count",
+    __slots__ = ("_close_timer", "_early", "_failing", "_handshake_timer", "_holding", "_ping_count",
                  "_ping_payload",
                  "_ping_timer", "_pong_timer", "carrier", "ctx", "exchange", "gone", "info", "reading_paused",
                  "request", "send_bytes", "send_text", "session", "shutting_down", "task", "write_paused")
@@ -96,6 +96,8 @@ class WebSocketChannel:
         settings = ctx.websocket
         self.session = WebSocketSession(request, max_size=settings.max_size,
                                         per_message_deflate=settings.per_message_deflate, write=carrier.write)
+        # a protocol error after valid messages in the same read: they are answered first (see _failed)
+        self.session.defer_failures = True
         # the exchange's send_text/send_bytes go straight to the session (one call less per message)
         self.send_text = self.session.send_text
         self.send_bytes = self.session.send_bytes
@@ -104,8 +106,9 @@ class WebSocketChannel:
         #: bytes from the client held unparsed: before the handshake is answered, and while our output to the client
         #: is over its bound (then reading goes on, so that a client that leaves is seen, up to EARLY_LIMIT bytes)
         self._holding = True
-        self._early: list[bytes] = []
-        self._early_bytes = 0
+        self._early = bytearray()
+        #: the client's protocol error, waiting for the app to take the messages that came before it
+        self._failing: Close | None = None
         self._ping_timer: asyncio.TimerHandle | None = None
         self._pong_timer: asyncio.TimerHandle | None = None
         self._close_timer: asyncio.TimerHandle | None = None
@@ -137,20 +140,23 @@ class WebSocketChannel:
     def receive(self, data: bytes) -> None:
         """Bytes from the client."""
         if self._holding:
-            self._early.append(data)  # parsed once the handshake is answered, or the client reads again
-            self._early_bytes += len(data)
-            if self._early_bytes > EARLY_LIMIT:
+            early = self._early
+            early += data  # parsed once the handshake is answered, or the client reads again
+            if len(early) > EARLY_LIMIT:
                 self._pause()
             return
         session = self.session
         exchange = self.exchange
-        if exchange is None or session.state == CLOSED:
+        if exchange is None or session.state == CLOSED or self._failing is not None:
             return
         for event in session.receive_data(data):
             if isinstance(event, (str, bytes)):
                 exchange.on_message(event)
             elif isinstance(event, Close):
-                self._on_close(event)
+                if event.error:
+                    self._failed(event)
+                else:
+                    self._on_close(event)
                 return
             elif isinstance(event, Pong) and event.payload == self._ping_payload:
                 self._pong_received()
@@ -181,9 +187,8 @@ class WebSocketChannel:
         """Parse the bytes held meanwhile."""
         self._holding = False
         if self._early:
-            early = b"".join(self._early)
+            early = bytes(self._early)
             self._early.clear()
-            self._early_bytes = 0
             self.receive(early)
 
     def lost(self) -> None:
@@ -193,6 +198,27 @@ class WebSocketChannel:
             self._stop_timers()
             if self.exchange is not None:
                 self.exchange.on_close(1006)
+
+    def _failed(self, event: Close) -> None:
+        """The client broke the protocol.  The messages it sent before are the app's to answer first (RFC 6455 lets
+        an endpoint fail at once, but the answers owed come first): the connection fails once the app has taken
+        them and asks for more, or after --ws-close-timeout."""
+        exchange = self.exchange
+        assert exchange is not None
+        if not exchange.has_messages:
+            self._fail_now(event)
+            return
+        self._failing = event
+        self._pause()
+        self._stop_timers()
+        self._close_timer = self.ctx.loop.call_later(self.ctx.websocket.close_timeout, self._fail_now, event)
+
+    def _fail_now(self, event: Close) -> None:
+        self._failing = None
+        if self.gone or self.session.state == CLOSED:
+            return
+        self.session.fail(event.code, event.reason)
+        self._on_close(event)
 
     def _on_close(self, event: Close) -> None:
         """The client's close frame (echoed by the session), or a failure the session closed for."""
@@ -339,6 +365,11 @@ class WebSocketChannel:
         return self.carrier.drain()
 
     def create_waiter(self) -> asyncio.Future[None]:
+        failing = self._failing
+        if failing is not None and self.exchange is not None and not self.exchange.has_messages:
+            # the app took every message before the client's error, and asks for more: fail now (once it waits)
+            self._stop_timers()
+            self.ctx.loop.call_soon(self._fail_now, failing)
         return self.ctx.loop.create_future()
 
     # ------------------------------------------------------------------ logging
