@@ -377,9 +377,11 @@ def test_http_1_only_refuses_the_preface_and_the_upgrade(run_server: Any) -> Non
     assert response.status_code == 200 and response.json()["http_version"] == "1.1"
 
 
-@pytest.mark.parametrize("preface", [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ", b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n"])
+@pytest.mark.parametrize("preface", [b"PRI * HTTP/2.0\r\n\r\nSM\r\n\rQ", b"PRI * HTTP/2.0\r\n\r\nXY\r\n\r\n",
+                                     b"INVALID CONNECTION PREFACE\r\n\r\n"])
 def test_an_invalid_preface_with_prior_knowledge_gets_goaway_protocol_error(run_server: Any, preface: bytes) -> None:
-    # the client began HTTP/2's preface: it is answered in HTTP/2 (h2spec http2/3.5/2 over h2c), not with a 400 head
+    # the client began HTTP/2's preface, or sent a first line that is no HTTP/1 request line: it is answered in
+    # HTTP/2 (h2spec http2/3.5/2 over h2c), not with an HTTP/1.1 head
     server = run_server(info)
     with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
         sock.sendall(preface)

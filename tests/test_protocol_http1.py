@@ -229,7 +229,9 @@ def test_the_verdict_on_a_method_waits_for_the_end_of_its_token() -> None:
     conn = H1Connection()
     assert conn.receive_data(b"FO") == []
     assert conn.receive_data(b"OBA") == []
-    assert summary(conn.receive_data(b"R /")) == [("error", 501)]
+    # then for the end of the request line: an HTTP/1 one gets 501 (another goes to HTTP/2, see below)
+    assert conn.receive_data(b"R /") == []
+    assert summary(conn.receive_data(b"x HTTP/1.1\r\n")) == [("error", 501)]
     assert conn.broken
     assert conn.receive_data(GET) == []
 
@@ -379,6 +381,18 @@ def test_a_pri_preface_with_another_version_is_refused(version: bytes) -> None:
         conn = H1Connection()
         events = [event for chunk in chunks for event in conn.receive_data(chunk)]
         assert summary(events) == [("error", 400)] and conn.broken
+
+
+def test_a_first_line_that_is_no_http1_request_line_goes_to_http2() -> None:
+    # HTTP/2 prior knowledge with a broken preface (h2spec http2/3.5/2): the driver answers it in HTTP/2
+    for chunks in ([b"INVALID CONNECTION PREFACE\r\n\r\n"], [b"INVALID CONN", b"ECTION PREFACE\r\n"]):
+        conn = H1Connection()
+        events = [event for chunk in chunks for event in conn.receive_data(chunk)]
+        assert len(events) == 1 and isinstance(events[0], Preface) and events[0].data == b"".join(chunks)
+    # an unknown method in an HTTP/1 request line is still 501, whatever the reads
+    for chunks in ([b"INVALID / HTTP/1.1\r\nHost: a\r\n\r\n"], [b"INVALID / HT", b"TP/1.1\r\n"]):
+        conn = H1Connection()
+        assert summary([event for chunk in chunks for event in conn.receive_data(chunk)]) == [("error", 501)]
 
 
 def test_upgrade_request_carries_the_token_and_the_bytes_after_the_head() -> None:

@@ -93,6 +93,8 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'(
 _valid_hosts: set[bytes] = set()
 # Bytes a field value must not hold (RFC 9110 §5.5: no control character but HTAB).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# How an HTTP/1 request line ends.
+_REQUEST_LINE_END = re.compile(rb" HTTP/\d\.\d\r?\n")
 # The room a request line takes besides its target (method, spaces, version, CRLF).
 _LINE_EXTRA = 64
 
@@ -524,7 +526,7 @@ class H1Connection:
     # byte is.  A well-formed token it does not know must get 501 (RFC 9110 §9.1), anything else 400; so the
     # method is found again here, and when it is cut by the end of the data, the verdict waits for more bytes.
 
-    def _method_error(self, data: bytes, events: list[Event]) -> RequestError | None:
+    def _method_error(self, data: bytes, events: list[Event]) -> RequestError | Preface | None:
         if self._begun is not events:
             # the request began in an earlier read that ended inside its method: this data continues it (the
             # placeholder stands for the non-empty, token-only start the parser accepted)
@@ -537,8 +539,12 @@ class H1Connection:
         # it; the verdict then only chooses between 400 and 501 for a request that is refused either way.)
         return self._method_verdict(data, False)
 
-    def _method_verdict(self, text: bytes, first_line_only: bool) -> RequestError | None:
-        """400 or 501 for the method at the start of ``text`` (else of its lines); None: wait for more bytes."""
+    def _method_verdict(self, text: bytes, first_line_only: bool) -> RequestError | Preface | None:
+        """400 or 501 for the method at the start of ``text`` (else of its lines); None: wait for more bytes.
+
+        A request line with a well-formed method that is not an HTTP/1 request line at all (no ``HTTP/x.y`` at its
+        end) is handed on as a :class:`Preface`: where nothing came before it on the connection, a client with HTTP/2
+        prior knowledge sent a broken preface, and the driver answers it in HTTP/2 (else 505)."""
         start = 0
         while True:
             run = _TOKEN_RUN.match(text, start)
@@ -554,6 +560,14 @@ class H1Connection:
                 self._probe_first_line = first_line_only
                 return None
             if text[end] == 0x20 and end > start and (first_line_only or not _known_method(text[start:end])):
+                if first_line_only:
+                    newline = text.find(b"\n")
+                    if newline < 0 and len(text) <= self._max_line:
+                        self._probe = text  # the verdict waits for the end of the line
+                        self._probe_first_line = True
+                        return None
+                    if newline >= 0 and not _REQUEST_LINE_END.search(text, 0, newline + 1):
+                        return Preface(text)
                 return RequestError(501, "method not implemented")
             if first_line_only:
                 return RequestError(400, "invalid method")
