@@ -16,7 +16,8 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith(("TIDEGATE_", "LISTEN_"))}
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if not k.startswith(("TIDEGATE_", "LISTEN_")) and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
 TIMEOUT = 20.0
 
 

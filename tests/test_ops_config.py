@@ -12,7 +12,8 @@ from tidegate.cli import build_parser, parse_args
 from tidegate.config import Config, ConfigError
 from tidegate.sources import declarations, env_name, find_config_file, render, resolve
 
-CLEAN_ENV = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+CLEAN_ENV = {k: v for k, v in os.environ.items()
+             if not k.startswith("TIDEGATE_") and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
 
 
 def sample(decl):
@@ -145,7 +146,6 @@ def test_bad_file_values_name_the_key(tmp_path, content, message):
 
 
 @pytest.mark.parametrize(("env", "message"), [
-    ({"TIDEGATE_PORTT": "1"}, "unknown environment variable TIDEGATE_PORTT"),
     ({"TIDEGATE_PORT": "x"}, "environment variable TIDEGATE_PORT: port must be an integer, not 'x'"),
     ({"TIDEGATE_ACCESS_LOG": "perhaps"}, "TIDEGATE_ACCESS_LOG: access_log must be true or false"),
     ({"TIDEGATE_TIMEOUT_KEEP_ALIVE": "-1"}, "(set by env TIDEGATE_TIMEOUT_KEEP_ALIVE)"),
@@ -155,6 +155,60 @@ def test_bad_env_values_name_the_variable(tmp_path, env, message):
     with pytest.raises(ConfigError) as info:
         resolve({"app": "a:b"}, environ=env, cwd=tmp_path)
     assert message in str(info.value)
+
+
+def test_an_unknown_tidegate_variable_is_a_warning_not_an_exit(tmp_path):
+    resolved = resolve({"app": "a:b"}, environ={"TIDEGATE_PORTT": "1"}, cwd=tmp_path)
+    assert resolved.config.bind.port == 8000
+    [note] = resolved.notes
+    assert "TIDEGATE_PORTT" in note and "ignored" in note
+
+
+KUBERNETES_SERVICE_ENV = {  # what Kubernetes sets in every pod of a namespace with a Service named tidegate
+    "TIDEGATE_SERVICE_HOST": "10.96.0.12", "TIDEGATE_SERVICE_PORT": "80", "TIDEGATE_SERVICE_PORT_HTTP": "80",
+    "TIDEGATE_PORT": "tcp://10.96.0.12:80", "TIDEGATE_PORT_80_TCP": "tcp://10.96.0.12:80",
+    "TIDEGATE_PORT_80_TCP_PROTO": "tcp", "TIDEGATE_PORT_80_TCP_PORT": "80", "TIDEGATE_PORT_80_TCP_ADDR": "10.96.0.12",
+}
+
+
+def test_kubernetes_service_variables_are_ignored_with_one_line(tmp_path):
+    resolved = resolve({"app": "a:b"}, environ=KUBERNETES_SERVICE_ENV, cwd=tmp_path)
+    assert resolved.config.bind.port == 8000  # TIDEGATE_PORT=tcp://... is a service link, not a port
+    [note] = resolved.notes
+    assert all(name in note for name in KUBERNETES_SERVICE_ENV) and "Kubernetes" in note
+
+
+def test_a_pod_with_a_service_named_tidegate_starts(tmp_path):
+    from .ops_helpers import Proc, get, serving_url
+
+    proc = Proc(["tidegate.demo:app", "--port", "0"], cwd=tmp_path, env=KUBERNETES_SERVICE_ENV)
+    try:
+        assert get(serving_url(proc) + "/").status_code == 200
+        assert sum("ignored environment variables" in line for line in proc.lines) == 1
+    finally:
+        proc.stop()
+
+
+@pytest.mark.parametrize(("env", "flat", "expected"), [
+    ({"WEB_CONCURRENCY": "3"}, "workers", 3),
+    ({"WEB_CONCURRENCY": "3", "TIDEGATE_WORKERS": "2"}, "workers", 2),
+    ({"FORWARDED_ALLOW_IPS": "10.0.0.0/8"}, "forwarded_allow_ips", "10.0.0.0/8"),
+    ({"FORWARDED_ALLOW_IPS": "*", "TIDEGATE_FORWARDED_ALLOW_IPS": "10.1.1.1"}, "forwarded_allow_ips", "10.1.1.1"),
+])
+def test_the_variables_other_servers_read_are_honoured_below_tidegates_own(tmp_path, env, flat, expected):
+    resolved = resolve({"app": "a:b"}, environ=env, cwd=tmp_path)
+    group = "workers" if flat == "workers" else "proxy"
+    assert getattr(getattr(resolved.config, group), flat) == expected
+    (tmp_path / "tidegate.toml").write_text(f"{flat} = {expected!r}\n".replace("'", '"'))
+    from_file = resolve({"app": "a:b"}, environ={k: v for k, v in env.items() if not k.startswith("TIDEGATE_")},
+                        cwd=tmp_path)
+    assert from_file.origins[flat] == "file tidegate.toml"  # a config file says more than the platform's hint
+    assert resolve({"app": "a:b", flat: expected}, environ=env, cwd=tmp_path).origins[flat].startswith("command")
+
+
+def test_web_concurrency_that_is_no_number_names_the_variable(tmp_path):
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        resolve({"app": "a:b"}, environ={"WEB_CONCURRENCY": "many"}, cwd=tmp_path)
 
 
 def test_env_lists_and_optionals(tmp_path):
@@ -212,8 +266,10 @@ def test_cli_error_names_the_key(tmp_path):
     result = run_cli(["tidegate.demo:app"], tmp_path)
     assert result.returncode == 2
     assert "workers must be > 0, not 0 (set by file tidegate.toml)" in result.stderr
-    result = run_cli(["tidegate.demo:app"], tmp_path, {"TIDEGATE_NOPE": "1"})
-    assert result.returncode == 2 and "unknown environment variable TIDEGATE_NOPE" in result.stderr
+    (tmp_path / "tidegate.toml").unlink()
+    result = run_cli(["tidegate.demo:app", "--print-config"], tmp_path, {"TIDEGATE_NOPE": "1"})
+    assert result.returncode == 0 and "tidegate: warning: ignored environment variables" in result.stderr
+    assert "TIDEGATE_NOPE" in result.stderr
 
 
 def test_app_may_come_from_the_environment(tmp_path):

@@ -69,6 +69,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         resolved = resolve(settings, config_file=config_file)
     except ConfigError as exc:
         parser.error(str(exc))
+    for note in resolved.notes:
+        sys.stderr.write(f"tidegate: warning: {note}\n")
     if print_config:
         sys.stdout.write(render(resolved))
         sys.exit(0)

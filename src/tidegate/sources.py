@@ -3,7 +3,12 @@
 Every setting is declared once in :mod:`tidegate.config`.  From its flat name (``timeout_keep_alive``) come the
 command line flag (``--timeout-keep-alive``, see :mod:`tidegate.cli`), the environment variable
 (``TIDEGATE_TIMEOUT_KEEP_ALIVE``) and the config file key (``timeout_keep_alive``; ``timeout-keep-alive`` is
-accepted too).  Precedence: command line > environment > config file > defaults.
+accepted too).  Precedence: command line > environment > config file > the field's own variables
+(``WEB_CONCURRENCY`` for ``workers``, ``FORWARDED_ALLOW_IPS`` for ``forwarded_allow_ips``, as uvicorn and gunicorn
+read them) > defaults.
+
+A ``TIDEGATE_*`` variable that is no setting, or whose value is a Kubernetes service link (``tcp://…``: Kubernetes
+sets ``TIDEGATE_PORT``, ``TIDEGATE_SERVICE_HOST`` … for a Service named ``tidegate``), is ignored with a warning.
 
 The config file is ``--config PATH`` (or ``TIDEGATE_CONFIG``); without one, ``tidegate.toml`` in the current
 directory, else the ``[tool.tidegate]`` table of ``pyproject.toml`` there.  An unknown key or a value of the wrong
@@ -32,6 +37,10 @@ __all__ = ["ENV_PREFIX", "Resolved", "env_name", "find_config_file", "read_confi
 ENV_PREFIX = "TIDEGATE_"
 #: environment variables that are not settings
 _ENV_META = {"TIDEGATE_CONFIG"}
+#: the variables other servers read, for the setting they stand for (below every tidegate source)
+_FIELD_ENV = {"WEB_CONCURRENCY": "workers", "FORWARDED_ALLOW_IPS": "forwarded_allow_ips"}
+#: how a Kubernetes service link variable's value begins
+_SERVICE_LINK = ("tcp://", "udp://", "sctp://")
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
 
@@ -158,6 +167,8 @@ class Resolved:
     config: Config
     origins: dict[str, str]
     file: Path | None
+    #: what was ignored, and why (for a warning)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] | None = None,
@@ -168,6 +179,13 @@ def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] 
     decls = declarations()
     values: dict[str, Any] = {}
     origins: dict[str, str] = dict.fromkeys(decls, "default")
+    notes: list[str] = []
+
+    for name, flat in _FIELD_ENV.items():
+        text = environ.get(name, "").strip()
+        if text:
+            values[flat] = coerce(decls[flat], text, f"environment variable {name}", from_text=True)
+            origins[flat] = f"env {name}"
 
     path_text = config_file or environ.get("TIDEGATE_CONFIG") or None
     path = (cwd / path_text) if path_text else find_config_file(cwd)
@@ -183,14 +201,20 @@ def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] 
             values[flat] = coerce(decls[flat], value, where, from_text=False)
             origins[flat] = f"file {shown}"
 
+    ignored: list[str] = []
     for name, value in environ.items():
         if not name.startswith(ENV_PREFIX) or name in _ENV_META:
             continue
         flat = name[len(ENV_PREFIX):].lower()
-        if flat not in decls:
-            raise ConfigError(f"unknown environment variable {name} (no setting {flat!r})")
+        if flat not in decls or value.startswith(_SERVICE_LINK):
+            ignored.append(name)
+            continue
         values[flat] = coerce(decls[flat], value, f"environment variable {name}", from_text=True)
         origins[flat] = f"env {name}"
+    if ignored:
+        notes.append(f"ignored environment variables that are no tidegate settings: {', '.join(sorted(ignored))} "
+                     "(Kubernetes sets such variables, tcp:// links among them, for a Service named tidegate; a "
+                     "setting's variable is TIDEGATE_ and its flag's name, e.g. TIDEGATE_TIMEOUT_KEEP_ALIVE)")
 
     for flat, value in (cli or {}).items():
         if flat not in decls:
@@ -202,7 +226,7 @@ def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] 
         config = Config.from_flat(**values)
     except ConfigError as exc:
         raise ConfigError(_with_origin(str(exc), origins)) from None
-    return Resolved(config, origins, path)
+    return Resolved(config, origins, path, notes)
 
 
 def _with_origin(message: str, origins: Mapping[str, str]) -> str:
