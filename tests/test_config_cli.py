@@ -96,6 +96,60 @@ def test_each_flag_sets_its_setting(argv: list[str], flat: str, expected: Any) -
     assert type(value(config, flat)) is type(expected)
 
 
+ALIASES = [
+    # (the spelling another server takes, the flat setting, the value): uvicorn's, then gunicorn's
+    (["--limit-max-requests", "100"], "max_requests", 100),
+    (["--limit-max-requests-jitter", "10"], "max_requests_jitter", 10),
+    (["--ssl-cert-reqs", "0"], "ssl_cert_reqs", "none"),
+    (["--ssl-cert-reqs", "1"], "ssl_cert_reqs", "optional"),
+    (["--ssl-cert-reqs", "2"], "ssl_cert_reqs", "required"),
+    (["--ws-per-message-deflate", "false"], "ws_per_message_deflate", False),
+    (["--ws-per-message-deflate=False"], "ws_per_message_deflate", False),
+    (["--ws-per-message-deflate", "true"], "ws_per_message_deflate", True),
+    (["--interface", "asgi3"], "interface", "asgi"),
+    (["--http", "h11"], "http", "auto"),
+    (["--http", "httptools"], "http", "auto"),
+    (["--ws", "none"], "ws_implementation", "none"),
+    (["--ws", "websockets"], "ws_implementation", "auto"),
+    (["--ws", "wsproto"], "ws_implementation", "auto"),
+    (["--h11-max-incomplete-event-size", "16384"], "limit_request_headers", 16384),
+    (["-w", "3"], "workers", 3),
+    (["-b", "127.0.0.1:9000", "-b", "unix:/tmp/t.sock"], "bind", ("127.0.0.1:9000", "unix:/tmp/t.sock")),
+    (["--graceful-timeout", "12"], "timeout_graceful_shutdown", 12.0),
+    (["--keep-alive", "2"], "timeout_keep_alive", 2.0),
+    (["--limit-request-fields", "50"], "limit_request_header_count", 50),
+]
+
+
+@pytest.mark.parametrize(("argv", "flat", "expected"), ALIASES, ids=[" ".join(f[0]) for f in ALIASES])
+def test_other_servers_spellings_set_the_setting_they_mean(argv: list[str], flat: str, expected: Any) -> None:
+    assert value(parse(*argv), flat) == expected
+
+
+def test_aliases_are_shown_beside_the_flag_not_as_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--max-requests N, --limit-max-requests N" in text and "--workers N, -w N" in text
+    assert "0=none, 1=optional, 2=required" in text
+    assert set(flat_index()) == {a.dest for a in build_parser()._actions} - {"help", "version", "config",
+                                                                               "print_config"}
+
+
+def test_a_parser_choice_of_another_server_is_taken_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:
+    parse("--http", "httptools", "--ws", "wsproto")
+    err = capsys.readouterr().err
+    assert "tidegate: note: tidegate parses HTTP/1.1 itself" in err and "--ws wsproto is taken as --ws auto" in err
+
+
+def test_a_valued_boolean_with_another_value_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        parse("--ws-per-message-deflate=maybe")
+    assert "takes true or false" in str(info.value.code)
+    assert parse("--ws-per-message-deflate").websocket.per_message_deflate is True  # the flag alone, as before
+    assert parse_args(["--no-ws-per-message-deflate", APP]).websocket.per_message_deflate is False
+
+
 def test_the_app_argument() -> None:
     assert parse_args(["main:api.app"]).app.app == "main:api.app"
 

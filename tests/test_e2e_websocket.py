@@ -283,6 +283,17 @@ def test_bad_handshakes_get_a_clear_4xx_and_no_upgrade(run_server: Any, request_
     assert rec.scope == {}  # the app never saw it
 
 
+def test_with_websocket_off_an_upgrade_is_answered_as_a_plain_request(run_server: Any) -> None:
+    # --ws none (uvicorn's spelling): the app sees an http scope, over HTTP/1.1 and no RFC 8441 over HTTP/2
+    rec = Recorder()
+    server = run_server(echo_app(rec), ws_implementation="none")
+    with RawWS(server.port) as raw:
+        status, headers = raw.handshake()
+        assert status == 200 and (b"content-length", b"2") in headers
+        assert raw.read_exactly(2) == b"ok"
+    assert rec.scope == {}  # the websocket branch of the app never ran
+
+
 def test_plain_http_still_served(run_server: Any) -> None:
     server = run_server(echo_app(Recorder()))
     with RawClient(server.port) as raw:

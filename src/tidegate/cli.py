@@ -15,6 +15,72 @@ from .sources import render, resolve
 __all__ = ["build_parser", "main", "parse_args"]
 
 
+#: the spellings uvicorn and gunicorn users type, for the setting they mean (shown in --help beside its own flag)
+ALIASES: dict[str, tuple[str, ...]] = {
+    "workers": ("-w",),
+    "bind": ("-b",),
+    "max_requests": ("--limit-max-requests",),
+    "max_requests_jitter": ("--limit-max-requests-jitter",),
+    "timeout_graceful_shutdown": ("--graceful-timeout",),
+    "timeout_keep_alive": ("--keep-alive",),
+    "limit_request_header_count": ("--limit-request-fields",),
+    "limit_request_headers": ("--h11-max-incomplete-event-size",),
+}
+#: values other servers take for a setting's choices, and ours they mean
+VALUE_ALIASES: dict[str, dict[str, str]] = {
+    "ssl_cert_reqs": {"0": "none", "1": "optional", "2": "required"},  # uvicorn's ssl.CERT_* numbers
+    "interface": {"asgi3": "asgi"},
+    "http": {"h11": "auto", "httptools": "auto"},  # uvicorn's HTTP/1.1 implementations
+    "ws_implementation": {"websockets": "auto", "wsproto": "auto"},  # uvicorn's WebSocket implementations
+}
+#: why such a value is taken as ours (a note on stderr when it is used)
+VALUE_NOTES = {
+    "http": "tidegate parses HTTP/1.1 itself (httptools, strict): --http {value} is taken as --http auto "
+            "(HTTP/1.1 and HTTP/2)",
+    "ws_implementation": "tidegate speaks WebSocket itself: --ws {value} is taken as --ws auto",
+}
+#: booleans that uvicorn takes with a value (--ws-per-message-deflate false)
+_VALUED_BOOLEANS = ("--ws-per-message-deflate",)
+_BOOLEAN_TEXT = {"true": True, "1": True, "yes": True, "on": True, "false": False, "0": False, "no": False,
+                 "off": False}
+
+
+def _choice(flat: str, notes: list[str]) -> Any:
+    aliases = VALUE_ALIASES.get(flat, {})
+
+    def convert(text: str) -> str:
+        ours = aliases.get(text.lower())
+        if ours is None:
+            return text
+        if flat in VALUE_NOTES:
+            notes.append(VALUE_NOTES[flat].format(value=text))
+        return ours
+
+    return convert
+
+
+def _valued_booleans(argv: Sequence[str]) -> list[str]:
+    """``--ws-per-message-deflate false`` (uvicorn's spelling) as ``--no-ws-per-message-deflate``."""
+    out: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        name, eq, text = arg.partition("=")
+        if name in _VALUED_BOOLEANS:
+            if not eq and i + 1 < len(args) and args[i + 1].lower() in _BOOLEAN_TEXT:
+                text, eq = args[i + 1], "="
+                i += 1
+            if eq:
+                value = _BOOLEAN_TEXT.get(text.lower())
+                if value is None:
+                    raise SystemExit(f"tidegate: error: {name} takes true or false, not {text!r}")
+                arg = name if value else "--no-" + name[2:]
+        out.append(arg)
+        i += 1
+    return out
+
+
 def _value_type(annotation: str) -> Any:
     names = {part.strip() for part in annotation.split("|")}
     if "float" in names:
@@ -24,7 +90,9 @@ def _value_type(annotation: str) -> Any:
     return str
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(notes: list[str] | None = None) -> argparse.ArgumentParser:
+    """The command line; ``notes`` collects what is said about values taken from other servers' spellings."""
+    notes = [] if notes is None else notes
     parser = argparse.ArgumentParser(
         prog="tidegate", description="Serve an ASGI application over HTTP/1.1.",
         epilog="Example: tidegate tidegate.demo:app --port 8000")
@@ -42,25 +110,33 @@ def build_parser() -> argparse.ArgumentParser:
             if flat == "app":
                 group.add_argument("app", metavar="APP", nargs="?", default=argparse.SUPPRESS, help=meta["help"])
                 continue
-            flag = "--" + (meta["flag"] or flat).replace("_", "-")
+            flags = ["--" + (meta["flag"] or flat).replace("_", "-"), *ALIASES.get(flat, ())]
             shown = field.default if field.default not in ((), None, "") else None
             help_text = meta["help"] + (f" [default: {shown}]" if shown is not None else "")
             common: dict[str, Any] = {"dest": flat, "default": argparse.SUPPRESS, "help": help_text}
             if isinstance(field.default, bool):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+                group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
             elif meta["repeat"]:
-                group.add_argument(flag, action="append", metavar=meta["metavar"], **common)
+                group.add_argument(*flags, action="append", metavar=meta["metavar"], **common)
             elif meta["choices"]:
-                group.add_argument(flag, choices=meta["choices"], **common)
+                if flat in VALUE_ALIASES:
+                    shown_choices = "{" + ",".join(meta["choices"]) + "}"
+                    common["help"] += " (also: " + ", ".join(
+                        f"{k}={v}" for k, v in VALUE_ALIASES[flat].items()) + ")"
+                    group.add_argument(*flags, choices=meta["choices"], type=_choice(flat, notes),
+                                       metavar=shown_choices, **common)
+                else:
+                    group.add_argument(*flags, choices=meta["choices"], **common)
             else:
-                group.add_argument(flag, type=_value_type(str(field.type)), metavar=meta["metavar"], **common)
+                group.add_argument(*flags, type=_value_type(str(field.type)), metavar=meta["metavar"], **common)
     return parser
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Config:
     """Command line → Config.  Raises ``SystemExit`` (code 2) on a usage error, as argparse does."""
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
+    notes: list[str] = []
+    parser = build_parser(notes)
+    namespace = parser.parse_args(_valued_booleans(sys.argv[1:] if argv is None else argv))
     settings = vars(namespace)
     if "headers" in settings:
         settings["headers"] = tuple(settings["headers"])
@@ -69,6 +145,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         resolved = resolve(settings, config_file=config_file)
     except ConfigError as exc:
         parser.error(str(exc))
+    for note in notes:
+        sys.stderr.write(f"tidegate: note: {note}\n")
     for note in resolved.notes:
         sys.stderr.write(f"tidegate: warning: {note}\n")
     if print_config:

@@ -353,6 +353,10 @@ class WebSocketSettings:
                                    "dropping the connection.", metavar="SECONDS", bound=">0")
     per_message_deflate: bool = setting(True, "Compress WebSocket messages (permessage-deflate) when the client "
                                         "offers it.")
+    implementation: str = setting(
+        "auto", "WebSocket: 'auto' speaks it over HTTP/1.1 and HTTP/2 (tidegate's own), 'none' turns it off (an "
+        "upgrade is then answered as a plain request).",
+        flag="ws", choices=("auto", "none"))
 
 
 @dataclass(frozen=True)

@@ -90,7 +90,9 @@ def handlers(config: Config) -> tuple[dict[bytes, UpgradeHandler], PrefaceHandle
     """The ``Upgrade`` tokens an HTTP/1.1 connection speaks, and the handler of the HTTP/2 preface on a cleartext
     one (the ways into HTTP/2 that ``--http`` allows).  WebSocket over HTTP/2 (RFC 8441) is offered where it is
     spoken over HTTP/1.1."""
-    upgrades: dict[bytes, UpgradeHandler] = {b"websocket": upgrade_websocket}
+    upgrades: dict[bytes, UpgradeHandler] = {}
+    if config.websocket.implementation != "none":
+        upgrades[b"websocket"] = upgrade_websocket
     preface: PrefaceHandler | None = None
     if config.protocols.http == "auto":
         upgrades[b"h2c"] = upgrade_h2c
