@@ -324,3 +324,58 @@ def test_a_message_in_a_million_one_byte_fragments_costs_its_size(server: Any) -
     sock.sendall(bytes((0x88, 0x82)) + b"\x00\x00\x00\x00" + b"\x03\xe8")
     assert sock.recv(16)[:1] == b"\x88"  # the close is answered: everything before it was taken
     sock.close()
+
+
+def h2_frame(kind: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
+    return len(payload).to_bytes(3, "big") + bytes((kind, flags)) + stream_id.to_bytes(4, "big") + payload
+
+
+def h2_frames(sock: socket.socket, buffer: bytearray) -> tuple[int, int, int, bytes]:
+    """The next frame the server sent: (type, flags, stream id, payload)."""
+    while len(buffer) < 9 or len(buffer) < 9 + int.from_bytes(buffer[:3], "big"):
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed the connection"
+        buffer += chunk
+    size = int.from_bytes(buffer[:3], "big")
+    frame = (buffer[3], buffer[4], int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF, bytes(buffer[9:9 + size]))
+    del buffer[:9 + size]
+    return frame
+
+
+def test_http2_bodies_in_one_byte_data_frames_cost_their_bytes(server: Any) -> None:
+    # 20 streams, each sending 30,000 one-byte DATA frames (within its window) to an app that does not read yet:
+    # what waits is 30 KB a stream, not a piece object per frame
+    from hpack import Encoder
+
+    port = server
+    base = stats(port)["rss"]
+    streams = list(range(1, 41, 2))
+    count = 30_000
+    encoder = Encoder()
+    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0)
+    for stream_id in streams:
+        block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", "/hold"),
+                                (":authority", "t")])
+        out += h2_frame(0x1, 0x4, stream_id, block)  # END_HEADERS, the body follows
+    sock.sendall(out)
+    for stream_id in streams:
+        sock.sendall(h2_frame(0x0, 0, stream_id, b"z") * count)
+    peak, now = watch_rss(port, 1.0, lambda s: False)
+    growth = peak - base
+    assert now["held"] == len(streams)
+    assert growth < 4 * MIB, f"the server grew by {growth / MIB:.1f} MiB for {len(streams) * count} DATA frames"
+    stats(port, "/release")
+    sock.sendall(b"".join(h2_frame(0x0, 0x1, stream_id) for stream_id in streams))  # END_STREAM
+    bodies: dict[int, bytes] = {}
+    ended: set[int] = set()
+    buffer = bytearray()
+    while ended != set(streams):
+        kind, flags, stream_id, payload = h2_frames(sock, buffer)
+        if kind == 0x0 and stream_id:
+            bodies[stream_id] = bodies.get(stream_id, b"") + payload
+        if kind in (0x0, 0x1) and flags & 0x1 and stream_id:
+            ended.add(stream_id)
+        assert kind != 0x3 and kind != 0x7, f"stream reset or GOAWAY: {payload!r}"
+    assert all(bodies[stream_id] == str(count).encode() for stream_id in streams)
+    sock.close()
