@@ -278,3 +278,59 @@ def test_app_may_come_from_the_environment(tmp_path):
     assert result.returncode == 0 and 'app = "x:y"' in result.stdout
     result = run_cli([], tmp_path)
     assert result.returncode == 2 and "APP argument is required" in result.stderr
+
+
+# ---------------------------------------------------------------------------------------------------- --env-file, --chdir, --pid
+
+
+def test_an_env_file_is_read_as_uvicorn_reads_it(tmp_path):
+    from tidegate.cli import load_env_file
+
+    (tmp_path / ".env").write_text(
+        "# settings\n\nexport TIDEGATE_PORT=9123\nDATABASE_URL = 'postgres://u:p@h/db'\n"
+        'GREETING="hello\\nworld"\nPLAIN=value # a comment\nALREADY=from-file\nEMPTY=\n')
+    environ = {"ALREADY": "set"}
+    load_env_file(str(tmp_path / ".env"), environ)
+    assert environ == {"TIDEGATE_PORT": "9123", "DATABASE_URL": "postgres://u:p@h/db", "GREETING": "hello\nworld",
+                       "PLAIN": "value", "ALREADY": "set", "EMPTY": ""}
+
+
+@pytest.mark.parametrize(("content", "message"), [("JUST A LINE\n", "line 1: not KEY=VALUE"),
+                                                  ("OK=1\n1BAD=2\n", "line 2")])
+def test_a_bad_env_file_line_is_named(tmp_path, content, message):
+    from tidegate.cli import load_env_file
+
+    (tmp_path / ".env").write_text(content)
+    with pytest.raises(ConfigError, match=message):
+        load_env_file(str(tmp_path / ".env"), {})
+
+
+def test_env_file_and_chdir_on_the_command_line(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "tidegate.toml").write_text('app = "tidegate.demo:app"\n')
+    (tmp_path / "prod.env").write_text("TIDEGATE_PORT=9124\nWEB_CONCURRENCY=3\n")
+    result = run_cli(["--print-config", "--chdir", str(project), "--env-file", str(tmp_path / "prod.env")], tmp_path)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert 'app = "tidegate.demo:app"' in out  # the config file of the directory changed to
+    assert any(line.startswith("port = 9124") and "env TIDEGATE_PORT" in line for line in out.splitlines())
+    assert any(line.startswith("workers = 3") and "env WEB_CONCURRENCY" in line for line in out.splitlines())
+    result = run_cli(["--print-config", "--env-file", str(tmp_path / "missing.env")], tmp_path)
+    assert result.returncode == 2 and "missing.env" in result.stderr
+    result = run_cli(["--print-config", "--chdir", str(tmp_path / "nowhere")], tmp_path)
+    assert result.returncode == 2 and "--chdir" in result.stderr
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "supervisor"])
+def test_a_pid_file_holds_the_main_process_and_goes_at_exit(tmp_path, workers):
+    from .ops_helpers import Proc, get, serving_url
+
+    pid_file = tmp_path / "tidegate.pid"
+    proc = Proc(["tidegate.demo:app", "--port", "0", "--pid", str(pid_file), *workers], cwd=tmp_path)
+    try:
+        assert get(serving_url(proc) + "/").status_code == 200
+        assert pid_file.read_text() == f"{proc.pid}\n"
+    finally:
+        assert proc.stop() == 0
+    assert not pid_file.exists()

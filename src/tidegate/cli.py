@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
 import dataclasses
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 from . import __version__
@@ -102,6 +105,15 @@ def build_parser(notes: list[str] | None = None) -> argparse.ArgumentParser:
                         "[default: ./tidegate.toml, else [tool.tidegate] in ./pyproject.toml].")
     parser.add_argument("--print-config", action="store_true",
                         help="Print the effective settings and where each came from, then exit.")
+    parser.add_argument("--env-file", metavar="PATH", default=None,
+                        help="Load environment variables from this file (KEY=VALUE lines, as uvicorn's --env-file) "
+                        "before anything else; variables already set win. TIDEGATE_* variables in it are settings.")
+    parser.add_argument("--chdir", metavar="DIR", default=None,
+                        help="Change to this directory first (as gunicorn's --chdir): the config file, --app-dir "
+                        "and relative paths are found from there.")
+    parser.add_argument("--pid", metavar="PATH", default=None,
+                        help="Write the process id (the supervisor's, with workers) to this file; it is removed at "
+                        "exit.")
     for _, kind in GROUPS:
         group = parser.add_argument_group((kind.__doc__ or "").strip().rstrip(".").lower() or None)
         for field in dataclasses.fields(kind):
@@ -141,7 +153,15 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     if "headers" in settings:
         settings["headers"] = tuple(settings["headers"])
     config_file, print_config = settings.pop("config"), settings.pop("print_config")
+    env_file, chdir, pid_file = settings.pop("env_file"), settings.pop("chdir"), settings.pop("pid")
     try:
+        if chdir is not None:
+            try:
+                os.chdir(chdir)
+            except OSError as exc:
+                raise ConfigError(f"--chdir {chdir}: {exc.strerror}") from None
+        if env_file is not None:
+            load_env_file(env_file)
         resolved = resolve(settings, config_file=config_file)
     except ConfigError as exc:
         parser.error(str(exc))
@@ -154,7 +174,55 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         sys.exit(0)
     if not resolved.config.app.app:
         parser.error("the APP argument is required (for example: tidegate tidegate.demo:app)")
+    if pid_file is not None:
+        write_pid_file(pid_file)
     return resolved.config
+
+
+def load_env_file(path: str, environ: MutableMapping[str, str] | None = None) -> None:
+    """``KEY=VALUE`` lines (``export`` before a key, ``#`` comments, single or double quotes around a value) into
+    ``environ``; a variable already set is left as it is."""
+    environ = os.environ if environ is None else environ
+    try:
+        with open(path, encoding="utf-8") as file:
+            lines = file.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"--env-file {path}: {exc.strerror}") from None
+    for number, line in enumerate(lines, 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        if text.startswith("export "):
+            text = text[7:].lstrip()
+        key, eq, value = text.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key.replace("_", "a").isalnum() or key[0].isdigit():
+            raise ConfigError(f"--env-file {path}, line {number}: not KEY=VALUE: {line!r}")
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            quote, value = value[0], value[1:-1]
+            if quote == '"':  # escapes only between double quotes, as in a shell
+                value = value.replace("\\n", "\n").replace('\\"', '"')
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        environ.setdefault(key, value)
+
+
+def write_pid_file(path: str) -> None:
+    """Write this process's id to ``path``, removed when this process exits (not when a worker does)."""
+    pid = os.getpid()
+    try:
+        with open(path, "w", encoding="ascii") as file:
+            file.write(f"{pid}\n")
+    except OSError as exc:
+        raise SystemExit(f"tidegate: error: --pid {path}: {exc.strerror}") from None
+    full = os.path.abspath(path)
+
+    def remove() -> None:
+        if os.getpid() == pid:
+            with contextlib.suppress(OSError):
+                os.unlink(full)
+
+    atexit.register(remove)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
