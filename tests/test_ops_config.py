@@ -280,7 +280,7 @@ def test_app_may_come_from_the_environment(tmp_path):
     assert result.returncode == 2 and "APP argument is required" in result.stderr
 
 
-# ---------------------------------------------------------------------------------------------------- --env-file, --chdir, --pid
+# ------------------------------------------------------------------------------------- --env-file, --chdir, --pid
 
 
 def test_an_env_file_is_read_as_uvicorn_reads_it(tmp_path):
