@@ -132,8 +132,8 @@ def test_aliases_are_shown_beside_the_flag_not_as_settings(capsys: pytest.Captur
     text = " ".join(capsys.readouterr().out.split())
     assert "--max-requests N, --limit-max-requests N" in text and "--workers N, -w N" in text
     assert "0=none, 1=optional, 2=required" in text
-    assert set(flat_index()) == {a.dest for a in build_parser()._actions} - {"help", "version", "config",
-                                                                               "print_config"}
+    meta = {"help", "version", "config", "print_config", "env_file", "chdir", "pid"}
+    assert set(flat_index()) == {a.dest for a in build_parser()._actions} - meta
 
 
 def test_a_parser_choice_of_another_server_is_taken_with_a_note(capsys: pytest.CaptureFixture[str]) -> None:

@@ -31,9 +31,11 @@ def test_file_filter():
     assert not default(None, "/srv/project/notes.txt")
     # the watched directory may itself sit in a hidden one
     assert FileFilter((), (), ["/home/me/.cache/proj"])(None, "/home/me/.cache/proj/app.py")
-    custom = FileFilter(("*.py", "*.html"), ("build",), [root])
+    custom = FileFilter(("*.html",), ("build",), [root])  # given globs add to the defaults
     assert custom(None, "/srv/project/templates/index.html")
+    assert custom(None, "/srv/project/app/main.py")
     assert not custom(None, "/srv/project/build/gen.py")
+    assert not custom(None, "/srv/project/.venv/lib/x.py")
 
 
 def start(tmp_path: Path, *args: str) -> Proc:
@@ -97,9 +99,36 @@ def test_include_and_exclude(tmp_path):
         proc.wait_for("worker 1 .* ready")
         mark = proc.mark()
         (tmp_path / "skip" / "ignored.txt").write_text("x")
-        (tmp_path / "other.py").write_text("x = 1\n")  # not included any more: only *.txt is
+        (tmp_path / "notes.md").write_text("x")  # neither *.py nor *.txt
         (tmp_path / "notes.txt").write_text("x")
         line = proc.wait_for("change detected in (.*); restarting", start=mark).group(1)
         assert line == "notes.txt" or line.endswith("/notes.txt")
+        proc.wait_for("rolling restart done", start=mark)
+        mark = proc.mark()
+        (tmp_path / "other.py").write_text("x = 1\n")  # *.py is still watched: --reload-include adds to it
+        line = proc.wait_for("change detected in (.*); restarting", start=mark).group(1)
+        assert line.endswith("other.py")
+    finally:
+        assert proc.stop() == 0
+
+
+def test_without_watchfiles_reload_polls(tmp_path):
+    hidden = tmp_path / "hide"
+    (hidden / "watchfiles").mkdir(parents=True)
+    (hidden / "watchfiles" / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
+    module = tmp_path / "reload_app.py"
+    module.write_text(APP.format(version="v1"))
+    proc = Proc(["reload_app:app", "--reload", "--reload-dir", str(tmp_path), "--reload-exclude", "hide",
+                 "--app-dir", str(tmp_path), "--port", "0", "--reload-delay", "0.1"],
+                env={"PYTHONPATH": str(hidden)})
+    try:
+        url = serving_url(proc)
+        proc.wait_for("watchfiles is not installed: watching for changes by polling every 0.10s")
+        proc.wait_for("worker 1 .* ready")
+        mark = proc.mark()
+        module.write_text(APP.format(version="v2 (a different size)"))
+        proc.wait_for("change detected in .*reload_app.py", start=mark)
+        proc.wait_for("rolling restart done", start=mark)
+        assert get(url + "/").text == "v2 (a different size)"
     finally:
         assert proc.stop() == 0

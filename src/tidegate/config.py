@@ -295,11 +295,14 @@ class ReloadSettings:
         (), "Directory to watch (repeat for more) [default: the current directory].", metavar="DIR",
         flag="reload-dir", repeat=True)
     reload_includes: tuple[str, ...] = setting(
-        (), "Glob of files whose change restarts (repeat for more) [default: *.py].", metavar="GLOB",
+        (), "Glob of files whose change restarts (repeat for more), besides *.py.", metavar="GLOB",
         flag="reload-include", repeat=True)
     reload_excludes: tuple[str, ...] = setting(
-        (), "Glob of files and directories never watched (repeat for more) [default: .*, __pycache__, *.pyc, "
-        "*~, .venv, venv, node_modules].", metavar="GLOB", flag="reload-exclude", repeat=True)
+        (), "Glob of files and directories never watched (repeat for more), besides .*, __pycache__, *.pyc, *~, "
+        ".venv, venv, node_modules.", metavar="GLOB", flag="reload-exclude", repeat=True)
+    reload_delay: float = setting(
+        0.25, "Wait this long for changes to settle before restarting (without watchfiles: how often to poll).",
+        metavar="SECONDS", bound=">0")
 
 
 @dataclass(frozen=True)
