@@ -282,6 +282,14 @@ def test_disconnect_during_the_handshake():
 
 # ---------------------------------------------------------------------------------------------- back-pressure
 
+def test_the_queue_limit_is_the_setting_ws_max_queue():
+    exchange, _ = make()
+    exchange.queue_limit = 2  # as --ws-max-queue 2 makes it
+    for i in range(3):
+        exchange.on_message(str(i))
+        assert exchange.over_limit == (i == 2)
+
+
 def test_queue_limit_and_resume():
     async def main() -> None:
         exchange, stream = make()

@@ -118,6 +118,8 @@ ALIASES = [
     (["--graceful-timeout", "12"], "timeout_graceful_shutdown", 12.0),
     (["--keep-alive", "2"], "timeout_keep_alive", 2.0),
     (["--limit-request-fields", "50"], "limit_request_header_count", 50),
+    (["--ws-max-queue", "32"], "ws_max_queue", 32),
+    (["--reload-delay", "0.5"], "reload_delay", 0.5),
 ]
 
 

@@ -352,6 +352,8 @@ class WebSocketSettings:
                                    metavar="SECONDS", bound=">=0")
     ping_timeout: float = setting(20.0, "Close a WebSocket whose client has not answered a ping for this long; "
                                   "0 waits forever.", metavar="SECONDS", bound=">=0")
+    max_queue: int = setting(16, "Messages that may wait for an app that is not receiving before reading from "
+                             "its client pauses (or --limit-request-buffer bytes of them).", metavar="N", bound=">0")
     close_timeout: float = setting(10.0, "After sending a close frame, wait this long for the client's before "
                                    "dropping the connection.", metavar="SECONDS", bound=">0")
     per_message_deflate: bool = setting(True, "Compress WebSocket messages (permessage-deflate) when the client "

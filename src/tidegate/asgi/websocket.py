@@ -74,10 +74,11 @@ class WebSocketStream(Protocol):
 class WebSocketExchange(Waiting):
     """One WebSocket session as the app sees it."""
 
-    __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "queue_bytes_limit", "queued_bytes", "scope",
-                 "status", "stream")
+    __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "queue_bytes_limit", "queue_limit",
+                 "queued_bytes", "scope", "status", "stream")
 
-    def __init__(self, stream: WebSocketStream, scope: WebSocketScope, queue_bytes_limit: int = 65536) -> None:
+    def __init__(self, stream: WebSocketStream, scope: WebSocketScope, queue_bytes_limit: int = 65536,
+                 queue_limit: int = MAX_QUEUED) -> None:
         self.stream = stream
         self.scope = scope
         self._waiter = None
@@ -88,6 +89,8 @@ class WebSocketExchange(Waiting):
         #: size of the messages received and not yet taken by the app
         self.queued_bytes = 0
         self.queue_bytes_limit = queue_bytes_limit
+        #: messages that may wait for the app before reading pauses (--ws-max-queue)
+        self.queue_limit = queue_limit
         #: how the handshake was answered (101 accepted, 403 denied, ...), 0 while it is not
         self.status = 0
 
@@ -111,7 +114,7 @@ class WebSocketExchange(Waiting):
     @property
     def over_limit(self) -> bool:
         """True while so much waits for the app that reading should pause."""
-        return len(self._queue) > MAX_QUEUED or self.queued_bytes > self.queue_bytes_limit
+        return len(self._queue) > self.queue_limit or self.queued_bytes > self.queue_bytes_limit
 
     def on_close(self, code: int, reason: str = "") -> None:
         """The session ended: the app's next ``receive()`` (after the queued messages) says so; the first call

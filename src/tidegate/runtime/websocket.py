@@ -131,7 +131,8 @@ class WebSocketChannel:
             self.carrier.refuse(rejection.status, rejection.headers, rejection.detail)
             return
         ctx = self.ctx
-        self.exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), ctx.limits.request_buffer)
+        self.exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), ctx.limits.request_buffer,
+                                          ctx.websocket.max_queue)
         self.task = ctx.loop.create_task(self.exchange.run(ctx.app))
         self._handshake_timer = ctx.loop.call_later(ctx.timeouts.ws_handshake, self._handshake_overdue)
 
