@@ -151,3 +151,51 @@ def test_bad_log_config_is_a_usage_error(tmp_path, name):
     proc = Proc(["tests.ops_apps:app", "--port", "0", "--log-config", str(tmp_path / name)])
     assert proc.wait() == 2
     assert "log_config: " in proc.output and name in proc.output
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "workers"])
+def test_access_and_error_log_files(tmp_path, workers):
+    # gunicorn's --access-logfile / --error-logfile: each kind of line in its own file, appended by every process
+    access, errors = tmp_path / "access.log", tmp_path / "error.log"
+    access.write_text("earlier line\n")
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--access-logfile", str(access), "--error-logfile",
+                 str(errors), "--access-log-format", "{method} {path} {status}", *workers])
+    try:
+        wait_until(lambda: errors.exists() and "serving on http://" in errors.read_text())
+        url = errors.read_text().split("serving on ")[1].split()[0]
+        get(url + "/status/203")
+        wait_until(lambda: "GET /status/203 203" in access.read_text())
+    finally:
+        assert proc.stop() == 0
+    lines = access.read_text().splitlines()
+    assert lines[0] == "earlier line" and lines[1].endswith("INFO    GET /status/203 203")
+    assert "GET /status/203" not in errors.read_text() and "GET /status/203" not in proc.output
+    assert "shutting down" in errors.read_text()
+
+
+def test_a_log_file_dash_is_stderr_and_a_bad_one_is_a_usage_error(tmp_path):
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--access-logfile", "-", "--error-logfile", "-",
+                 "--access-log-format", "{method} {path} {status}"])
+    try:
+        get(serving_url(proc) + "/status/204")
+        proc.wait_for("GET /status/204 204")
+    finally:
+        assert proc.stop() == 0
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--error-logfile", str(tmp_path / "no" / "such" / "dir.log")])
+    assert proc.wait() != 0
+    assert "cannot open the log file" in proc.output
+
+
+def test_coloured_level_names(capsys):
+    from tidegate.log import setup_logging
+
+    setup_logging("info", True, use_colors=True)
+    try:
+        logging.getLogger("tidegate.error").warning("look")
+        err = capsys.readouterr().err
+        assert "\x1b[33mWARNING\x1b[0m look" in err
+        setup_logging("info", True, use_colors=None)  # auto: not a terminal here, so none
+        logging.getLogger("tidegate.error").warning("plain")
+        assert "WARNING plain" in capsys.readouterr().err
+    finally:
+        setup_logging("info", True)

@@ -126,7 +126,7 @@ def build_parser(notes: list[str] | None = None) -> argparse.ArgumentParser:
             shown = field.default if field.default not in ((), None, "") else None
             help_text = meta["help"] + (f" [default: {shown}]" if shown is not None else "")
             common: dict[str, Any] = {"dest": flat, "default": argparse.SUPPRESS, "help": help_text}
-            if isinstance(field.default, bool):
+            if isinstance(field.default, bool) or "bool" in str(field.type):
                 group.add_argument(*flags, action=argparse.BooleanOptionalAction, **common)
             elif meta["repeat"]:
                 group.add_argument(*flags, action="append", metavar=meta["metavar"], **common)

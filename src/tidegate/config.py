@@ -238,6 +238,12 @@ class LoggingSettings:
         None, "Access log line template of named atoms: {client} {client_addr} {method} {path} {query} {target} "
         "{http_version} {scheme} {status} {bytes} {duration_ms} {pid} {time} {header:NAME}.", metavar="TEMPLATE")
     access_log_json: bool = setting(False, "Write the access log as one JSON object a line.")
+    access_logfile: str | None = setting(
+        None, "Write the access log to this file (appended; '-': stderr) instead of stderr.", metavar="PATH")
+    error_logfile: str | None = setting(
+        None, "Write the server's log to this file (appended; '-': stderr) instead of stderr.", metavar="PATH")
+    use_colors: bool | None = setting(
+        None, "Colour the level names [default: on when the log goes to a terminal and NO_COLOR is not set].")
 
     def validate(self) -> None:
         if self.access_log_format is not None:

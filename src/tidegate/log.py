@@ -18,9 +18,50 @@ LEVELS = {"critical": logging.CRITICAL, "error": logging.ERROR, "warning": loggi
           "info": logging.INFO, "debug": logging.DEBUG, "trace": TRACE}
 
 
-def setup_logging(level: str, access_log: bool) -> None:
-    formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
-    handler = logging.StreamHandler(sys.stderr)
+_COLORS = {"TRACE": "\x1b[34m", "DEBUG": "\x1b[36m", "INFO": "\x1b[32m", "WARNING": "\x1b[33m",
+           "ERROR": "\x1b[31m", "CRITICAL": "\x1b[1;31m"}
+
+
+class _ColorFormatter(logging.Formatter):
+    """The level name in colour (the padding kept outside the escape codes, so that columns still line up)."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        name = record.levelname
+        color = _COLORS.get(name)
+        if color is None:
+            return super().formatMessage(record)
+        record.levelname = f"{color}{name}\x1b[0m{' ' * max(0, 7 - len(name))}"
+        try:
+            return super().formatMessage(record)
+        finally:
+            record.levelname = name
+
+
+def _stream(path: str | None) -> logging.Handler:
+    """A handler writing to ``path`` (appended), or to stderr for None and '-'."""
+    if path is None or path == "-":
+        return logging.StreamHandler(sys.stderr)
+    try:
+        return logging.FileHandler(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot open the log file {path!r}: {exc.strerror}") from None
+
+
+def _colors_wanted(use_colors: bool | None, handler: logging.Handler) -> bool:
+    if use_colors is not None:
+        return use_colors
+    stream = getattr(handler, "stream", None)
+    return (not os.environ.get("NO_COLOR") and type(handler) is logging.StreamHandler and stream is not None
+            and stream.isatty())
+
+
+def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = None,
+                  use_colors: bool | None = None) -> None:
+    handler = _stream(error_logfile)
+    if _colors_wanted(use_colors, handler):
+        formatter: logging.Formatter = _ColorFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    else:
+        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
     handler.setFormatter(formatter)
     for name in ("tidegate", "tidegate.error"):
         logger = logging.getLogger(name)
@@ -37,10 +78,15 @@ def configure_logging(settings: LoggingSettings) -> None:
     """tidegate's own set-up, JSON access lines if asked, then the user's ``--log-config`` over it.
 
     Raises :class:`~tidegate.config.ConfigError` naming ``log_config`` if that file cannot be applied."""
-    setup_logging(settings.log_level, settings.access_log)
-    if settings.access_log_json:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+    setup_logging(settings.log_level, settings.access_log, error_logfile=settings.error_logfile,
+                  use_colors=settings.use_colors)
+    if settings.access_log_json or settings.access_logfile is not None:
+        # access lines on their own: a file of their own, or JSON lines without the level and time
+        handler = _stream(settings.access_logfile)
+        if settings.access_log_json:
+            handler.setFormatter(logging.Formatter("%(message)s"))
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
         access = logging.getLogger("tidegate.access")
         access.handlers[:] = [handler]
         access.propagate = False
