@@ -119,6 +119,7 @@ ALIASES = [
     (["--keep-alive", "2"], "timeout_keep_alive", 2.0),
     (["--limit-request-fields", "50"], "limit_request_header_count", 50),
     (["--ws-max-queue", "32"], "ws_max_queue", 32),
+    (["--limit-request-field_size", "8190"], "limit_request_field_size", 8190),
     (["--reload-delay", "0.5"], "reload_delay", 0.5),
 ]
 

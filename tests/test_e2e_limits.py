@@ -243,6 +243,17 @@ def test_chunk_extensions_past_the_header_limit_get_400(run_server: Any, loop: s
     served_normally(server.port)
 
 
+def test_a_header_field_over_the_field_size_limit_gets_431(run_server: Any) -> None:
+    app = Recorder()
+    server = run_server(app, limit_request_field_size=100)
+    with RawClient(server.port) as client:
+        client.send(b"GET / HTTP/1.1\r\nHost: t\r\nX-Token: " + b"t" * 93 + b"\r\n\r\n")
+        assert client.read_response().status == 200
+    status, _, _ = refused(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nX-Token: " + b"t" * 94 + b"\r\n\r\n")
+    assert status == 431 and app.calls == 1
+    served_normally(server.port)
+
+
 def test_default_head_limits(run_server: Any) -> None:
     server = run_server(hello)
     assert refused(server.port, b"GET /" + b"a" * 8192 + b" HTTP/1.1\r\nHost: t\r\n\r\n")[0] == 414

@@ -722,6 +722,17 @@ def test_a_path_that_breaks_the_target_grammar_is_a_stream_error(path: bytes) ->
     assert len(of(events, Request)) == 1
 
 
+def test_a_header_field_over_the_field_size_limit_gets_431() -> None:
+    pair = Pair(max_field_size=100)
+    stream_id, events = pair.request(GET + [(b"x-token", b"t" * 93)])  # 7 + 93 bytes
+    assert len(of(events, Request)) == 1
+    stream_id, events = pair.request(GET + [(b"x-token", b"t" * 94)])
+    assert not of(events, Request)
+    [response] = [e for e in pair.to_client() if isinstance(e, h2.events.ResponseReceived)
+                  and e.stream_id == stream_id]
+    assert dict(response.headers)[b":status"] == b"431"
+
+
 def test_reset_by_us_drops_pending_data_and_ignores_late_frames() -> None:
     pair = Pair(client_settings={h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1})
     pair.to_server()

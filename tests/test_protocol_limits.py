@@ -282,6 +282,16 @@ def test_requests_after_a_chunked_body_in_the_same_read_are_not_counted_as_its_e
         assert len([e for e in events if isinstance(e, Request)]) == 20
 
 
+@pytest.mark.parametrize("piece", PIECES, ids=PIECE_IDS)
+def test_a_header_field_over_the_field_size_limit_gets_431(piece: int | None) -> None:
+    # gunicorn's --limit-request-field_size: a field's name and value (the section's own limit still applies)
+    fields = [(b"host", b"a"), (b"x-token", b"t" * 93)]  # 7 + 93 = 100 bytes
+    assert summary(run(head_with_fields(fields), piece, field=100))[-1] == ("end",)
+    over = [(b"host", b"a"), (b"x-token", b"t" * 94)]
+    assert errors(run(head_with_fields(over), piece, field=100)) == [431]
+    assert summary(run(head_with_fields(over), piece))[-1] == ("end",)  # 0: no limit of its own
+
+
 # ---------------------------------------------------------------------------------------------------- pipelining
 
 

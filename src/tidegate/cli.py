@@ -27,6 +27,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "timeout_graceful_shutdown": ("--graceful-timeout",),
     "timeout_keep_alive": ("--keep-alive",),
     "limit_request_header_count": ("--limit-request-fields",),
+    "limit_request_field_size": ("--limit-request-field_size",),
     "limit_request_headers": ("--h11-max-incomplete-event-size",),
 }
 #: values other servers take for a setting's choices, and ours they mean

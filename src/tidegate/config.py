@@ -212,6 +212,9 @@ class LimitSettings:
         metavar="BYTES", bound=">0")
     request_header_count: int = setting(100, "Most request header fields; more are answered 431.", metavar="N",
         bound=">0")
+    request_field_size: int = setting(
+        0, "Largest request header field (name and value); a larger one is answered 431. 0: only the section's "
+        "limit applies.", metavar="BYTES", bound=">=0")
     request_body: int = setting(
         1024 ** 3, "Largest request body; a larger Content-Length is answered 413 before the body is read, a "
         "longer chunked body ends the request (413 if no response started). 0: no limit.", metavar="BYTES", bound=">=0")

@@ -123,10 +123,10 @@ class ResponseDefaults:
 class RequestLimits:
     """Sizes a request head and body may have (bytes), and how many header fields; ``body`` 0: no limit."""
 
-    __slots__ = ("body", "field_count", "fields", "line", "pipeline")
+    __slots__ = ("body", "field", "field_count", "fields", "line", "pipeline")
 
     def __init__(self, line: int = 8192, fields: int = 65536, field_count: int = 100, body: int = 1024 ** 3,
-                 pipeline: int = 16) -> None:
+                 pipeline: int = 16, field: int = 0) -> None:
         #: longest request target (414 past it)
         self.line = line
         #: largest header section: names, values, ": " and CRLF of each field (431 past it)
@@ -138,6 +138,8 @@ class RequestLimits:
         #: requests parsed ahead of the one being answered, after which a large read is not parsed further (at most
         #: one slice of _SLICE bytes holds more)
         self.pipeline = pipeline
+        #: largest header field, name and value (431 past it), 0 for none but the section's
+        self.field = field
 
 
 _DEFAULT_LIMITS = RequestLimits()
@@ -228,6 +230,7 @@ class H1Connection:
         "_lean",
         "_limits",
         "_max_body",
+        "_max_field_size",
         "_max_fields",
         "_max_line",
         "_max_section",
@@ -268,6 +271,7 @@ class H1Connection:
         limits = limits if limits is not None else _DEFAULT_LIMITS
         self._limits = limits
         self._max_fields = limits.field_count
+        self._max_field_size = limits.field
         self._max_body = limits.body or _NO_BODY_LIMIT
         # a read this small cannot hold a header section over its limit (the target's is checked in on_url)
         self._lean = limits.fields
@@ -672,6 +676,9 @@ class H1Connection:
         headers = self._headers
         if len(headers) > self._max_fields or self._checking == 2:
             self._check_head(headers)
+        field_limit = self._max_field_size
+        if field_limit and any(len(name) + len(value) > field_limit for name, value in headers):
+            raise _ParseAbort(RequestError(431, "a request header field larger than the limit"))
         parser = self._parser
         version = parser.get_http_version()
         if version != "1.1":

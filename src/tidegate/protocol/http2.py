@@ -397,11 +397,13 @@ class H2Connection:
                  defaults: ResponseDefaults | None = None, max_concurrent_streams: int = 100,
                  max_header_list_size: int = 65536,
                  initial_window_size: int = DEFAULT_WINDOW, enable_connect_protocol: bool = False,
-                 max_resets: int = 200) -> None:
+                 max_resets: int = 200, max_field_size: int = 0) -> None:
         #: where frames go (the driver's output buffer)
         self.write: Callable[[bytes | memoryview], object] = write if write is not None else _discard
         self.max_concurrent_streams = max_concurrent_streams
         self.max_header_list_size = max_header_list_size
+        #: largest header field (name and value), answered 431 past it; 0: only the list's size counts
+        self.max_field_size = max_field_size
         self.max_resets = max_resets
         self.enable_connect_protocol = enable_connect_protocol
         self._defaults = defaults if defaults is not None else ResponseDefaults()
@@ -630,7 +632,8 @@ class H2Connection:
             return
         stream = _Stream(stream_id, self._peer_stream_window, self._acked_stream_window, head.method == b"HEAD")
         self._streams[stream_id] = stream
-        if head.size > self.max_header_list_size:
+        if head.size > self.max_header_list_size or (
+                self.max_field_size and any(len(n) + len(v) > self.max_field_size for n, v in head.headers)):
             stream.remote_open = not end_stream
             self.error_response(stream_id, 431, "request header fields too large")
             return

@@ -233,7 +233,7 @@ class ServerContext:
         extra = b"".join(b"%s: %s\r\n" % pair for pair in http.header_pairs())
         self.defaults = ResponseDefaults(server=b"server: tidegate\r\n" if http.server_header else b"", extra=extra)
         self.request_limits = RequestLimits(limits.request_line, limits.request_headers, limits.request_header_count,
-                                            limits.request_body, limits.pipeline_depth)
+                                            limits.request_body, limits.pipeline_depth, limits.request_field_size)
         #: renders an access line from (scope, status, bytes, milliseconds) for --access-log-format/-json
         self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
 

@@ -395,7 +395,7 @@ class H2Driver(asyncio.Protocol):
                                  max_header_list_size=settings.max_header_list_size,
                                  initial_window_size=max(min(ctx.limits.request_buffer, 2**31 - 1), 1),
                                  enable_connect_protocol=ctx.connect_protocol,
-                                 max_resets=MAX_RESETS)
+                                 max_resets=MAX_RESETS, max_field_size=ctx.limits.request_field_size)
         #: streams whose app task runs (a stream the client reset stays here until its app returns; a WebSocket
         #: until its stream ends too)
         self.streams: dict[int, H2Stream | H2WebSocket] = {}
