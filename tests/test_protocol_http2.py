@@ -724,9 +724,9 @@ def test_a_path_that_breaks_the_target_grammar_is_a_stream_error(path: bytes) ->
 
 def test_a_header_field_over_the_field_size_limit_gets_431() -> None:
     pair = Pair(max_field_size=100)
-    stream_id, events = pair.request(GET + [(b"x-token", b"t" * 93)])  # 7 + 93 bytes
+    stream_id, events = pair.request([*GET, (b"x-token", b"t" * 93)])  # 7 + 93 bytes
     assert len(of(events, Request)) == 1
-    stream_id, events = pair.request(GET + [(b"x-token", b"t" * 94)])
+    stream_id, events = pair.request([*GET, (b"x-token", b"t" * 94)])
     assert not of(events, Request)
     [response] = [e for e in pair.to_client() if isinstance(e, h2.events.ResponseReceived)
                   and e.stream_id == stream_id]
