@@ -325,6 +325,20 @@ def test_invalid_utf8_in_a_frame_not_complete_yet_fails_as_it_arrives(opcode: in
     assert_failed(pair, events, 1007)
 
 
+def test_invalid_utf8_found_while_the_frame_head_completes_fails_cleanly() -> None:
+    # the check starts from the bytes held for the frame (found by Hypothesis: the buffer must not stay pinned)
+    frame = masked(b"\x00\x00\x80\x00", 0x01) + masked(b"", 0x80)
+    for first in range(1, 10):
+        for second in range(first + 1, 11):
+            pair = connect(per_message_deflate=False)
+            events: list[Any] = []
+            for piece in (frame[:first], frame[first:second], frame[second:]):
+                events += pair.to_server(piece)
+                if events:
+                    break
+            assert_failed(pair, events, 1007)
+
+
 def test_a_valid_text_frame_in_chops_is_one_message() -> None:
     pair = connect(per_message_deflate=False)
     text = "κόσμε €𝄞 " * 500

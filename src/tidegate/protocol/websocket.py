@@ -559,9 +559,9 @@ class WebSocketSession:
         if data[pos] & 0x0F == 0 and self._frag_decoder is not None:
             decoder.setstate(self._frag_decoder.getstate())  # go on from the fragments before
         self._probe = [decoder, 0, bytes(data[start - 4:start])]
-        self._check_partial(memoryview(data)[start:])
+        self._check_partial(bytes(data[start:]))  # a copy: a view would pin a bytearray that is then resized
 
-    def _check_partial(self, data: bytes | memoryview) -> None:
+    def _check_partial(self, data: bytes) -> None:
         probe = self._probe
         assert probe is not None
         decoder, checked, mask = probe
@@ -570,7 +570,7 @@ class WebSocketSession:
         shift = checked & 3
         rotated = mask[shift:] + mask[:shift]
         try:
-            decoder.decode(apply_mask(bytes(data), rotated), False)
+            decoder.decode(apply_mask(data, rotated), False)
         except UnicodeDecodeError as exc:
             raise _Fail(1007, f"invalid UTF-8: {exc.reason}") from None
         probe[1] = checked + len(data)
