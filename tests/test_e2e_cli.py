@@ -97,6 +97,9 @@ def error_lines(stderr: str) -> list[str]:
     ("tests.apps:Gate.no_such", "attribute 'Gate.no_such' not found in module 'tests.apps'"),
     ("tests.apps:json", "'tests.apps:json' is not callable"),
     ("tests.apps", "'module:attribute'"),
+    ("main:create_app()", "give main:create_app with --factory"),  # uvicorn users' habits, with the way out
+    ("main.py:app", "give the module, main:app"),
+    ("src/main.py:app", "give the module, src.main:app"),
 ])
 def test_a_wrong_app_gives_one_clear_line(spec: str, expected: str) -> None:
     result = run_cli(spec)

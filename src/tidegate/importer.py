@@ -19,6 +19,13 @@ def import_app(spec: str, *, app_dir: str = ".", factory: bool = False) -> Any:
     module_name, sep, attrs = spec.partition(":")
     if not sep or not module_name or not attrs:
         raise AppImportError(f"the app must be given as 'module:attribute', not {spec!r}")
+    if attrs.endswith("()"):
+        raise AppImportError(f"{spec!r} calls a factory: give {module_name}:{attrs[:-2]} with --factory, and "
+                             "tidegate calls it")
+    if module_name.endswith(".py"):
+        dotted = module_name[:-3].replace("/", ".").replace(os.sep, ".").lstrip(".")
+        raise AppImportError(f"{spec!r} names a file: give the module, {dotted}:{attrs} (and --app-dir for the "
+                             "directory it is in)")
     directory = os.path.abspath(app_dir)
     if directory not in sys.path:
         sys.path.insert(0, directory)
