@@ -117,3 +117,15 @@ def test_bind_on_the_command_line(tmp_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
     finally:
         assert proc.stop() == 0
+
+
+@pytest.mark.parametrize("workers", [[], ["--workers", "2"]], ids=["one process", "supervisor"])
+def test_a_port_in_use_exits_with_its_own_code(workers):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = Proc(["tidegate.demo:app", "--port", str(port), *workers])
+        assert proc.wait() == 4  # EXIT_ADDRESS_IN_USE: a supervisor or orchestrator can tell it from a bad flag
+        assert f"cannot bind 127.0.0.1:{port}: Address already in use" in proc.output
+        assert "Traceback" not in proc.output

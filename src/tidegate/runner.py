@@ -13,8 +13,9 @@ from .importer import AppImportError, import_app
 from .log import configure_logging
 from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
+from .runtime.sockets import AddressInUse
 
-__all__ = ["EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run_config"]
+__all__ = ["EXIT_ADDRESS_IN_USE", "EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run_config"]
 
 logger = logging.getLogger("tidegate.error")
 
@@ -22,6 +23,8 @@ EXIT_OK = 0
 EXIT_APP_ERROR = 1
 EXIT_USAGE = 2
 EXIT_STARTUP_FAILED = 3
+#: a listener's address is already in use
+EXIT_ADDRESS_IN_USE = 4
 
 
 def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
@@ -90,6 +93,9 @@ def run_config(config: Config, app: Any = None) -> int:
     except LifespanFailure as exc:
         logger.error("Application startup failed: %s", exc)
         return EXIT_STARTUP_FAILED
+    except AddressInUse as exc:
+        logger.error("%s", exc)
+        return EXIT_ADDRESS_IN_USE
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
 import ssl
@@ -10,7 +11,11 @@ import stat
 
 from ..config import BindSettings, ConfigError, TLSSettings
 
-__all__ = ["bind_socket", "describe", "ssl_context"]
+__all__ = ["AddressInUse", "bind_socket", "describe", "ssl_context"]
+
+
+class AddressInUse(ConfigError):
+    """A listener's address is taken (another server, or one still shutting down): its own exit code."""
 
 _CERT_REQS = {"none": ssl.CERT_NONE, "optional": ssl.CERT_OPTIONAL, "required": ssl.CERT_REQUIRED}
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -71,7 +76,8 @@ def _listening(sock: socket.socket, address: str | tuple[str, int], backlog: int
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ConfigError(f"cannot bind {name}: {exc.strerror}") from None
+        kind = AddressInUse if exc.errno == errno.EADDRINUSE else ConfigError
+        raise kind(f"cannot bind {name}: {exc.strerror}") from None
     sock.listen(backlog)
     sock.setblocking(False)
     return sock

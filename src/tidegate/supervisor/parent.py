@@ -35,10 +35,10 @@ from ..addresses import parse_address
 from ..config import Config, ConfigError
 from ..log import configure_logging
 from ..metrics import merge, render
-from ..runner import EXIT_APP_ERROR, EXIT_OK, EXIT_STARTUP_FAILED, EXIT_USAGE
+from ..runner import EXIT_ADDRESS_IN_USE, EXIT_APP_ERROR, EXIT_OK, EXIT_STARTUP_FAILED, EXIT_USAGE
 from ..runtime.listeners import bind_all
 from ..runtime.server import serve
-from ..runtime.sockets import describe
+from ..runtime.sockets import AddressInUse, describe
 from .channel import Channel, Message, encode_config
 
 __all__ = ["Supervisor", "supervise"]
@@ -96,7 +96,7 @@ class Supervisor:
             self.sockets = bind_all(self.config.bind)
         except ConfigError as exc:
             logger.error("%s", exc)
-            return EXIT_USAGE
+            return EXIT_ADDRESS_IN_USE if isinstance(exc, AddressInUse) else EXIT_USAGE
         for sock in self.sockets:
             logger.info("supervisor %d listening on %s", os.getpid(),
                         describe(sock, "https" if self.config.tls.certfile else "http"))
