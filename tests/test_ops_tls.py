@@ -198,3 +198,34 @@ def test_tls_in_worker_processes(pki, ca):
         assert response.json()["scheme"] == "https"
     finally:
         assert proc.stop() == 0
+
+
+def test_a_tls_file_that_cannot_be_loaded_is_named_with_what_is_wrong(tmp_path, ca):
+    from tidegate.config import ConfigError, TLSSettings
+    from tidegate.runtime.sockets import ssl_context
+
+    cert = ca.issue_cert("localhost")
+    good_cert, good_key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.cert_chain_pems[0].write_to_path(str(good_cert))
+    cert.private_key_pem.write_to_path(str(good_key))
+    other_key = tmp_path / "other-key.pem"
+    ca.issue_cert("other").private_key_pem.write_to_path(str(other_key))
+    (tmp_path / "garbage.pem").write_text("not a certificate\n")
+    cases = [
+        (TLSSettings(certfile=str(tmp_path / "missing.pem")), "--ssl-certfile " + str(tmp_path / "missing.pem"),
+         "no such file"),
+        (TLSSettings(certfile=str(tmp_path / "garbage.pem")), "--ssl-certfile", "no PEM certificate in it"),
+        (TLSSettings(certfile=str(good_cert)), "--ssl-certfile", "no PEM private key"),
+        (TLSSettings(certfile=str(good_cert), keyfile=str(good_cert)), "--ssl-keyfile", "no PEM private key"),
+        (TLSSettings(certfile=str(good_cert), keyfile=str(other_key)), "other-key.pem",
+         "the key does not belong to the certificate"),
+        (TLSSettings(certfile=str(good_cert), keyfile=str(good_key), ca_certs=str(tmp_path / "garbage.pem"),
+                     cert_reqs="required"), "--ssl-ca-certs", "no PEM certificate in it"),
+        (TLSSettings(certfile=str(good_cert), keyfile=str(good_key), ciphers="NO-SUCH-CIPHER"), "--ssl-ciphers",
+         "no cipher"),
+    ]
+    for settings, named, reason in cases:
+        with pytest.raises(ConfigError) as info:
+            ssl_context(settings, ["http/1.1"])
+        assert named in str(info.value) and reason in str(info.value), str(info.value)
+    assert ssl_context(TLSSettings(certfile=str(good_cert), keyfile=str(good_key)), ["http/1.1"]) is not None

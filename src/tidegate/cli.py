@@ -98,7 +98,7 @@ def build_parser(notes: list[str] | None = None) -> argparse.ArgumentParser:
     """The command line; ``notes`` collects what is said about values taken from other servers' spellings."""
     notes = [] if notes is None else notes
     parser = argparse.ArgumentParser(
-        prog="tidegate", description="Serve an ASGI application over HTTP/1.1.",
+        prog="tidegate", description="Serve an ASGI (or WSGI) application over HTTP/1.1, HTTP/2 and WebSocket.",
         epilog="Example: tidegate tidegate.demo:app --port 8000")
     parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
     parser.add_argument("--config", metavar="PATH", default=None,
