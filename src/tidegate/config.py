@@ -340,9 +340,9 @@ class SyncSettings:
     """Sync code: WSGI apps and the blocked-loop detector."""
 
     PREFIX = ""
-    interface: Literal["auto", "asgi", "wsgi"] = setting(
+    interface: Literal["auto", "asgi", "asgi2", "wsgi"] = setting(
         "auto", "Application interface: 'auto' serves an app taking (environ, start_response) as WSGI and "
-        "anything else as ASGI.", choices=("auto", "asgi", "wsgi"))
+        "one taking (scope) alone as ASGI 2, anything else as ASGI 3.", choices=("auto", "asgi", "asgi2", "wsgi"))
     threads: int | None = setting(
         None, "Threads running a WSGI app's requests [default: 10 per CPU core, at most 64].", metavar="N", bound=">0")
     warn_blocking: float | None = setting(

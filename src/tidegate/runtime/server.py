@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from ..asgi.http import ASGIApp
 from ..config import Config
+from ..middleware.asgi2 import ASGI2Middleware, is_asgi2_app
 from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.http1 import ResponseDefaults
 from . import negotiate
@@ -171,6 +172,9 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     wsgi = None
     if sync.interface == "wsgi" or (sync.interface == "auto" and is_wsgi_app(app)):
         app = wsgi = WSGIMiddleware(cast(Any, app), sync.threads)
+    elif sync.interface == "asgi2" or (sync.interface == "auto" and is_asgi2_app(app)):
+        logger.info("the app is an ASGI 2 one (called with the scope alone): served through an adapter")
+        app = ASGI2Middleware(app)
     if config.proxy.proxy_headers:
         from ..middleware.proxy_headers import ProxyHeadersMiddleware
 
