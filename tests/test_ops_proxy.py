@@ -185,3 +185,30 @@ def test_behind_a_proxy_on_a_unix_socket(run_server, tmp_path):
     with httpx.Client(transport=httpx.HTTPTransport(uds=str(tmp_path / "b.sock")), timeout=5) as client:
         data = client.get("http://example.com/", headers=headers).json()
     assert data["client"] is None and data["scheme"] == "http"
+
+
+def test_forwarding_fields_from_a_trusted_proxy_without_proxy_headers_get_one_warning(run_server, caplog,
+                                                                                     monkeypatch):
+    from tidegate.runtime import context
+
+    monkeypatch.setattr(context, "_forwarded_hinted", False)
+    server = run_server(ops_app)  # --proxy-headers off (the default); 127.0.0.1 trusted (the default)
+    plain = httpx.get(server.url + "/status/200", timeout=10)
+    assert plain.status_code == 200
+    assert "X-Forwarded" not in caplog.text
+    for _ in range(3):
+        response = httpx.get(server.url + "/status/200", headers={"X-Forwarded-For": "203.0.113.9"}, timeout=10)
+        assert response.status_code == 200
+    hints = [r for r in caplog.records if "carry X-Forwarded-*/Forwarded fields" in r.getMessage()]
+    assert len(hints) == 1 and "--proxy-headers" in hints[0].getMessage()
+
+
+def test_no_forwarding_warning_from_an_untrusted_peer_or_with_proxy_headers_on(run_server, caplog, monkeypatch):
+    from tidegate.runtime import context
+
+    monkeypatch.setattr(context, "_forwarded_hinted", False)
+    untrusted = run_server(ops_app, forwarded_allow_ips="10.0.0.1")
+    on = run_server(ops_app, proxy_headers=True)
+    for server in (untrusted, on):
+        httpx.get(server.url + "/status/200", headers={"Forwarded": "for=203.0.113.9"}, timeout=10)
+    assert "carry X-Forwarded" not in caplog.text

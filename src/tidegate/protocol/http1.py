@@ -87,7 +87,8 @@ _known_names: set[bytes] = set()
 _known_values: set[bytes] = set()
 _KNOWN_MAX = 4096
 
-_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te"})
+_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te", b"forwarded",
+                              b"x-forwarded-for", b"x-forwarded-proto"})
 # A Host value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP literal or a reg-name (RFC 3986 §3.2.2).
 _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?")
 _valid_hosts: set[bytes] = set()
@@ -247,6 +248,7 @@ class H1Connection:
         "_url",
         "_version10",
         "broken",
+        "forwarded",
         "keep_alive",
         "write",
     )
@@ -311,6 +313,9 @@ class H1Connection:
         self.keep_alive = True
         #: True once the peer sent something unparseable: nothing more will be delivered.
         self.broken = False
+        #: set when a request carries a proxy's forwarding fields (X-Forwarded-For/-Proto, Forwarded); the driver
+        #: clears it (see runtime.context.forwarded_hint)
+        self.forwarded = False
 
     # ------------------------------------------------------------------ inbound
 
@@ -624,8 +629,11 @@ class H1Connection:
             elif name == b"te":
                 if b"trailers" in value.lower():
                     self._te_trailers = True
-            elif value.lower() == b"100-continue":
-                self._expect = True
+            elif name == b"expect":
+                if value.lower() == b"100-continue":
+                    self._expect = True
+            else:
+                self.forwarded = True
 
     def _transfer_coding(self, value: bytes) -> None:
         # RFC 9112 §6.1: a request's transfer codings must end with chunked (else the parser answers 400); one we do

@@ -284,6 +284,29 @@ def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange,
                        scope["http_version"], exchange.status, exchange.bytes_sent, duration)
 
 
+_forwarded_hinted = False
+_trusted: dict[str, Any] = {}
+
+
+def forwarded_hint(ctx: ServerContext, info: ConnectionInfo) -> None:
+    """A request carried a proxy's forwarding fields.  Without --proxy-headers they are ignored (the safe default);
+    when it came from an address --forwarded-allow-ips trusts, say once per process which flag would use them."""
+    global _forwarded_hinted
+    proxy = ctx.config.proxy
+    if _forwarded_hinted or proxy.proxy_headers or info.client is None:
+        return
+    trusted = _trusted.get(proxy.forwarded_allow_ips)
+    if trusted is None:
+        from ..middleware.proxy_headers import TrustedHosts
+
+        trusted = _trusted[proxy.forwarded_allow_ips] = TrustedHosts(proxy.forwarded_allow_ips)
+    if info.client[0] in trusted:
+        _forwarded_hinted = True
+        logger.warning("requests from %s carry X-Forwarded-*/Forwarded fields, which are ignored: turn on "
+                       "--proxy-headers to take the client's address and scheme from a proxy you trust",
+                       client_text(info))
+
+
 def client_text(info: ConnectionInfo | None) -> str:
     """The client's address for a log line."""
     client = info.client if info is not None else None

@@ -20,7 +20,7 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .context import ServerContext, client_text, connection_info, cut, log_access
+from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access
 from .writes import WriteBuffer
 
 __all__ = ["H1Driver"]
@@ -255,6 +255,9 @@ class H1Driver(asyncio.Protocol):
 
     def _on_request(self, request: Request) -> None:
         self._phase = _BUSY
+        if self.conn.forwarded:
+            self.conn.forwarded = False
+            forwarded_hint(self.ctx, self.info)
         if (request.upgrade is not None and self.current is None and request.upgrade in self.ctx.upgrades
                 and request.http_version != "1.0"):  # HTTP/1.0 has no Upgrade (RFC 9110 §7.8): a plain request
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
