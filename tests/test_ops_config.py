@@ -234,7 +234,7 @@ def test_render_shows_value_and_origin(tmp_path):
              if not line.startswith("# ")}
     assert lines['port = 1'] == "command line --port"
     assert lines['backlog = 5'] == "env TIDEGATE_BACKLOG"
-    assert lines['headers = ["x-a:1"]'] == "file tidegate.toml"
+    assert lines['headers = ["x-a:1"]'] == "file tidegate.toml (key also: header)"
     assert lines["timeout_keep_alive = 5.0"] == "default"
     assert "# uds (not set)" in text
 
@@ -334,3 +334,13 @@ def test_a_pid_file_holds_the_main_process_and_goes_at_exit(tmp_path, workers):
     finally:
         assert proc.stop() == 0
     assert not pid_file.exists()
+
+
+def test_config_file_keys_may_be_the_flag_names(tmp_path):
+    (tmp_path / "tidegate.toml").write_text('header = ["x-a: 1"]\nreload_dir = ["src"]\nreload-include = ["*.html"]\n'
+                                            'ws = "none"\n')
+    config = resolve({"app": "a:b"}, environ={}, cwd=tmp_path).config
+    assert config.http.headers == ("x-a: 1",) and config.reload.reload_dirs == ("src",)
+    assert config.reload.reload_includes == ("*.html",) and config.websocket.implementation == "none"
+    (tmp_path / "tidegate.toml").write_text('headers = ["x-b: 2"]\n')  # the plural, the setting's own name
+    assert resolve({"app": "a:b"}, environ={}, cwd=tmp_path).config.http.headers == ("x-b: 2",)

@@ -69,6 +69,18 @@ def declarations() -> dict[str, Declared]:
     return found
 
 
+def key_names(decls: Mapping[str, Declared]) -> dict[str, str]:
+    """The config file keys that are a flag's name where it differs from the setting's (``header`` for
+    ``headers``, ``reload_dir`` for ``reload_dirs``, ``ws`` for ``ws_implementation``), for the setting."""
+    keys = {}
+    for flat, decl in decls.items():
+        if decl.flag.startswith("--"):
+            key = decl.flag[2:].replace("-", "_")
+            if key != flat:
+                keys[key] = flat
+    return keys
+
+
 def env_name(flat: str) -> str:
     return ENV_PREFIX + flat.upper()
 
@@ -193,8 +205,10 @@ def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] 
         shown = path_text or path.name
         table = read_config_file(path)
         prefix = "[tool.tidegate] in " if path.name == "pyproject.toml" else ""
+        by_flag = key_names(decls)
         for key, value in table.items():
             flat = key.replace("-", "_")
+            flat = by_flag.get(flat, flat)
             where = f"{prefix}{shown}: key {key!r}"
             if flat not in decls:
                 raise ConfigError(f"{prefix}{shown}: unknown key {key!r}")
@@ -255,13 +269,17 @@ def render(resolved: Resolved) -> str:
     """The effective settings as TOML a config file could hold, each with where it came from."""
     rows = []
     config = resolved.config
+    also = {flat: key for key, flat in key_names(declarations()).items()}
     for group, kind in GROUPS:
         settings = getattr(config, group)
         for f in dataclasses.fields(kind):
             flat = kind.PREFIX + f.name
             value = getattr(settings, f.name)
             text = f"# {flat} (not set)" if value is None else f"{flat} = {_toml_value(value)}"
-            rows.append((text, resolved.origins.get(flat, "default")))
+            origin = resolved.origins.get(flat, "default")
+            if flat in also:
+                origin += f" (key also: {also[flat]})"
+            rows.append((text, origin))
     width = min(max(len(text) for text, _ in rows), 60)
     lines = [f"# effective tidegate settings; config file: {resolved.file or 'none'}"]
     lines.extend(f"{text.ljust(width)}  # {origin}" for text, origin in rows)
