@@ -199,3 +199,18 @@ def test_coloured_level_names(capsys):
         assert "WARNING plain" in capsys.readouterr().err
     finally:
         setup_logging("info", True)
+
+
+def test_worker_lines_name_their_worker_and_access_lines_keep_their_format():
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--workers", "2", "--access-log-format",
+                 "{method} {path} {status}"])
+    try:
+        url = serving_url(proc)
+        proc.wait_for(r"INFO    \[worker 1\] ")
+        proc.wait_for(r"INFO    \[worker 2\] ")
+        get(url + "/status/201")
+        line = proc.wait_for("GET /status/201 201").string
+        assert line.endswith("INFO    GET /status/201 201")  # no worker prefix in a line the user formatted
+        assert any("supervisor:" in text and "[worker" not in text for text in proc.lines)
+    finally:
+        assert proc.stop() == 0

@@ -125,7 +125,7 @@ def test_metrics_summed_over_workers():
                  "--no-access-log"])
     try:
         url = serving_url(proc)
-        metrics_url = proc.wait_for(r"metrics on (http://\S+)").group(1)
+        metrics_url = proc.wait_for(r"metrics endpoint \(not the app\) at (http://\S+)").group(1)
         for _ in range(2):
             proc.wait_for(r"worker \d+ \(pid \d+\) ready")
         for _ in range(5):

@@ -56,12 +56,16 @@ def _colors_wanted(use_colors: bool | None, handler: logging.Handler) -> bool:
 
 
 def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = None,
-                  use_colors: bool | None = None) -> None:
+                  use_colors: bool | None = None, worker: int | None = None) -> None:
+    """tidegate's loggers; a worker process's server lines carry ``[worker N]`` (its access lines do not: their
+    format is the user's)."""
     handler = _stream(error_logfile)
+    who = "" if worker is None else f"[worker {worker}] "
     if _colors_wanted(use_colors, handler):
-        formatter: logging.Formatter = _ColorFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%d %H:%M:%S")
+        formatter: logging.Formatter = _ColorFormatter(f"%(asctime)s %(levelname)s {who}%(message)s",
+                                                       "%Y-%m-%d %H:%M:%S")
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S")
+        formatter = logging.Formatter(f"%(asctime)s %(levelname)-7s {who}%(message)s", "%Y-%m-%d %H:%M:%S")
     handler.setFormatter(formatter)
     for name in ("tidegate", "tidegate.error"):
         logger = logging.getLogger(name)
@@ -72,14 +76,19 @@ def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = N
     access.handlers[:] = []
     access.setLevel(LEVELS[level] if access_log else logging.CRITICAL + 1)
     access.propagate = True
+    if who:
+        plain = logging.StreamHandler(getattr(handler, "stream", sys.stderr))
+        plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
+        access.handlers[:] = [plain]
+        access.propagate = False
 
 
-def configure_logging(settings: LoggingSettings) -> None:
+def configure_logging(settings: LoggingSettings, worker: int | None = None) -> None:
     """tidegate's own set-up, JSON access lines if asked, then the user's ``--log-config`` over it.
 
     Raises :class:`~tidegate.config.ConfigError` naming ``log_config`` if that file cannot be applied."""
     setup_logging(settings.log_level, settings.access_log, error_logfile=settings.error_logfile,
-                  use_colors=settings.use_colors)
+                  use_colors=settings.use_colors, worker=worker)
     if settings.access_log_json or settings.access_logfile is not None:
         # access lines on their own: a file of their own, or JSON lines without the level and time
         handler = _stream(settings.access_logfile)

@@ -233,13 +233,14 @@ class Supervisor:
         fds = [sock.fileno() for sock in self.sockets]
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_DIR, env.get("PYTHONPATH")) if p)
-        command = [sys.executable, "-m", "tidegate.supervisor.worker", str(child_end.fileno()), *map(str, fds)]
+        number = next(self.numbers)
+        command = [sys.executable, "-m", "tidegate.supervisor.worker", str(number), str(child_end.fileno()),
+                   *map(str, fds)]
         try:
             process = subprocess.Popen(command, pass_fds=(child_end.fileno(), *fds), env=env)
         finally:
             child_end.close()
         parent_end.sendall(Channel.encode(encode_config(self.config)))
-        number = next(self.numbers)
         holder: list[Worker] = []
         channel = Channel(self.loop, parent_end, lambda m: self._on_message(holder[0], m),
                           lambda: None)
@@ -428,7 +429,7 @@ class Supervisor:
                                            shutdown_trigger=self._metrics_stop.wait,
                                            on_started=lambda s: started.set_result(None)))
         await asyncio.wait({task, started}, return_when=asyncio.FIRST_COMPLETED)
-        logger.info("supervisor: metrics on %s/metrics", describe(sock[0]))
+        logger.info("supervisor: Prometheus metrics endpoint (not the app) at %s/metrics", describe(sock[0]))
         return task
 
     async def scrape(self, timeout: float = 2.0) -> str:

@@ -47,13 +47,13 @@ def request_counter(limit: int, on_limit: Callable[[], None]) -> Callable[[], bo
     return count
 
 
-def run_worker(control: socket.socket, fds: list[int]) -> int:
+def run_worker(control: socket.socket, fds: list[int], number: int | None = None) -> int:
     hello, rest = read_line(control)
     config = decode_config(hello)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
         signal.signal(sig, signal.SIG_IGN)
     try:
-        configure_logging(config.logging)
+        configure_logging(config.logging, worker=number)
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
@@ -141,9 +141,9 @@ def run_worker(control: socket.socket, fds: list[int]) -> int:
 
 
 def main() -> None:
-    control_fd, *fds = (int(arg) for arg in sys.argv[1:])
+    number, control_fd, *fds = (int(arg) for arg in sys.argv[1:])
     control = socket.socket(fileno=control_fd)
-    sys.exit(run_worker(control, fds))
+    sys.exit(run_worker(control, fds, number))
 
 
 if __name__ == "__main__":
