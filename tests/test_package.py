@@ -1,0 +1,75 @@
+"""The package as users get it: an sdist and a wheel that twine accepts, and the wheel installed into a fresh
+virtual environment serving the demo (not the editable install the other tests use)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import venv
+import zipfile
+from pathlib import Path
+
+import pytest
+
+import tidegate
+
+from .ops_helpers import ROOT, Proc, get, serving_url
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("dist")
+    source = tmp_path_factory.mktemp("source") / "tidegate"
+    # build from a copy of the tracked tree, so that nothing is written into the checkout
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in files.splitlines():
+        target = source / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, target)
+    subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)], check=True,
+                   capture_output=True, timeout=300)
+    return out
+
+
+def test_the_sdist_and_the_wheel_pass_twine_check_and_carry_the_license(dist: Path) -> None:
+    wheel, = dist.glob("*.whl")
+    sdist, = dist.glob("*.tar.gz")
+    assert wheel.name == f"tidegate-{tidegate.__version__}-py3-none-any.whl"
+    assert sdist.name == f"tidegate-{tidegate.__version__}.tar.gz"
+    result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    with zipfile.ZipFile(wheel) as archive:
+        names = archive.namelist()
+        metadata = archive.read(f"tidegate-{tidegate.__version__}.dist-info/METADATA").decode()
+    assert any(name.endswith("licenses/LICENSE") for name in names)
+    assert "tidegate/py.typed" in names
+    assert "License-Expression: BSD-3-Clause" in metadata and "Requires-Python: >=3.10" in metadata
+    assert "Provides-Extra: yaml" in metadata and "Provides-Extra: reload" in metadata
+
+
+def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: Path) -> None:
+    wheel, = dist.glob("*.whl")
+    env = tmp_path / "venv"
+    venv.create(env, with_pip=True)
+    python = env / "bin" / "python"
+    install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True,
+                             text=True, timeout=400)
+    assert install.returncode == 0, install.stdout + install.stderr
+    version = subprocess.run([str(env / "bin" / "tidegate"), "--version"], capture_output=True, text=True,
+                             timeout=60)
+    assert version.stdout.strip() == f"tidegate {tidegate.__version__}"
+    proc = Proc(["tidegate.demo:app", "--port", "0"], argv0=[str(env / "bin" / "tidegate")], cwd=tmp_path)
+    try:
+        url = serving_url(proc)
+        response = get(url + "/json")
+        assert response.status_code == 200 and response.json()
+        where = subprocess.run([str(python), "-c", "import tidegate; print(tidegate.__file__)"],
+                               capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+        assert str(env) in where  # the installed wheel, not the checkout
+    finally:
+        assert proc.stop() == 0
