@@ -41,7 +41,7 @@ def test_the_sdist_and_the_wheel_pass_twine_check_and_carry_the_license(dist: Pa
     assert wheel.name == f"tidegate-{tidegate.__version__}-py3-none-any.whl"
     assert sdist.name == f"tidegate-{tidegate.__version__}.tar.gz"
     result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
-                            capture_output=True, text=True, timeout=120)
+                            capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
@@ -58,10 +58,10 @@ def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: 
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
     install = subprocess.run([str(python), "-m", "pip", "install", "--quiet", str(wheel)], capture_output=True,
-                             text=True, timeout=400)
+                             text=True, timeout=400, check=False)
     assert install.returncode == 0, install.stdout + install.stderr
     version = subprocess.run([str(env / "bin" / "tidegate"), "--version"], capture_output=True, text=True,
-                             timeout=60)
+                             timeout=60, check=True)
     assert version.stdout.strip() == f"tidegate {tidegate.__version__}"
     proc = Proc(["tidegate.demo:app", "--port", "0"], argv0=[str(env / "bin" / "tidegate")], cwd=tmp_path)
     try:
@@ -69,7 +69,7 @@ def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: 
         response = get(url + "/json")
         assert response.status_code == 200 and response.json()
         where = subprocess.run([str(python), "-c", "import tidegate; print(tidegate.__file__)"],
-                               capture_output=True, text=True, timeout=60, cwd=tmp_path).stdout
+                               capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True).stdout
         assert str(env) in where  # the installed wheel, not the checkout
     finally:
         assert proc.stop() == 0
