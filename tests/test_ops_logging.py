@@ -214,3 +214,64 @@ def test_worker_lines_name_their_worker_and_access_lines_keep_their_format():
         assert any("supervisor:" in text and "[worker" not in text for text in proc.lines)
     finally:
         assert proc.stop() == 0
+
+
+def raw_exchange(port, data, timeout=5.0):
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(data)
+        out = b""
+        while chunk := sock.recv(65536):
+            out += chunk
+        return out
+
+
+def test_responses_the_server_answers_itself_get_an_access_line(run_server, caplog):
+    # a malformed request, a target or head over its limit, a body over its limit, a head that never ends: the app
+    # never answers them, the access log still shows each, with the bytes sent
+    caplog.set_level(logging.INFO, logger="tidegate.access")
+    server = run_server(ops_app, access_log=True, limit_request_line=100, limit_request_headers=200,
+                        limit_request_body=10, timeout_request_header=0.3)
+    sent = {
+        400: raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nBad Header\r\n\r\n"),
+        414: raw_exchange(server.port, b"GET /" + b"a" * 200 + b" HTTP/1.1\r\nHost: t\r\n\r\n"),
+        431: raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\nX: " + b"b" * 300 + b"\r\n\r\n"),
+        413: raw_exchange(server.port, b"POST /status/200 HTTP/1.1\r\nHost: t\r\nContent-Length: 99\r\n\r\n"),
+        408: raw_exchange(server.port, b"GET / HTTP/1.1\r\nHost: t\r\n"),
+    }
+    lines = wait_until(lambda: len([r for r in caplog.records if r.name == "tidegate.access"]) >= 5 and
+                       [r.getMessage() for r in caplog.records if r.name == "tidegate.access"])
+    for status, response in sent.items():
+        assert response.startswith(b"HTTP/1.1 %d " % status)
+        assert any(f'"-" {status} {len(response)} -' in line or f" {status} {len(response)} -" in line
+                   for line in lines), f"{status} {lines}"
+
+
+def test_a_503_under_limit_concurrency_gets_an_access_line_in_the_users_format(run_server, caplog):
+    import asyncio
+    import threading
+
+    caplog.set_level(logging.INFO, logger="tidegate.access")
+    started, release = threading.Event(), threading.Event()
+
+    async def slow(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        started.set()
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    server = run_server(slow, access_log=True, limit_concurrency=1, access_log_format="{method} {path} {status}")
+    first = threading.Thread(target=lambda: httpx.get(server.url + "/first", timeout=10))
+    first.start()
+    try:
+        assert started.wait(10)
+        assert httpx.get(server.url + "/second", timeout=10).status_code == 503
+    finally:
+        release.set()
+        first.join(10)
+    lines = wait_until(lambda: [r.getMessage() for r in caplog.records if r.name == "tidegate.access"
+                                and "second" in r.getMessage()])
+    assert lines == ["GET /second 503"]

@@ -284,6 +284,31 @@ def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange,
                        scope["http_version"], exchange.status, exchange.bytes_sent, duration)
 
 
+def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int,
+                exchange: HTTPExchange | None = None) -> None:
+    """The access line of a response the server answered itself, the app never: a malformed request (400, 414,
+    431), a deadline (408), a body over the limit (413), --limit-concurrency (503).  Without the request's head
+    (it could not be parsed) the request is ``-``; the duration is ``-``."""
+    if exchange is not None:
+        scope: Any = exchange.scope
+    else:
+        scope = {"type": "http", "method": "-", "path": "-", "raw_path": b"-", "query_string": b"",
+                 "http_version": "-", "scheme": info.scheme, "client": info.client, "server": info.server,
+                 "headers": []}
+    render = ctx.access_line
+    if render is not None:
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", render(scope, status, sent, 0.0))
+        return
+    if exchange is None:
+        access_logger.info('%s - "-" %d %d -', client_text(info), status, sent)
+        return
+    query = scope["query_string"]
+    target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info('%s - "%s %s HTTP/%s" %d %d -', client_text(info), scope["method"], escape_log(target),
+                       scope["http_version"], status, sent)
+
+
 _forwarded_hinted = False
 _trusted: dict[str, Any] = {}
 

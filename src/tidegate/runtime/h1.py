@@ -20,7 +20,7 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access
+from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_refused
 from .writes import WriteBuffer
 
 __all__ = ["H1Driver"]
@@ -277,7 +277,7 @@ class H1Driver(asyncio.Protocol):
     def _start(self, exchange: HTTPExchange, request: Request) -> None:
         ctx = self.ctx
         limited = ctx.registry.concurrency_limit is not None
-        if limited and not self._admit():
+        if limited and not self._admit(exchange):
             return
         if ctx.on_request is not None and ctx.on_request():
             self.conn.close_after_response()  # the last request this server takes (--max-requests)
@@ -287,13 +287,13 @@ class H1Driver(asyncio.Protocol):
             self._started_at = perf_counter()
         self.task = ctx.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
 
-    def _admit(self) -> bool:
+    def _admit(self, exchange: HTTPExchange) -> bool:
         """--limit-concurrency: run the request now, or answer 503 (the app does not see it) and close."""
         if self.conn.broken:
             return False  # refused already: the connection closes
         if self.ctx.registry.admit_request():
             return True
-        self._write_error(503, "too many requests in progress, retry later", b"retry-after: 1\r\n")
+        self._write_error(503, "too many requests in progress, retry later", b"retry-after: 1\r\n", exchange)
         return False
 
     async def _run_admitted(self, exchange: HTTPExchange) -> None:
@@ -316,7 +316,7 @@ class H1Driver(asyncio.Protocol):
                 if self.conn.response_started:
                     self.abort()
                 else:
-                    self._write_error(error.status, error.detail)
+                    self._write_error(error.status, error.detail, exchange=current)
                 return
             self.pipeline.pop()
         # answer it once the requests before it are answered
@@ -388,12 +388,16 @@ class H1Driver(asyncio.Protocol):
         self.conn.stop()  # what follows the refused part of the body is not read as requests
         self._on_request_error(RequestError(413, "request body larger than the limit"))
 
-    def _write_error(self, status: int, detail: str, extra: bytes = b"") -> None:
+    def _write_error(self, status: int, detail: str, extra: bytes = b"", exchange: HTTPExchange | None = None) -> None:
+        """Answer a request the app does not (``exchange``: the one refused, if its head was parsed) and close."""
         transport = self.transport
         if not transport.is_closing():
             writes = self.writes
-            writes.out.append(self.conn.error_response(status, detail, extra))
+            response = self.conn.error_response(status, detail, extra)
+            writes.out.append(response)
             writes.flush()
+            if self.ctx.logging.access_log:
+                log_refused(self.ctx, self.info, status, len(response), exchange)
             self.conn.stop()
             if transport.can_write_eof():
                 # linger: send the answer and a FIN, read (and drop) what the client still sends until it closes
@@ -541,7 +545,7 @@ class H1Driver(asyncio.Protocol):
         if self.conn.response_started:
             self.abort()
         else:
-            self._write_error(408, "request body not received in time")
+            self._write_error(408, "request body not received in time", exchange=current)
 
     def shutdown(self) -> None:
         """Graceful shutdown: close now if idle, else after the response in progress."""
