@@ -50,27 +50,36 @@ def default_threads() -> int:
     return min(MAX_DEFAULT_THREADS, 10 * max(cores, 1))
 
 
+def positional_parameters(app: Any) -> tuple[int, int] | None:
+    """How many positional parameters a plain (not coroutine) callable takes, and how many of them it needs; None
+    when it is not callable, is a coroutine function (or an object whose ``__call__`` is one), takes ``*args`` or
+    has no signature.  How the interface of an app is told (WSGI, ASGI 2, else ASGI 3)."""
+    if not callable(app) or inspect.iscoroutinefunction(app):
+        return None
+    if not (inspect.isfunction(app) or inspect.ismethod(app)) and inspect.iscoroutinefunction(type(app).__call__):
+        return None
+    try:
+        signature = inspect.signature(app)
+    except (TypeError, ValueError):
+        return None
+    positional = required = 0
+    for param in signature.parameters.values():
+        if param.kind is param.VAR_POSITIONAL:
+            return None
+        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            positional += 1
+            required += param.default is param.empty
+    return positional, required
+
+
 def is_wsgi_app(app: Any) -> bool:
     """True if ``app`` looks like a WSGI callable: exactly two positional parameters and not a coroutine function.
 
     ASGI 3 apps take three (``scope, receive, send``).  Callables that take ``*args`` cannot be told apart and are
     taken as ASGI; name the interface explicitly for those.
     """
-    if not callable(app) or inspect.iscoroutinefunction(app):
-        return False
-    if not (inspect.isfunction(app) or inspect.ismethod(app)) and inspect.iscoroutinefunction(type(app).__call__):
-        return False
-    try:
-        signature = inspect.signature(app)
-    except (TypeError, ValueError):
-        return False
-    positional = 0
-    for param in signature.parameters.values():
-        if param.kind is param.VAR_POSITIONAL:
-            return False
-        if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
-            positional += 1
-    return positional == 2
+    shape = positional_parameters(app)
+    return shape is not None and shape[0] == 2
 
 
 # --------------------------------------------------------------------------------------------------- the environ
