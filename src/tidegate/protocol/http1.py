@@ -94,6 +94,8 @@ _HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'(
 _valid_hosts: set[bytes] = set()
 # Bytes a field value must not hold (RFC 9110 §5.5: no control character but HTAB).
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# An absolute-form target (RFC 9112 §3.2.2): a scheme, "://", then its authority.
+_ABSOLUTE_FORM = re.compile(rb"[^:/?#]+://([^/?#]*)")
 # How an HTTP/1 request line ends.
 _REQUEST_LINE_END = re.compile(rb" HTTP/\d\.\d\r?\n")
 # The room a request line takes besides its target (method, spaces, version, CRLF).
@@ -195,6 +197,12 @@ _TRAILERS = _Discard()
 # (see H1Connection._feed).
 _EARLIER: list[Event] = []
 _KEPT_EVENTS = 64
+
+
+def _section_size(headers: Headers) -> int:
+    """The bytes a header section takes: each field's name and value, ": " and CRLF (as --limit-request-headers
+    counts them)."""
+    return sum(len(name) + len(value) for name, value in headers) + 4 * len(headers)
 
 
 def _known_method(token: bytes) -> bool:
@@ -370,12 +378,12 @@ class H1Connection:
                 if isinstance(event, Data):
                     extra -= len(event.data)
                 elif isinstance(event, Request):
-                    extra -= len(event.target) + _LINE_EXTRA + sum(len(n) + len(v) + 4 for n, v in event.headers)
+                    extra -= len(event.target) + _LINE_EXTRA + _section_size(event.headers)
                 elif isinstance(event, EndOfMessage):
                     ended = True
             headers = self._headers
             if headers is not _TRAILERS:  # the head of a request after it, begun in this read
-                extra -= len(self._url) + sum(len(n) + len(v) + 4 for n, v in headers)
+                extra -= len(self._url) + _section_size(headers)
             if extra > self._max_section:
                 self.broken = True
                 events.append(RequestError(400, "chunk extensions or trailer section larger than the limit"))
@@ -474,7 +482,7 @@ class H1Connection:
                 size = len(data)  # the head is all this read holds (with the empty lines before it)
             else:
                 # requests before it in this read: count its request line, fields and the line being received
-                size = (len(self._url) + _LINE_EXTRA + sum(len(n) + len(v) + 4 for n, v in headers)
+                size = (len(self._url) + _LINE_EXTRA + _section_size(headers)
                         + len(data) - bytes(data).rfind(b"\n") - 1)
             self._carried = size
             error = None
@@ -652,7 +660,7 @@ class H1Connection:
             raise _ParseAbort(RequestError(431, "too many header fields"))
         if self._checking == 2:
             self._carried = 0
-            if sum(len(n) + len(v) for n, v in headers) + 4 * len(headers) > limits.fields:
+            if _section_size(headers) > limits.fields:
                 raise _ParseAbort(RequestError(431, "request header section too large"))
 
     def _check_target(self, method: bytes, url: bytes, headers: Headers) -> None:
@@ -661,16 +669,10 @@ class H1Connection:
             if method != b"OPTIONS":
                 raise _ParseAbort(RequestError(400, "the '*' target is only for OPTIONS"))
             return
-        start = url.find(b"://")
-        if start > 0:
+        absolute = _ABSOLUTE_FORM.match(url)
+        if absolute is not None:
             # absolute-form (§3.2.2): the target's authority is the host, whatever the Host field says
-            start += 3
-            end = len(url)
-            for stop in (b"/", b"?", b"#"):
-                found = url.find(stop, start)
-                if 0 <= found < end:
-                    end = found
-            authority = url[start:end]
+            authority = absolute.group(1)
             if not authority or b"@" in authority or not _HOST.fullmatch(authority):
                 raise _ParseAbort(RequestError(400, "invalid authority in the request target"))
             for i, (name, _) in enumerate(headers):
