@@ -411,7 +411,22 @@ class TCPFlood:
 # ---------------------------------------------------------------------------------------------------- HTTP/1.1
 
 
-class H1Session(Session):
+class TCPSession(Session):
+    """A session alone on its TCP connection: a flood learns it is held back when the socket stops taking bytes."""
+
+    _flood: TCPFlood | None = None
+
+    def flood(self, pieces: list[bytes]) -> int:
+        self._flood = TCPFlood(self.send_piece, pieces)
+        return self._flood.wait_paused()
+
+    def finish_flood(self) -> None:
+        assert self._flood is not None
+        self._flood.join()
+        self.end()
+
+
+class H1Session(TCPSession):
     """One POST with a chunked body, made and read by h11 over a socket."""
 
     name = "http1"
@@ -420,7 +435,6 @@ class H1Session(Session):
     def __init__(self, port: int, path: str) -> None:
         self.sock = tcp_socket(port)
         self.conn = h11.Connection(h11.CLIENT)
-        self._flood: TCPFlood | None = None
         self.status: int | None = None
         self._write(h11.Request(method="POST", target=path, headers=[
             ("Host", "localhost"), ("Transfer-Encoding", "chunked"), ("Content-Type", "application/octet-stream")]))
@@ -471,15 +485,6 @@ class H1Session(Session):
 
     def wait_connection_closed(self) -> None:
         drain_socket(self.sock)
-
-    def flood(self, pieces: list[bytes]) -> int:
-        self._flood = TCPFlood(self.send_piece, pieces)
-        return self._flood.wait_paused()
-
-    def finish_flood(self) -> None:
-        assert self._flood is not None
-        self._flood.join()
-        self.end()
 
     def close(self) -> None:
         self.sock.close()
@@ -755,7 +760,7 @@ class H2Session(H2StreamSession):
 # ---------------------------------------------------------------------------------------------------- WebSocket
 
 
-class WSH1Session(Session):
+class WSH1Session(TCPSession):
     """The websockets sync client, on a socket with small buffers."""
 
     name = "ws-http1"
@@ -767,7 +772,6 @@ class WSH1Session(Session):
         self.ws = self._stack.enter_context(ws_connect(
             f"ws://127.0.0.1:{port}{path}", sock=tcp_socket(port), compression=None, max_size=None,
             ping_interval=None, open_timeout=TIMEOUT, close_timeout=TIMEOUT))
-        self._flood: TCPFlood | None = None
 
     def send_piece(self, data: bytes) -> None:
         self.ws.send(data)
@@ -808,15 +812,6 @@ class WSH1Session(Session):
 
     def wait_connection_closed(self) -> None:
         self.wait_dropped()
-
-    def flood(self, pieces: list[bytes]) -> int:
-        self._flood = TCPFlood(self.send_piece, pieces)
-        return self._flood.wait_paused()
-
-    def finish_flood(self) -> None:
-        assert self._flood is not None
-        self._flood.join()
-        self.end()
 
     def close(self) -> None:
         self._stack.close()

@@ -217,6 +217,20 @@ def test_every_app_call_resumes_after_its_last_send(server: Any) -> None:
     assert final["in_send"] == 0
 
 
+def websocket(port: int, receive_buffer: int | None = None) -> socket.socket:
+    """A raw socket past a WebSocket handshake on /ws (``receive_buffer``: the socket's, set before it)."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + base64.b64encode(os.urandom(16)) + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
 def masked_frame(opcode: int, payload: bytes) -> bytes:
     mask = os.urandom(4)
     masked = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
@@ -226,15 +240,7 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
 def test_a_websocket_ping_flood_that_never_reads_costs_bounded_memory(server: Any) -> None:
     port = server
     base = stats(port)["rss"]
-    key = base64.b64encode(os.urandom(16))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
-    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101")
+    sock = websocket(port, receive_buffer=65536)
     ping = masked_frame(0x9, b"p" * 125)
     flood = ping * 2000  # 262 KB of pings per send, 250 KB of pongs owed for each
     sent = 0
@@ -305,14 +311,7 @@ def test_a_message_in_a_million_one_byte_fragments_costs_its_size(server: Any) -
     # bookkeeping per fragment would make these 1 M one-byte fragments cost 55 MB
     port = server
     base = stats(port)["rss"]
-    key = base64.b64encode(os.urandom(16))
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101")
+    sock = websocket(port)
     fragment = bytes((0x00, 0x81)) + b"\x00\x00\x00\x00" + b"z"  # a continuation, not final, 1 byte
     data = bytes((0x02, 0x81)) + b"\x00\x00\x00\x00" + b"a" + fragment * 1_000_000
     sent = send_for(sock, data, 20.0)

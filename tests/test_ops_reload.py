@@ -38,9 +38,9 @@ def test_file_filter():
     assert not custom(None, "/srv/project/.venv/lib/x.py")
 
 
-def start(tmp_path: Path, *args: str) -> Proc:
+def start(tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> Proc:
     return Proc(["reload_app:app", "--reload", "--reload-dir", str(tmp_path), "--app-dir", str(tmp_path),
-                 "--port", "0", *args])
+                 "--port", "0", *args], env=env)
 
 
 def test_reload_on_change_and_survive_a_syntax_error(tmp_path):
@@ -118,9 +118,7 @@ def test_without_watchfiles_reload_polls(tmp_path):
     (hidden / "watchfiles" / "__init__.py").write_text("raise ImportError('hidden for this test')\n")
     module = tmp_path / "reload_app.py"
     module.write_text(APP.format(version="v1"))
-    proc = Proc(["reload_app:app", "--reload", "--reload-dir", str(tmp_path), "--reload-exclude", "hide",
-                 "--app-dir", str(tmp_path), "--port", "0", "--reload-delay", "0.1"],
-                env={"PYTHONPATH": str(hidden)})
+    proc = start(tmp_path, "--reload-exclude", "hide", "--reload-delay", "0.1", env={"PYTHONPATH": str(hidden)})
     try:
         url = serving_url(proc)
         proc.wait_for("watchfiles is not installed: watching for changes by polling every 0.10s")
