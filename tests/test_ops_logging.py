@@ -173,6 +173,23 @@ def test_access_and_error_log_files(tmp_path, workers):
     assert "shutting down" in errors.read_text()
 
 
+def test_log_files_follow_logrotate(tmp_path):
+    # logrotate moves the file away: the next line goes to a new file of that name, not to the moved one
+    access = tmp_path / "access.log"
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--access-logfile", str(access),
+                 "--access-log-format", "{method} {path} {status}"])
+    try:
+        url = serving_url(proc)
+        get(url + "/status/201")
+        wait_until(lambda: "GET /status/201 201" in access.read_text())
+        access.rename(tmp_path / "access.log.1")
+        get(url + "/status/202")
+        wait_until(lambda: access.exists() and "GET /status/202 202" in access.read_text())
+    finally:
+        assert proc.stop() == 0
+    assert "/status/202" not in (tmp_path / "access.log.1").read_text()
+
+
 def test_a_log_file_dash_is_stderr_and_a_bad_one_is_a_usage_error(tmp_path):
     proc = Proc(["tests.ops_apps:app", "--port", "0", "--access-logfile", "-", "--error-logfile", "-",
                  "--access-log-format", "{method} {path} {status}"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import logging.handlers
 import os
 import sys
 
@@ -38,11 +39,12 @@ class _ColorFormatter(logging.Formatter):
 
 
 def _stream(path: str | None) -> logging.Handler:
-    """A handler writing to ``path`` (appended), or to stderr for None and '-'."""
+    """A handler writing to ``path`` (appended; reopened when logrotate moves or removes it), or to stderr for None
+    and '-'."""
     if path is None or path == "-":
         return logging.StreamHandler(sys.stderr)
     try:
-        return logging.FileHandler(path, encoding="utf-8")
+        return logging.handlers.WatchedFileHandler(path, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot open the log file {path!r}: {exc.strerror}") from None
 
@@ -77,7 +79,7 @@ def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = N
     access.setLevel(LEVELS[level] if access_log else logging.CRITICAL + 1)
     access.propagate = True
     if who:
-        plain = logging.StreamHandler(getattr(handler, "stream", sys.stderr))
+        plain = _stream(error_logfile)
         plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
         access.handlers[:] = [plain]
         access.propagate = False
