@@ -270,9 +270,21 @@ def cut(transport: asyncio.Transport, *tasks: asyncio.Task[None] | None) -> list
 
 
 def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange, started_at: float) -> None:
-    """The access line of a complete response (``--access-log-format``/``--access-log-json``, else the default)."""
-    _access_line(ctx, info, exchange.scope, exchange.status, exchange.bytes_sent,
-                 (perf_counter() - started_at) * 1000.0)
+    """The access line of a complete response (``--access-log-format``/``--access-log-json``, else the default).
+
+    It calls the logger itself, as :func:`log_refused` does: logging finds its caller by walking the stack, and one
+    more frame here costs a request 2% more instructions (callgrind, access log on)."""
+    scope = exchange.scope
+    duration = (perf_counter() - started_at) * 1000.0
+    render = ctx.access_line
+    if render is not None:
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
+        return
+    query = scope["query_string"]
+    target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms', client_text(info), scope["method"], escape_log(target),
+                       scope["http_version"], exchange.status, exchange.bytes_sent, duration)
 
 
 def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int,
@@ -280,31 +292,24 @@ def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int
     """The access line of a response the server answered itself, the app never: a malformed request (400, 414,
     431), a deadline (408), a body over the limit (413), --limit-concurrency (503).  Without the request's head
     (it could not be parsed) the request is ``-``; the duration is ``-``."""
-    _access_line(ctx, info, None if exchange is None else exchange.scope, status, sent, None)
-
-
-def _access_line(ctx: ServerContext, info: ConnectionInfo, scope: Any, status: int, sent: int,
-                 duration: float | None) -> None:
-    """One access line; ``scope`` None for a request whose head could not be parsed, ``duration`` None for a
-    response the server made itself."""
-    if not access_logger.isEnabledFor(logging.INFO):
-        return
+    if exchange is not None:
+        scope: Any = exchange.scope
+    else:
+        scope = {"type": "http", "method": "-", "path": "-", "raw_path": b"-", "query_string": b"",
+                 "http_version": "-", "scheme": info.scheme, "client": info.client, "server": info.server,
+                 "headers": []}
     render = ctx.access_line
     if render is not None:
-        if scope is None:
-            scope = {"type": "http", "method": "-", "path": "-", "raw_path": b"-", "query_string": b"",
-                     "http_version": "-", "scheme": info.scheme, "client": info.client, "server": info.server,
-                     "headers": []}
-        access_logger.info("%s", render(scope, status, sent, 0.0 if duration is None else duration))
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", render(scope, status, sent, 0.0))
         return
-    if scope is None:
-        request = "-"
-    else:
-        query = scope["query_string"]
-        target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
-        request = f"{scope['method']} {escape_log(target)} HTTP/{scope['http_version']}"
-    access_logger.info('%s - "%s" %d %d %s', client_text(info), request, status, sent,
-                       "-" if duration is None else f"{duration:.1f}ms")
+    if exchange is None:
+        access_logger.info('%s - "-" %d %d -', client_text(info), status, sent)
+        return
+    query = scope["query_string"]
+    target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info('%s - "%s %s HTTP/%s" %d %d -', client_text(info), scope["method"], escape_log(target),
+                       scope["http_version"], status, sent)
 
 
 _forwarded_hinted = False
