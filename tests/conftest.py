@@ -26,13 +26,14 @@ START_TIMEOUT = 10.0
 class ServerThread:
     """Serve ``app`` in a thread with its own event loop; ``port``/``url`` once started."""
 
-    def __init__(self, app: Any, loop: str = "uvloop", **settings: Any) -> None:
+    def __init__(self, app: Any, loop: str = "uvloop", metrics: Any = None, **settings: Any) -> None:
         settings.setdefault("port", 0)
         settings.setdefault("access_log", False)
         settings.setdefault("lifespan", "off")
         settings.setdefault("app", "unused:app")
         self.config = Config.from_flat(loop=loop, **settings)
         self.app = app
+        self.metrics = metrics
         self.loop_kind = loop
         self.loop: asyncio.AbstractEventLoop | None = None
         self.sockets: list[socket.socket] = []
@@ -48,7 +49,8 @@ class ServerThread:
 
         async def main() -> None:
             self._stop = asyncio.Event()
-            await serve(self.app, self.config, shutdown_trigger=self._stop.wait, on_started=self._on_started)
+            await serve(self.app, self.config, shutdown_trigger=self._stop.wait, on_started=self._on_started,
+                        metrics=self.metrics)
 
         try:
             loop.run_until_complete(main())

@@ -54,6 +54,9 @@ class FakeStream:
     def response_done(self) -> None:
         self.calls.append(("response_done",))
 
+    def response_cut(self) -> None:
+        self.calls.append(("response_cut",))
+
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.calls.append(("send_informational", status, headers))
         self.out.append(self.conn.informational(status, headers))
@@ -632,7 +635,8 @@ def test_an_exception_after_the_start_aborts_logged_once(error_log: list[logging
         raise RuntimeError("mid-stream")
 
     exchange, stream = run_app(app)
-    assert stream.names() == ["send_head", "send_data", "abort"]
+    # cut: aborted, then recorded as cut once (access line and metrics)
+    assert stream.names() == ["send_head", "send_data", "abort", "response_cut"]
     assert "send_error" not in stream.names()
     [record] = error_log
     assert "GET /path?q=1" in record.getMessage()
@@ -668,7 +672,7 @@ def test_an_app_returning_mid_stream_aborts(error_log: list[logging.LogRecord]) 
         await send({"type": "http.response.body", "body": b"half", "more_body": True})
 
     _, stream = run_app(app)
-    assert stream.names() == ["send_head", "send_data", "abort"]
+    assert stream.names() == ["send_head", "send_data", "abort", "response_cut"]
     assert len(error_log) == 1
 
 
@@ -685,6 +689,7 @@ def test_client_disconnected_from_the_app_is_not_logged_as_an_error(error_log: l
     assert errors(error_log) == []
     assert [r.levelno for r in error_log] == [logging.DEBUG]
     assert "send_error" not in stream.names() and not stream.aborted
+    assert stream.names()[-1] == "response_cut"
 
 
 def test_an_error_after_the_client_left_is_logged_but_nothing_is_sent(error_log: list[logging.LogRecord]) -> None:
@@ -696,7 +701,7 @@ def test_an_error_after_the_client_left_is_logged_but_nothing_is_sent(error_log:
 
     run(exchange.run(app))
     assert len(errors(error_log)) == 1
-    assert stream.calls == []
+    assert stream.calls == [("response_cut",)]  # nothing sent; recorded once as cut (499)
 
 
 def test_an_exception_after_a_complete_response_is_logged_and_the_connection_kept(

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidegate.protocol.events import (
+    Answered,
     ConnectionClosed,
     Data,
     EndOfMessage,
@@ -338,9 +339,12 @@ def test_cookies_are_joined() -> None:
 
 def test_connect_and_options_star() -> None:
     pair = Pair()
-    _, events = pair.request([(b":method", b"CONNECT"), (b":authority", b"example.com:443")], end=False)
-    assert events == []  # a tunnel is not opened: answered 400, the app never sees it
-    assert of(pair.to_client(), h2.events.ResponseReceived)[0].headers[0] == (b":status", b"400")
+    stream_id, events = pair.request([(b":method", b"CONNECT"), (b":authority", b"example.com:443")], end=False)
+    # a tunnel is not opened: answered 400, the app never sees it; the answer is reported for the access log
+    assert [(type(e).__name__, e.stream_id, e.status, e.method, e.target) for e in events] == [
+        ("Answered", stream_id, 400, b"CONNECT", b"example.com:443")]
+    response = of(pair.to_client(), h2.events.ResponseReceived)[0]
+    assert response.headers[0] == (b":status", b"400")
     _, events = pair.request([(b":method", b"OPTIONS"), (b":scheme", b"http"), (b":path", b"*"),
                               (b":authority", b"x")])
     assert events[0].target == b"*"
@@ -463,7 +467,8 @@ def test_max_concurrent_streams_refuses_the_extra_stream() -> None:
 def test_header_list_over_the_limit_gets_431_and_twice_the_limit_ends_the_connection() -> None:
     pair = Pair(max_header_list_size=1000, validate=False)
     _, events = pair.request([*GET, (b"x-big", b"a" * 1000)])
-    assert events == []
+    [answered] = events
+    assert isinstance(answered, Answered) and answered.status == 431 and answered.size > 0
     [response] = of(pair.to_client(), h2.events.ResponseReceived)
     assert response.headers[0] == (b":status", b"431")
     # the HPACK state stayed in step: the next request decodes

@@ -1,9 +1,10 @@
 """Access log lines from a template of named atoms, or as one JSON object a line.
 
 A template names atoms in braces: ``{client} "{method} {path}" {status} {bytes} {duration_ms}``; request headers
-by name as ``{header:user-agent}``; ``{{`` and ``}}`` are literal braces.  Every value that comes from the request
-has its control characters escaped, so a client cannot forge log lines.  Pure code: the runtime compiles a
-template once and renders one line per request.
+by name as ``{header:user-agent}``; ``{{`` and ``}}`` are literal braces.  ``{completion}`` is ``OK`` for a
+complete response and ``-`` for one cut short (the client went away, or the app failed mid-body); ``{bytes}`` counts
+the response body.  Every value that comes from the request has its control characters escaped, so a client cannot
+forge log lines.  Pure code: the runtime compiles a template once and renders one line per request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ __all__ = ["ATOMS", "AccessFormat", "json_line", "renderer"]
 
 #: a scope as the access log reads it (an ``http`` or ``websocket`` scope, read only)
 ScopeView = Mapping[str, Any]
-Render = Callable[[ScopeView, int, int, float], str]
+Render = Callable[[ScopeView, int, int, float, bool], str]
 
 
 def _escape(text: str) -> str:
@@ -28,26 +29,26 @@ def _escape(text: str) -> str:
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
-def _client(scope: ScopeView, status: int, size: int, ms: float) -> str:
+def _client(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
     client = scope.get("client")
     return f"{client[0]}:{client[1]}" if client else "-"
 
 
-def _client_addr(scope: ScopeView, status: int, size: int, ms: float) -> str:
+def _client_addr(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
     client = scope.get("client")
     return str(client[0]) if client else "-"
 
 
-def _query(scope: ScopeView, status: int, size: int, ms: float) -> str:
+def _query(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
     return _escape(scope.get("query_string", b"").decode("latin-1"))
 
 
-def _target(scope: ScopeView, status: int, size: int, ms: float) -> str:
+def _target(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
     query = scope.get("query_string", b"")
     return _escape(scope["path"] + ("?" + query.decode("latin-1") if query else ""))
 
 
-def _time(scope: ScopeView, status: int, size: int, ms: float) -> str:
+def _time(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
     now = time.time()
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
 
@@ -55,17 +56,19 @@ def _time(scope: ScopeView, status: int, size: int, ms: float) -> str:
 ATOMS: dict[str, Render] = {
     "client": _client,
     "client_addr": _client_addr,
-    "method": lambda scope, status, size, ms: _escape(scope.get("method", "-")),
-    "path": lambda scope, status, size, ms: _escape(scope["path"]),
+    "method": lambda scope, status, size, ms, complete: _escape(scope.get("method", "-")),
+    "path": lambda scope, status, size, ms, complete: _escape(scope["path"]),
     "query": _query,
     "target": _target,
-    "http_version": lambda scope, status, size, ms: scope.get("http_version", "-"),
-    "scheme": lambda scope, status, size, ms: scope.get("scheme", "-"),
-    "status": lambda scope, status, size, ms: str(status),
-    "bytes": lambda scope, status, size, ms: str(size),
-    "duration_ms": lambda scope, status, size, ms: f"{ms:.2f}",
-    "pid": lambda scope, status, size, ms: str(os.getpid()),
+    "http_version": lambda scope, status, size, ms, complete: scope.get("http_version", "-"),
+    "scheme": lambda scope, status, size, ms, complete: scope.get("scheme", "-"),
+    "status": lambda scope, status, size, ms, complete: str(status),
+    "bytes": lambda scope, status, size, ms, complete: str(size),
+    "duration_ms": lambda scope, status, size, ms, complete: f"{ms:.2f}",
+    "pid": lambda scope, status, size, ms, complete: str(os.getpid()),
     "time": _time,
+    # nginx's $request_completion, with "-" for a response cut short (the client left, or the app failed mid-body)
+    "completion": lambda scope, status, size, ms, complete: "OK" if complete else "-",
 }
 
 _PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
@@ -74,7 +77,7 @@ _PART = re.compile(r"\{\{|\}\}|\{([^{}]*)\}|[{}]")
 def _header(name: str) -> Render:
     key = name.lower().encode("latin-1")
 
-    def render(scope: ScopeView, status: int, size: int, ms: float) -> str:
+    def render(scope: ScopeView, status: int, size: int, ms: float, complete: bool) -> str:
         values = [v.decode("latin-1") for k, v in scope.get("headers", ()) if k == key]
         return _escape(", ".join(values)) if values else "-"
 
@@ -114,17 +117,18 @@ class AccessFormat:
             raise ValueError(f"unknown access log atom {{{name}}} (known: {known})")
         return ATOMS[name]
 
-    def render(self, scope: ScopeView, status: int, size: int, duration_ms: float) -> str:
-        return "".join(part if isinstance(part, str) else part(scope, status, size, duration_ms)
+    def render(self, scope: ScopeView, status: int, size: int, duration_ms: float, complete: bool = True) -> str:
+        return "".join(part if isinstance(part, str) else part(scope, status, size, duration_ms, complete)
                        for part in self.parts)
 
 
-def json_line(scope: ScopeView, status: int, size: int, duration_ms: float) -> str:
-    """One request as a JSON object on one line (``json.dumps`` escapes control characters)."""
+def json_line(scope: ScopeView, status: int, size: int, duration_ms: float, complete: bool = True) -> str:
+    """One request as a JSON object on one line (``json.dumps`` escapes control characters); ``completed`` is
+    false for a response cut short."""
     client = scope.get("client")
     query = scope.get("query_string", b"")
     record = {
-        "time": _time(scope, status, size, duration_ms),
+        "time": _time(scope, status, size, duration_ms, complete),
         "client": f"{client[0]}:{client[1]}" if client else None,
         "method": scope.get("method"),
         "path": scope["path"],
@@ -134,6 +138,7 @@ def json_line(scope: ScopeView, status: int, size: int, duration_ms: float) -> s
         "status": status,
         "bytes": size,
         "duration_ms": round(duration_ms, 3),
+        "completed": complete,
         "pid": os.getpid(),
         "user_agent": next((v.decode("latin-1") for k, v in scope.get("headers", ()) if k == b"user-agent"), None),
     }

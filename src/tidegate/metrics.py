@@ -1,15 +1,16 @@
 """Prometheus metrics: what each worker counts, how the supervisor sums them, and the text exposition.
 
 A worker wraps its app in :class:`MetricsMiddleware` (only when ``--metrics-bind`` is set: otherwise nothing is
-counted and nothing costs).  The middleware counts at the ASGI level, so HTTP/1.1, HTTP/2 and WebSocket are
-counted the same way.  Open connections are not counted per event: they are read from the server's connection
+counted and nothing costs).  The middleware counts body bytes, WebSocket sessions and app exceptions at the ASGI
+level; responses and their durations are counted by the runtime where it writes their access lines
+(:meth:`Metrics.observe`), so the server's own answers (400, 408, 413, 431, 503 ...) and responses cut short count
+too, on every protocol.  Open connections are not counted per event: they are read from the server's connection
 registry when a snapshot is taken.  Snapshots are plain dicts (JSON), summed by :func:`merge`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from time import perf_counter
 from typing import Any
 
 __all__ = ["BUCKETS", "Metrics", "MetricsMiddleware", "merge", "render"]
@@ -23,7 +24,7 @@ Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Any, Any], Awaitable[None]]
 
 COUNTERS = ("requests", "duration_buckets", "duration_sum", "bytes_in", "bytes_out", "exceptions",
-            "websocket_sessions")
+            "websocket_sessions", "responses_cut")
 
 
 def _protocol(connection: object) -> str:
@@ -43,7 +44,7 @@ def _protocol(connection: object) -> str:
 class Metrics:
     """One process's counters."""
 
-    __slots__ = ("buckets", "bytes_in", "bytes_out", "duration_sum", "exceptions", "requests",
+    __slots__ = ("buckets", "bytes_in", "bytes_out", "cut", "duration_sum", "exceptions", "requests",
                  "websocket_open", "websocket_sessions")
 
     def __init__(self) -> None:
@@ -55,6 +56,8 @@ class Metrics:
         self.exceptions = 0
         self.websocket_sessions = 0
         self.websocket_open = 0
+        #: responses cut short (also counted in ``requests``, by the status sent or 499)
+        self.cut = 0
 
     def observe(self, status: int, seconds: float) -> None:
         index = status // 100 - 1
@@ -80,6 +83,7 @@ class Metrics:
             "bytes_out": self.bytes_out,
             "exceptions": self.exceptions,
             "websocket_sessions": self.websocket_sessions,
+            "responses_cut": self.cut,
             "websocket_open": self.websocket_open,
             "connections": open_by_protocol,
         }
@@ -132,7 +136,8 @@ def render(snapshot: Snapshot, extra: Iterable[tuple[str, str, str, float]] = ()
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
 
-    family("tidegate_requests_total", "counter", "HTTP requests answered, by status class.")
+    family("tidegate_requests_total", "counter", "HTTP responses, by status class: the app's, the server's own "
+           "(400, 408, 413, 414, 431, 500, 503) and those cut short (499 if the client left before any status).")
     requests = snapshot.get("requests", {})
     for cls in _CLASSES:
         out.append(f"tidegate_requests_total{_labels(status=cls)} {requests.get(cls, 0)}")
@@ -145,6 +150,9 @@ def render(snapshot: Snapshot, extra: Iterable[tuple[str, str, str, float]] = ()
         out.append(f"tidegate_request_duration_seconds_bucket{_labels(le=bound)} {cumulative}")
     out.append(f"tidegate_request_duration_seconds_sum {_number(snapshot.get('duration_sum', 0.0))}")
     out.append(f"tidegate_request_duration_seconds_count {cumulative}")
+    family("tidegate_responses_cut_total", "counter", "Responses cut short: the client went away or reset the stream, "
+           "or the app failed after its body started.")
+    out.append(f"tidegate_responses_cut_total {snapshot.get('responses_cut', 0)}")
     family("tidegate_connections_open", "gauge", "Open client connections, by protocol.")
     connections = snapshot.get("connections") or {}
     for protocol in sorted(set(connections) | {"http/1.1"}):
@@ -171,7 +179,7 @@ def _size(message: dict[str, Any], key: str = "body") -> int:
 
 
 class MetricsMiddleware:
-    """Count requests, their status class and duration, body bytes, WebSocket sessions and app exceptions."""
+    """Count body bytes, WebSocket sessions and app exceptions (the runtime counts the responses themselves)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -193,8 +201,6 @@ class MetricsMiddleware:
 
     async def _http(self, scope: Scope, receive: Any, send: Any) -> None:
         metrics = self.metrics
-        started = perf_counter()
-        status = 0
 
         async def counted_receive() -> dict[str, Any]:
             message: dict[str, Any] = await receive()
@@ -203,19 +209,11 @@ class MetricsMiddleware:
             return message
 
         async def counted_send(message: dict[str, Any]) -> None:
-            nonlocal status
-            kind = message["type"]
-            if kind == "http.response.body":
+            if message["type"] == "http.response.body":
                 metrics.bytes_out += _size(message)
-            elif kind == "http.response.start":
-                status = message["status"]
             await send(message)
 
-        try:
-            await self.app(scope, counted_receive, counted_send)
-        finally:
-            # no response started: the server answers 500 (or the client has gone)
-            metrics.observe(status or 500, perf_counter() - started)
+        await self.app(scope, counted_receive, counted_send)
 
     async def _websocket(self, scope: Scope, receive: Any, send: Any) -> None:
         metrics = self.metrics

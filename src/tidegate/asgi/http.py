@@ -42,9 +42,11 @@ access_logger = logging.getLogger("tidegate.access")
 #: an untyped message, for code not yet on :mod:`tidegate.asgi.types` (the runtime's lifespan runner)
 Message = dict[str, Any]
 
-# Response states.  _GONE: the client disconnected before the response was complete.  _STARTED_T, _STREAMING_T and
-# _TRAILERS mirror _STARTED, _STREAMING for a response with trailers, so the plain path never tests for them.
-_START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE = range(8)
+# Response states.  _GONE: the response cannot be completed (the client disconnected before it was, or it was cut);
+# _REFUSED: the server answered the request itself (a body over the limit, a stalled body) and the app's response
+# is not wanted.  _STARTED_T, _STREAMING_T and _TRAILERS mirror _STARTED, _STREAMING for a response with trailers,
+# so the plain path never tests for them.
+_START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE, _REFUSED = range(9)
 _NO_LIMIT = 1 << 62
 #: Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, connection control, authentication
 #: and cookies, caching and conditional controls, and what says how to process the content.
@@ -77,6 +79,7 @@ class Stream(Protocol):
     def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None: ...
     def send_data(self, data: bytes, end: bool) -> None: ...
     def response_done(self) -> None: ...
+    def response_cut(self) -> None: ...
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def send_error(self, status: int) -> None: ...
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
@@ -179,8 +182,15 @@ class HTTPExchange(Waiting):
         self._wake()
 
     def on_disconnect(self) -> None:
-        if self._state != _DONE:
+        if self._state < _DONE:
             self._state = _GONE
+        self._wake()
+
+    def on_refused(self) -> None:
+        """The driver answered the request itself (and recorded it): the app hears ``http.disconnect``, its
+        ``send()`` calls fail quietly."""
+        if self._state < _DONE:
+            self._state = _REFUSED
         self._wake()
 
     @property
@@ -253,7 +263,7 @@ class HTTPExchange(Waiting):
             if stream.write_paused:
                 await self._drain_complete()
             return
-        if state == _GONE:
+        if state >= _GONE:
             raise ClientDisconnected("the client has disconnected")
         # the branches below test message["type"] rather than kind where the type checker must know the message's
         # shape (it narrows a union of TypedDicts on the key, not on a copy of it)
@@ -320,7 +330,7 @@ class HTTPExchange(Waiting):
             raise ASGIError(f"'headers' must be an iterable of [name, value] byte strings, not {headers!r}") from None
         for name, _ in self._trailers:
             if name.lower() in FORBIDDEN_TRAILERS or name[:1] == b":":
-                self._state = _DONE
+                self._state = _GONE
                 self.stream.abort()  # the body cannot end well: the client sees it cut
                 raise ASGIError(f"{name!r} may not be sent in trailers (RFC 9110 §6.5.1): the response was cut")
         if message.get("more_trailers", False):
@@ -350,19 +360,24 @@ class HTTPExchange(Waiting):
     # ------------------------------------------------------------------ running the app
 
     async def run(self, app: ASGIApp) -> None:
-        """Call the app; turn its failures into a 500 or a closed connection, logged once."""
+        """Call the app; turn its failures into a 500 or a closed connection, logged once.  Every exchange ends
+        recorded once: complete (``response_done``), refused by the driver, or else cut (``response_cut``)."""
         try:
             await app(self.scope, self.receive, self.send)
         except ClientDisconnected:
             logger.debug("client disconnected while %s was being answered", self._request_line())
-            return
         except Exception as exc:
             self._fail("Exception in ASGI application", exc)
-            return
-        if self._state == _START:
-            self._fail("ASGI application returned without starting a response", None)
-        elif self._state < _DONE:
-            self._fail("ASGI application returned without completing the response", None)
+        else:
+            if self._state == _START:
+                self._fail("ASGI application returned without starting a response", None)
+            elif self._state < _DONE:
+                self._fail("ASGI application returned without completing the response", None)
+        finally:
+            state = self._state
+            if state != _DONE and state != _REFUSED:
+                self._state = _REFUSED  # recorded once, whatever the app does after (cancelled at shutdown)
+                self.stream.response_cut()
 
     def _fail(self, what: str, exc: BaseException | None) -> None:
         logger.error("%s while handling %s", what, self._request_line(), exc_info=exc)
@@ -375,7 +390,7 @@ class HTTPExchange(Waiting):
             self.status = 500
             self.stream.send_error(500)
         else:
-            self._state = _DONE
+            self._state = _GONE
             self.stream.abort()
         self._wake()
 

@@ -72,10 +72,24 @@ class Upgrade:
 
 @dataclass(slots=True, eq=False)
 class RequestError:
-    """The peer sent something invalid: answer ``status`` (if nothing was answered yet) and close."""
+    """The peer sent something invalid: answer ``status`` (if nothing was answered yet) and close.  ``head`` is the
+    request's method, target and HTTP version when its request line was read (for the access log)."""
 
     status: int
     detail: str
+    head: tuple[bytes, bytes, str] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Answered:
+    """A request the protocol layer answered itself, which reaches no app (HTTP/2: its header list was too large,
+    a CONNECT tunnel): for the access log and the metrics.  ``size`` is the response body's length."""
+
+    stream_id: int
+    status: int
+    size: int
+    method: bytes
+    target: bytes
 
 
 @dataclass(slots=True, eq=False)
@@ -111,7 +125,7 @@ class ConnectionClosed:
 
 
 Event = (Request | Data | EndOfMessage | Upgrade | RequestError | Preface | StreamReset | Writable
-         | ConnectionClosed)
+         | ConnectionClosed | Answered)
 
 
 class ProtocolError(Exception):

@@ -522,7 +522,15 @@ class H1Connection:
     def _classify(self, exc: Exception, data: bytes, events: list[Event]) -> RequestError | Preface | None:
         cause = exc.__context__
         if isinstance(cause, _ParseAbort):
-            return cause.error
+            error = cause.error
+            if error.status != 414 and self._url:
+                # refused from its headers on: its request line is known, for the access log
+                parser = self._parser
+                try:
+                    error.head = (parser.get_method(), self._url, parser.get_http_version())
+                except httptools.HttpParserError:
+                    pass
+            return error
         message = str(exc)
         if isinstance(exc, httptools.HttpParserInvalidMethodError):
             return self._method_error(data, events)

@@ -62,6 +62,7 @@ from hpack.exceptions import HPACKError
 from hpack.table import HeaderTable
 
 from .events import (
+    Answered,
     ConnectionClosed,
     Data,
     EndOfMessage,
@@ -635,12 +636,14 @@ class H2Connection:
         if head.size > self.max_header_list_size or (
                 self.max_field_size and any(len(n) + len(v) > self.max_field_size for n, v in head.headers)):
             stream.remote_open = not end_stream
-            self.error_response(stream_id, 431, "request header fields too large")
+            size = self.error_response(stream_id, 431, "request header fields too large")
+            self._events.append(Answered(stream_id, 431, size, head.method, head.target))
             return
         if head.method == b"CONNECT" and head.protocol is None:
             # a tunnel, which an origin server does not open (as over HTTP/1.1)
             stream.remote_open = not end_stream
-            self.error_response(stream_id, 400, "CONNECT is not served here (this is not a proxy)")
+            size = self.error_response(stream_id, 400, "CONNECT is not served here (this is not a proxy)")
+            self._events.append(Answered(stream_id, 400, size, head.method, head.target))
             return
         stream.request_length = head.content_length
         if end_stream:
@@ -1143,11 +1146,11 @@ class H2Connection:
         parts, _, _ = self._encode_headers(headers or (), None)
         self.write(self._header_frames(stream_id, _STATUS_FIELDS[status] + b"".join(parts), False))
 
-    def error_response(self, stream_id: int, status: int, detail: str = "") -> None:
-        """A complete short response for an error we answer ourselves."""
+    def error_response(self, stream_id: int, status: int, detail: str = "") -> int:
+        """A complete short response for an error we answer ourselves; its body's size (0: none was sent)."""
         stream = self._streams.get(stream_id)
         if stream is None or self.closed or stream.state not in (_IDLE, _HEAD_PENDING):
-            return
+            return 0
         stream.state = _IDLE
         stream.head = b""
         stream.remaining = -1
@@ -1163,6 +1166,7 @@ class H2Connection:
             # this answer knows the stream is over
             self._write_reset(stream_id, NO_ERROR)
             self._close(stream)
+        return len(body)
 
     def goaway(self) -> int:
         """Graceful close: GOAWAY NO_ERROR with the last stream we will answer; returns that id."""

@@ -22,12 +22,13 @@ from ..accesslog import renderer
 from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo
 from ..config import Config
+from ..metrics import Metrics
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
 from .tls import with_tls
 
 __all__ = ["ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
-           "connection_info", "cut", "log_access"]
+           "connection_info", "cut", "log_access", "log_cut", "log_refused"]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
@@ -57,8 +58,8 @@ class Handover(Protocol):
     def decline_upgrade(self, request: Request, trailing: bytes) -> None:
         """Answer the upgrade request as a plain one and parse what follows."""
 
-    def refuse(self, status: int, detail: str) -> None:
-        """Answer with an error response and close."""
+    def refuse(self, status: int, detail: str, request: Request | None = None) -> None:
+        """Answer (``request``) with an error response and close."""
 
 
 #: ``Upgrade`` token → handler(the HTTP/1.1 connection, the request, the bytes after its head)
@@ -201,13 +202,13 @@ class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
     __slots__ = ("access_line", "app", "config", "connect_protocol", "defaults", "extensions", "h2", "limits",
-                 "logging", "loop", "on_request", "prior_knowledge", "registry", "request_limits", "state",
-                 "timeouts", "upgrades", "websocket")
+                 "logging", "loop", "metrics", "on_request", "prior_knowledge", "recording", "registry",
+                 "request_limits", "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
                  upgrades: Mapping[bytes, UpgradeHandler] | None = None, prior_knowledge: PrefaceHandler | None = None,
-                 on_request: Callable[[], bool] | None = None) -> None:
+                 on_request: Callable[[], bool] | None = None, metrics: Metrics | None = None) -> None:
         self.app = app
         self.config = config
         self.loop = loop
@@ -236,6 +237,9 @@ class ServerContext:
                                             limits.request_body, limits.pipeline_depth, limits.request_field_size)
         #: renders an access line from (scope, status, bytes, milliseconds) for --access-log-format/-json
         self.access_line = renderer(config.logging.access_log_format, config.logging.access_log_json)
+        #: the Prometheus counters (--metrics-bind), and whether each response is recorded (access line, metrics)
+        self.metrics = metrics
+        self.recording = config.logging.access_log or metrics is not None
 
     @property
     def connections(self) -> set[Driver]:
@@ -270,16 +274,22 @@ def cut(transport: asyncio.Transport, *tasks: asyncio.Task[None] | None) -> list
 
 
 def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange, started_at: float) -> None:
-    """The access line of a complete response (``--access-log-format``/``--access-log-json``, else the default).
+    """Record a complete response: its access line (``--access-log-format``/``--access-log-json``, else the
+    default) and its count in the metrics.  Called where ``ctx.recording`` is true.
 
     It calls the logger itself, as :func:`log_refused` does: logging finds its caller by walking the stack, and one
     more frame here costs a request 2% more instructions (callgrind, access log on)."""
     scope = exchange.scope
     duration = (perf_counter() - started_at) * 1000.0
+    metrics = ctx.metrics
+    if metrics is not None:
+        metrics.observe(exchange.status, duration / 1000.0)
+        if not ctx.logging.access_log:
+            return
     render = ctx.access_line
     if render is not None:
         if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration))
+            access_logger.info("%s", render(scope, exchange.status, exchange.bytes_sent, duration, True))
         return
     query = scope["query_string"]
     target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
@@ -287,23 +297,64 @@ def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange,
                        scope["http_version"], exchange.status, exchange.bytes_sent, duration)
 
 
-def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int,
-                exchange: HTTPExchange | None = None) -> None:
-    """The access line of a response the server answered itself, the app never: a malformed request (400, 414,
-    431), a deadline (408), a body over the limit (413), --limit-concurrency (503).  Without the request's head
-    (it could not be parsed) the request is ``-``; the duration is ``-``."""
-    if exchange is not None:
-        scope: Any = exchange.scope
-    else:
-        scope = {"type": "http", "method": "-", "path": "-", "raw_path": b"-", "query_string": b"",
-                 "http_version": "-", "scheme": info.scheme, "client": info.client, "server": info.server,
-                 "headers": []}
+#: the status logged for a request whose client left before any response started (nginx's "client closed request")
+CLIENT_CLOSED = 499
+
+
+def log_cut(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange, started_at: float) -> None:
+    """Record a response cut short: the client went away (or reset its stream), the app failed once its body had
+    started, or shutdown ran out of time.  The line carries the status sent (499 if none was), the body bytes
+    written for it, and ``-`` after the duration (``{completion}`` in a format, ``"completed": false`` in JSON)."""
+    if not ctx.recording:
+        return
+    scope = exchange.scope
+    status = exchange.status or CLIENT_CLOSED
+    duration = (perf_counter() - started_at) * 1000.0 if started_at else 0.0
+    metrics = ctx.metrics
+    if metrics is not None:
+        metrics.observe(status, duration / 1000.0)
+        metrics.cut += 1
+        if not ctx.logging.access_log:
+            return
     render = ctx.access_line
     if render is not None:
         if access_logger.isEnabledFor(logging.INFO):
-            access_logger.info("%s", render(scope, status, sent, 0.0))
+            access_logger.info("%s", render(scope, status, exchange.bytes_sent, duration, False))
         return
-    if exchange is None:
+    query = scope["query_string"]
+    target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
+    access_logger.info('%s - "%s %s HTTP/%s" %d %d %.1fms -', client_text(info), scope["method"],
+                       escape_log(target), scope["http_version"], status, exchange.bytes_sent, duration)
+
+
+def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int,
+                exchange: HTTPExchange | None = None, head: tuple[bytes, bytes, str] | None = None) -> None:
+    """Record a response the server answered itself, the app never: a malformed request (400, 414, 431), a deadline
+    (408), a body over the limit (413), --limit-concurrency (503).  ``sent`` is the response's body size.  The
+    request is the exchange's, else ``head`` (method, target, HTTP version: the request was refused before an
+    exchange was made), else ``-`` (it could not be parsed); the duration is ``-``.  Called where
+    ``ctx.recording`` is true."""
+    metrics = ctx.metrics
+    if metrics is not None:
+        metrics.observe(status, 0.0)
+        if not ctx.logging.access_log:
+            return
+    if exchange is not None:
+        scope: Any = exchange.scope
+    else:
+        path = query = b""
+        if head is not None:
+            path, _, query = head[1].partition(b"?")
+        scope = {"type": "http", "method": head[0].decode("latin-1") if head else "-",
+                 "path": path.decode("latin-1") if head else "-", "raw_path": path or b"-", "query_string": query,
+                 "http_version": head[2] if head else "-", "scheme": info.scheme, "client": info.client,
+                 "server": info.server, "headers": []}
+    render = ctx.access_line
+    if render is not None:
+        if access_logger.isEnabledFor(logging.INFO):
+            access_logger.info("%s", render(scope, status, sent, 0.0, True))
+        return
+    if exchange is None and head is None:
         access_logger.info('%s - "-" %d %d -', client_text(info), status, sent)
         return
     query = scope["query_string"]

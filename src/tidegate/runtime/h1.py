@@ -20,7 +20,7 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_refused
+from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_cut, log_refused
 from .writes import WriteBuffer
 
 __all__ = ["H1Driver"]
@@ -34,6 +34,11 @@ _BUSY, _IDLE, _HEAD = 0, 1, 2
 # After an error response, how long the client may go on sending (read and dropped) before the connection is cut:
 # closing at once while its bytes arrive would reset the connection, and the client might never read the answer.
 LINGER = 2.0
+
+
+def _body_size(response: bytes) -> int:
+    """The body size of a response the server wrote whole (its head ends at the first empty line)."""
+    return len(response) - response.find(b"\r\n\r\n") - 4
 
 
 def _declared_body(headers: list[tuple[bytes, bytes]]) -> int:
@@ -283,7 +288,7 @@ class H1Driver(asyncio.Protocol):
             self.conn.close_after_response()  # the last request this server takes (--max-requests)
         self.current = exchange
         self.current_request = request
-        if ctx.logging.access_log:
+        if ctx.recording:
             self._started_at = perf_counter()
         self.task = ctx.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
 
@@ -306,16 +311,18 @@ class H1Driver(asyncio.Protocol):
         logger.info("invalid request from %s: %s", self._client_text(), escape_log(error.detail))
         current = self.current
         if current is None:
-            self._write_error(error.status, error.detail)
+            self._write_error(error.status, error.detail, head=error.head)
             return
         last = self._last
         if last is not None and not last.request_complete:
             # the body being received is broken: that request will not be answered
             if last is current:
-                current.on_disconnect()  # its app hears http.disconnect, its sends fail quietly
+                # its app hears http.disconnect, its sends fail quietly
                 if self.conn.response_started:
+                    current.on_disconnect()
                     self.abort()
                 else:
+                    current.on_refused()
                     self._write_error(error.status, error.detail, exchange=current)
                 return
             self.pipeline.pop()
@@ -377,27 +384,33 @@ class H1Driver(asyncio.Protocol):
         if data:
             protocol.data_received(data)
 
-    def refuse(self, status: int, detail: str) -> None:
+    def refuse(self, status: int, detail: str, request: Request | None = None) -> None:
         """Answer with an error response and close (an upgrade that cannot be carried out)."""
         self.conn.stop()
         writes = self.writes
-        writes.out.append(self.conn.error_response(status, detail))
+        response = self.conn.error_response(status, detail)
+        writes.out.append(response)
+        if self.ctx.recording:
+            head = (request.method, request.target, request.http_version) if request is not None else None
+            log_refused(self.ctx, self.info, status, _body_size(response), head=head)
         self._close()
 
     def _body_too_large(self) -> None:
         self.conn.stop()  # what follows the refused part of the body is not read as requests
         self._on_request_error(RequestError(413, "request body larger than the limit"))
 
-    def _write_error(self, status: int, detail: str, extra: bytes = b"", exchange: HTTPExchange | None = None) -> None:
-        """Answer a request the app does not (``exchange``: the one refused, if its head was parsed) and close."""
+    def _write_error(self, status: int, detail: str, extra: bytes = b"", exchange: HTTPExchange | None = None,
+                     head: tuple[bytes, bytes, str] | None = None) -> None:
+        """Answer a request the app does not (``exchange``: the one refused, if its head was parsed; else ``head``,
+        its request line if that was read) and close."""
         transport = self.transport
         if not transport.is_closing():
             writes = self.writes
             response = self.conn.error_response(status, detail, extra)
             writes.out.append(response)
             writes.flush()
-            if self.ctx.logging.access_log:
-                log_refused(self.ctx, self.info, status, len(response), exchange)
+            if self.ctx.recording:
+                log_refused(self.ctx, self.info, status, _body_size(response), exchange, head)
             self.conn.stop()
             if transport.can_write_eof():
                 # linger: send the answer and a FIN, read (and drop) what the client still sends until it closes
@@ -423,7 +436,7 @@ class H1Driver(asyncio.Protocol):
     def response_done(self) -> None:
         exchange = self.current
         assert exchange is not None
-        if self.ctx.logging.access_log:
+        if self.ctx.recording:
             self._log_access(exchange)
         self.current = None
         self.current_request = None
@@ -455,7 +468,8 @@ class H1Driver(asyncio.Protocol):
                     and exchange.buffered <= self.ctx.limits.request_buffer):
                 self.resume_reading()
         elif self._pending_error is not None:
-            self._write_error(self._pending_error.status, self._pending_error.detail)
+            error = self._pending_error
+            self._write_error(error.status, error.detail, head=error.head)
         elif self._eof:
             self._close()
         else:
@@ -541,10 +555,11 @@ class H1Driver(asyncio.Protocol):
         current = self.current
         assert current is not None
         self.conn.stop()
-        current.on_disconnect()
         if self.conn.response_started:
+            current.on_disconnect()
             self.abort()
         else:
+            current.on_refused()
             self._write_error(408, "request body not received in time", exchange=current)
 
     def shutdown(self) -> None:
@@ -596,9 +611,18 @@ class H1Driver(asyncio.Protocol):
 
     def send_error(self, status: int) -> None:
         writes = self.writes
-        writes.out.append(self.conn.error_response(status))
+        response = self.conn.error_response(status)
+        writes.out.append(response)
         writes.flush()
+        current = self.current
+        if current is not None:
+            current.bytes_sent = _body_size(response)
         self.response_done()
+
+    def response_cut(self) -> None:
+        current = self.current
+        if current is not None:
+            log_cut(self.ctx, self.info, current, self._started_at)
 
     def abort(self) -> None:
         """Close after what was written: the response in progress cannot be completed."""

@@ -33,10 +33,10 @@ from typing import Any
 from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
-from ..protocol.events import ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
+from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, client_text, connection_info, cut, log_access
+from .context import ServerContext, client_text, connection_info, cut, log_access, log_cut, log_refused
 from .websocket import WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
 
@@ -178,15 +178,19 @@ class H2Stream:
 
     def response_done(self) -> None:
         driver = self.driver
-        if driver.ctx.logging.access_log:
+        if driver.ctx.recording:
             driver.log_access(self)
+
+    def response_cut(self) -> None:
+        driver = self.driver
+        log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.driver.conn.informational(self.id, status, headers)
         self.driver.writes.wrote(0)
 
     def send_error(self, status: int) -> None:
-        self.driver.conn.error_response(self.id, status)
+        self.exchange.bytes_sent = self.driver.conn.error_response(self.id, status)
         self.driver.writes.wrote(0)
         self.response_done()
 
@@ -467,6 +471,8 @@ class H2Driver(asyncio.Protocol):
                     stream.wake()
             elif isinstance(event, ConnectionClosed):
                 self._on_closed(event)
+            elif isinstance(event, Answered) and self.ctx.recording:
+                log_refused(self.ctx, self.info, event.status, event.size, head=(event.method, event.target, "2"))
         if conn.resets and self._reset_timer is None:
             self._reset_timer = self.ctx.loop.call_later(RESET_INTERVAL, self._clear_resets)
         self.writes.flush()
@@ -501,7 +507,7 @@ class H2Driver(asyncio.Protocol):
         ctx = self.ctx
         limited = ctx.registry.concurrency_limit is not None
         if limited and not ctx.registry.admit_request():
-            self._busy(request.stream_id)
+            self._busy(request)
             return
         stream = H2Stream(self, request)
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
@@ -509,7 +515,7 @@ class H2Driver(asyncio.Protocol):
         self.streams[stream.id] = stream
         if ctx.on_request is not None:
             ctx.on_request()  # --max-requests: the server retires once it says so; the connection goes on
-        if ctx.logging.access_log:
+        if ctx.recording:
             stream.started_at = perf_counter()
         stream.task = ctx.loop.create_task(self._run_admitted(stream) if limited else stream.run())
 
@@ -519,14 +525,18 @@ class H2Driver(asyncio.Protocol):
         finally:
             self.ctx.registry.release_request()
 
-    def _busy(self, stream_id: int) -> None:
+    def _busy(self, request: Request) -> None:
         """--limit-concurrency: 503 with Retry-After; the app does not see the request."""
         conn = self.conn
+        stream_id = request.stream_id
+        body = b"Service Unavailable: too many requests in progress, retry later\n"
         conn.start_response(stream_id, 503, [(b"retry-after", b"1"), (b"content-type", b"text/plain; charset=utf-8")])
-        conn.send_body(stream_id, b"Service Unavailable: too many requests in progress, retry later\n", True)
+        conn.send_body(stream_id, body, True)
         if conn.is_open(stream_id):
             conn.reset_stream(stream_id, NO_ERROR)  # the request's body is not wanted (RFC 9113 §8.1)
         self.writes.wrote(0)
+        if self.ctx.recording:
+            log_refused(self.ctx, self.info, 503, len(body), head=(request.method, request.target, "2"))
 
     def refuse_body(self, stream: H2Stream, status: int, detail: str) -> None:
         """The request body passed --limit-request-body (413) or stalled (408): the app hears http.disconnect; the
@@ -534,17 +544,27 @@ class H2Driver(asyncio.Protocol):
         if stream.gone:
             return
         logger.info("HTTP/2 request from %s refused: %s", self._client_text(), detail)
-        unanswered = stream.exchange.status == 0
-        stream.on_reset()
+        exchange = stream.exchange
+        unanswered = exchange.status == 0
         if unanswered:
-            self.conn.error_response(stream.id, status, detail)
+            stream.gone = True
+            exchange.on_refused()
+            stream.wake()
+            size = self.conn.error_response(stream.id, status, detail)
+            if self.ctx.recording:
+                log_refused(self.ctx, self.info, status, size, exchange)
+        else:
+            stream.on_reset()  # the response in progress is cut
         self.conn.reset_stream(stream.id, NO_ERROR if unanswered else CANCEL)
         self.writes.wrote(0)
 
     def _on_extended_connect(self, request: Request) -> None:
         """RFC 8441: a WebSocket over this stream (the only protocol extended CONNECT offers)."""
         if request.upgrade != b"websocket":
-            self.conn.error_response(request.stream_id, 501, "extended CONNECT for this protocol is not supported")
+            detail = "extended CONNECT for this protocol is not supported"
+            size = self.conn.error_response(request.stream_id, 501, detail)
+            if self.ctx.recording:
+                log_refused(self.ctx, self.info, 501, size, head=(request.method, request.target, "2"))
             return
         websocket = H2WebSocket(self, request)
         self.streams[websocket.id] = websocket

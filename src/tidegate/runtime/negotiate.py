@@ -50,7 +50,7 @@ def upgrade_websocket(h1: Handover, request: Request, trailing: bytes) -> None:
     once the app has decided).  A handshake carries no body: one that declares one is refused, since its bytes
     would be read as frames here and as the request's body by a proxy (RFC 9112 §6)."""
     if _body_length(request):
-        h1.refuse(400, "a WebSocket handshake has no body")
+        h1.refuse(400, "a WebSocket handshake has no body", request)
         return
     h1.hand_over(WebSocketDriver(h1.ctx, h1.info, request), trailing)
 
@@ -66,7 +66,7 @@ def upgrade_h2c(h1: Handover, request: Request, trailing: bytes) -> None:
     body_length = _body_length(request)
     if body_length < 0:
         # the parser took the body for bytes after the upgrade: they cannot be read as a request
-        h1.refuse(400, "an h2c upgrade request's body needs a content-length")
+        h1.refuse(400, "an h2c upgrade request's body needs a content-length", request)
         return
     payload = None
     if len(settings) == 1 and _BASE64URL.fullmatch(settings[0]):
@@ -76,7 +76,7 @@ def upgrade_h2c(h1: Handover, request: Request, trailing: bytes) -> None:
             payload = None
     if payload is None or len(payload) % 6:
         if body_length:
-            h1.refuse(400, "invalid HTTP2-Settings")
+            h1.refuse(400, "invalid HTTP2-Settings", request)
         else:
             h1.decline_upgrade(request, trailing)  # RFC 7540 §3.2.1: no upgrade without one valid HTTP2-Settings
         return

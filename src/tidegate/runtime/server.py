@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from ..asgi.http import ASGIApp
 from ..config import Config
+from ..metrics import Metrics
 from ..middleware.asgi2 import ASGI2Middleware, is_asgi2_app
 from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.http1 import ResponseDefaults
@@ -157,11 +158,12 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
                 shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
                 on_started: Callable[[list[socket.socket]], None] | None = None,
                 on_request: Callable[[], bool] | None = None,
-                prepare: Callable[[ServerContext], None] | None = None) -> None:
+                prepare: Callable[[ServerContext], None] | None = None, metrics: Metrics | None = None) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
 
     ``on_request`` is called once per request, whatever the protocol; when it returns True that request is the last
     its connection carries (``--max-requests``).  ``prepare`` sees the server's context once it is built.
+    ``metrics`` counts every response, the server's own answers and those cut short included.
 
     Lifespan startup runs before the first connection is accepted; a failure raises
     :class:`~tidegate.runtime.lifespan.LifespanFailure` and nothing is served.  Lifespan shutdown runs on every
@@ -182,7 +184,7 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     listeners = Listeners(loop, config)
     upgrades, prior_knowledge = negotiate.handlers(config)
     ctx = ServerContext(app, config, loop, registry=listeners.registry, upgrades=upgrades,
-                        prior_knowledge=prior_knowledge, on_request=on_request)
+                        prior_knowledge=prior_knowledge, on_request=on_request, metrics=metrics)
     if prepare is not None:
         prepare(ctx)
     tls = ssl_context(config.tls, negotiate.alpn_protocols(config.protocols.http))

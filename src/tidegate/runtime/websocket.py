@@ -327,7 +327,7 @@ class WebSocketChannel:
         status, response = self.session.accept(subprotocol, headers)
         self._handshake_answered()
         self.carrier.accept(status, response)
-        self._log_access(status)
+        self._log_access(status, accepted=True)
         self._release()
         self.resume_reading()
         if self.session.state != OPEN:
@@ -375,8 +375,11 @@ class WebSocketChannel:
 
     # ------------------------------------------------------------------ logging
 
-    def _log_access(self, status: int) -> None:
-        if self.ctx.logging.access_log:
+    def _log_access(self, status: int, accepted: bool = False) -> None:
+        ctx = self.ctx
+        if not accepted and ctx.metrics is not None:
+            ctx.metrics.observe(status, 0.0)  # a refused handshake is a response (an accepted one, a session)
+        if ctx.logging.access_log:
             exchange = self.exchange
             if exchange is None:
                 target = self.request.target.decode("latin-1")

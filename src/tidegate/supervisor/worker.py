@@ -112,7 +112,8 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
         channel.send({"op": "ready"})
 
     main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
-                                  on_request=request_counter(limit, retire) if limit else None, prepare=prepare))
+                                  on_request=request_counter(limit, retire) if limit else None, prepare=prepare,
+                                  metrics=metrics))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, main.cancel)
     channel.feed(rest)
