@@ -80,10 +80,15 @@ def run_config(config: Config, app: Any = None) -> int:
             logger.warning("second signal: stopping now")
             main.cancel()
 
+    def on_hangup() -> None:
+        # re-reading the config file and replacing the server is the supervisor's work; here SIGHUP does not stop
+        logger.warning("SIGHUP ignored: re-reading the config file needs the supervisor (run with --workers 1); "
+                       "still serving with the same settings")
+
     installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig, handler in ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hangup)):
         try:
-            loop.add_signal_handler(sig, on_signal)
+            loop.add_signal_handler(sig, handler)
             installed.append(sig)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (uvloop: ValueError)
             pass

@@ -13,6 +13,10 @@ sets ``TIDEGATE_PORT``, ``TIDEGATE_SERVICE_HOST`` … for a Service named ``tide
 The config file is ``--config PATH`` (or ``TIDEGATE_CONFIG``); without one, ``tidegate.toml`` in the current
 directory, else the ``[tool.tidegate]`` table of ``pyproject.toml`` there.  An unknown key or a value of the wrong
 type is a :class:`~tidegate.config.ConfigError` that names the key and where it was set.
+
+A configuration read from a config file can be assembled again from the file as it is now (the supervisor does
+on SIGHUP): :func:`reassembly_for` gives the same command line settings, the environment as it was and the same
+file, as :class:`Reassembly`.
 """
 
 from __future__ import annotations
@@ -32,7 +36,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on 3.10 only
     import tomli as tomllib
 
-__all__ = ["ENV_PREFIX", "Resolved", "env_name", "find_config_file", "read_config_file", "render", "resolve"]
+__all__ = ["ENV_PREFIX", "Reassembly", "Resolved", "env_name", "find_config_file", "read_config_file", "reassembly_for",
+           "render", "resolve"]
 
 ENV_PREFIX = "TIDEGATE_"
 #: environment variables that are not settings
@@ -240,7 +245,38 @@ def resolve(cli: Mapping[str, Any] | None = None, *, environ: Mapping[str, str] 
         config = Config.from_flat(**values)
     except ConfigError as exc:
         raise ConfigError(_with_origin(str(exc), origins)) from None
+    global _last
+    _last = (config, Reassembly(path, dict(cli or {}), dict(environ), cwd)) if path is not None else None
     return Resolved(config, origins, path, notes)
+
+
+@dataclass(frozen=True)
+class Reassembly:
+    """How a configuration was assembled from a config file, to assemble it again from the file as it is now: the
+    same command line settings (they still win over the file), the environment as it was then, the same file (the
+    one found then, even if another would be found now)."""
+
+    file: Path
+    cli: dict[str, Any]
+    environ: dict[str, str]
+    cwd: Path
+
+    def resolve(self) -> Resolved:
+        """The settings as the file says now; a :class:`~tidegate.config.ConfigError` if it cannot be read or has a
+        bad key or value."""
+        return resolve(self.cli, environ=self.environ, cwd=self.cwd, config_file=str(self.file))
+
+
+#: the configuration :func:`resolve` assembled last from a config file, and how to assemble it again
+_last: tuple[Config, Reassembly] | None = None
+
+
+def reassembly_for(config: Config) -> Reassembly | None:
+    """How ``config`` can be assembled again, if it is what :func:`resolve` made last and a config file was read for
+    it; None for a configuration built another way (``tidegate.run(...)``, ``Config(...)``) or without a file."""
+    if _last is None or _last[0] != config:
+        return None
+    return _last[1]
 
 
 def _with_origin(message: str, origins: Mapping[str, str]) -> str:

@@ -5,7 +5,11 @@
 - A worker that exits is replaced at once; one that has not answered a health check (over the channel, from its
   event loop) for ``--timeout-worker-healthcheck`` seconds is killed and replaced.
 - SIGTERM/SIGINT: graceful stop of every worker (a second one: stop at once).  SIGQUIT: stop at once.
-  SIGHUP: rolling restart: new workers first, the old ones drained once every new one is ready.
+  SIGHUP: the config file (if the settings came from one) is read again, then a rolling restart: new workers
+  first, with the new settings, the old ones drained once every new one is ready.  Each changed setting is logged;
+  those a restart of workers cannot apply (the listeners, the metrics endpoint, the reload watcher: see
+  :mod:`.reconfig`) keep their running value.  A file that cannot be read, or has a bad key or value, is logged
+  and changes nothing: the workers keep running.
   SIGTTIN/SIGTTOU: one worker more/less.
 - ``--reload``: one worker, restarted (new first, as for SIGHUP) when a watched file changes; a worker that fails to
   start (a syntax error...) leaves the supervisor waiting for the next change.
@@ -39,7 +43,9 @@ from ..runner import EXIT_ADDRESS_IN_USE, EXIT_APP_ERROR, EXIT_OK, EXIT_STARTUP_
 from ..runtime.listeners import bind_all
 from ..runtime.server import serve
 from ..runtime.sockets import AddressInUse, describe
+from ..sources import Reassembly, reassembly_for
 from .channel import Channel, Message, encode_config
+from .reconfig import applicable, changes
 
 __all__ = ["Supervisor", "supervise"]
 
@@ -68,8 +74,10 @@ class Worker:
 
 
 class Supervisor:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, sources: Reassembly | None = None) -> None:
+        """``sources``: how to assemble ``config`` again from its config file, for SIGHUP (None: no file)."""
         self.config = config
+        self.sources = sources
         self.reload = config.reload.reload
         self.target = 1 if self.reload else (config.workers.workers or 1)
         self.workers: list[Worker] = []
@@ -86,6 +94,8 @@ class Supervisor:
         self.scrapes = itertools.count(1)
         self.scrape_waiters: dict[int, asyncio.Future[Any]] = {}
         self._health: asyncio.TimerHandle | None = None
+        self._hup: asyncio.Task[None] | None = None
+        self._hup_pending = False
         self._signals = 0
         self._respawn_delay = 0.0
 
@@ -192,8 +202,66 @@ class Supervisor:
     def _on_hup(self) -> None:
         if self.stopping:
             return
-        logger.info("supervisor: SIGHUP, rolling restart of %d worker(s)", self.target)
-        self.loop.create_task(self.rolling_restart())
+        if self.rolling or (self._hup is not None and not self._hup.done()):
+            if not self._hup_pending:
+                logger.info("supervisor: SIGHUP while workers are being replaced; handled once they are")
+            self._hup_pending = True
+            return
+        self._hup = self.loop.create_task(self._reconfigure())
+
+    async def _reconfigure(self) -> None:
+        """SIGHUP: read the config file again (if there is one), then replace the workers."""
+        try:
+            if self.sources is None:
+                logger.info("supervisor: SIGHUP, no config file to re-read; rolling restart of %d worker(s)",
+                            self.target)
+                await self.rolling_restart()
+                return
+            reread = self.reread()
+            if reread is None:
+                return
+            config, target = reread
+            logger.info("supervisor: rolling restart of %d worker(s)", target)
+            if not await self.rolling_restart(config, target) and not self.stopping and config != self.config:
+                logger.error("config: the new settings were not applied; the running workers keep the previous ones")
+        finally:
+            self._after_restart()
+
+    def reread(self) -> tuple[Config, int] | None:
+        """The settings as the config file says now, with those that need a restart kept at their running values,
+        and the number of workers to run; each change is logged.  None (after logging why) if the file cannot be
+        read or has a bad key or value."""
+        assert self.sources is not None
+        file = self.sources.file
+        logger.info("supervisor: SIGHUP, re-reading %s", file)
+        try:
+            new = self.sources.resolve().config
+            if not new.app.app:
+                raise ConfigError("no APP: it is neither on the command line nor in the file")
+            problem = new.tls.problem()  # else checked by each worker as it starts
+            if problem is not None:
+                raise ConfigError(problem)
+        except ConfigError as exc:
+            message = str(exc) if str(file) in str(exc) else f"{file}: {exc}"
+            logger.error("config: %s; nothing applied, the workers keep running with the settings they have",
+                         message)
+            return None
+        found = changes(self.config, new)
+        for change in found:
+            (logger.warning if change.needs_restart else logger.info)("config: %s", change.describe())
+        if not found:
+            logger.info("config: no setting changed")
+        config = applicable(self.config, new)
+        target = self.target
+        if config.workers.workers != self.config.workers.workers and not self.reload:
+            target = config.workers.workers or 1
+        return config, target
+
+    def _after_restart(self) -> None:
+        """Handle a SIGHUP that came while workers were being replaced."""
+        if self._hup_pending and not self.stopping:
+            self._hup_pending = False
+            self.loop.call_soon(self._on_hup)
 
     def _on_ttin(self) -> None:
         if self.stopping or self.reload:
@@ -228,7 +296,7 @@ class Supervisor:
             for worker in sorted(active, key=lambda w: w.started)[:len(active) - self.target]:
                 self._terminate(worker, signal.SIGTERM)
 
-    def spawn(self) -> Worker:
+    def spawn(self, config: Config | None = None) -> Worker:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fds = [sock.fileno() for sock in self.sockets]
         env = dict(os.environ)
@@ -240,7 +308,7 @@ class Supervisor:
             process = subprocess.Popen(command, pass_fds=(child_end.fileno(), *fds), env=env)
         finally:
             child_end.close()
-        parent_end.sendall(Channel.encode(encode_config(self.config)))
+        parent_end.sendall(Channel.encode(encode_config(config or self.config)))
         holder: list[Worker] = []
         channel = Channel(self.loop, parent_end, lambda m: self._on_message(holder[0], m),
                           lambda: None)
@@ -378,14 +446,20 @@ class Supervisor:
 
     # ------------------------------------------------------------------ rolling restart and reload
 
-    async def rolling_restart(self) -> bool:
-        """Start a new set of workers; once all are ready, drain the old ones.  If one fails, keep the old."""
+    async def rolling_restart(self, config: Config | None = None, target: int | None = None) -> bool:
+        """Start a new set of workers; once all are ready, drain the old ones.  If one fails, keep the old.
+
+        ``config`` and ``target`` (how many workers) are the new workers'; they become the supervisor's once every
+        new worker is ready, and are forgotten if one fails."""
         if self.rolling or self.stopping:
             return False
+        config = self.config if config is None else config
+        target = self.target if target is None else target
         self.rolling = True
+        asked = self.target
         try:
             old = self.active()
-            new = [self.spawn() for _ in range(self.target)]
+            new = [self.spawn(config) for _ in range(target)]
             results = await asyncio.gather(*(w.ready for w in new))
             if self.stopped.is_set():
                 return False
@@ -396,11 +470,22 @@ class Supervisor:
                 return False
             for worker in old:
                 self._terminate(worker, signal.SIGTERM)
+            self._adopt(config, max(1, target + self.target - asked))  # with any SIGTTIN/SIGTTOU meanwhile
             logger.info("supervisor: rolling restart done")
             return True
         finally:
             self.rolling = False
             self._maintain()
+            self._after_restart()
+
+    def _adopt(self, config: Config, target: int) -> None:
+        """Make ``config`` and ``target`` the supervisor's own; its logging follows the new logging settings."""
+        previous, self.config, self.target = self.config, config, target
+        if config.logging != previous.logging:
+            try:
+                configure_logging(config.logging)
+            except ConfigError as exc:
+                logger.error("config: the supervisor keeps its logging set-up: %s", exc)
 
     def _on_files_changed(self, paths: list[str]) -> None:
         def restart() -> None:
@@ -479,7 +564,7 @@ def supervise(config: Config) -> int:
     loop = asyncio.new_event_loop()
     try:
         async def main() -> int:
-            return await Supervisor(config).run()
+            return await Supervisor(config, reassembly_for(config)).run()
 
         return loop.run_until_complete(main())
     finally:
