@@ -53,7 +53,7 @@ def test_values_and_types() -> None:
         "client": ("203.0.113.7", 51234),
         "server": ("127.0.0.1", 8000),
         "state": {},
-        "extensions": {"http.response.early_hint": {}},
+        "extensions": {"http.response.early_hint": {}, "http.response.pathsend": {}, "http.response.zerocopysend": {}},
     }
     assert type(scope["http_version"]) is str and type(scope["method"]) is str
     assert type(scope["path"]) is str and type(scope["root_path"]) is str
@@ -189,7 +189,8 @@ def test_state_is_a_shallow_copy_per_request() -> None:
 def test_extensions_come_from_the_connection() -> None:
     extensions = {"http.response.early_hint": {}}
     scope = scope_for(info=ConnectionInfo(None, None, "http", extensions=extensions))
-    assert scope["extensions"] == {"http.response.early_hint": {}}
+    assert scope["extensions"] == {"http.response.early_hint": {}, "http.response.pathsend": {},
+                                   "http.response.zerocopysend": {}}
 
 
 def test_a_scope_deep_copies() -> None:

@@ -54,9 +54,11 @@ async def send_all(exchange: HTTPExchange, *messages: dict[str, Any]) -> None:
 def test_extensions_in_the_scope() -> None:
     info = ConnectionInfo(None, None, "http", extensions={"tls": {}})
     plain = http_scope(Request(b"GET", b"/", "1.1", [], True, False), info)
-    assert plain["extensions"] == {"tls": {}, "http.response.early_hint": {}}
+    files = {"http.response.pathsend": {}, "http.response.zerocopysend": {}}
+    assert plain["extensions"] == {"tls": {}, "http.response.early_hint": {}, **files}
     with_trailers = http_scope(Request(b"GET", b"/", "1.1", [], True, False, trailers=True), info)
-    assert with_trailers["extensions"] == {"tls": {}, "http.response.early_hint": {}, "http.response.trailers": {}}
+    assert with_trailers["extensions"] == {"tls": {}, "http.response.early_hint": {}, **files,
+                                           "http.response.trailers": {}}
     assert http_scope(Request(b"GET", b"/", "1.1", [], True, False), info)["extensions"] is plain["extensions"]
 
 

@@ -20,6 +20,7 @@ tested with a fake stream.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Generator, Iterable
 from typing import Any, Protocol
 
@@ -83,6 +84,7 @@ class Stream(Protocol):
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
     def send_error(self, status: int) -> None: ...
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
+    def send_file(self, fd: int, offset: int, count: int, end: bool) -> Awaitable[None]: ...
     def abort(self) -> None: ...
     def drain(self) -> Awaitable[None]: ...
     def create_waiter(self) -> Waiter: ...
@@ -276,6 +278,8 @@ class HTTPExchange(Waiting):
             self.stream.send_head(status, message.get("headers", ()))
             self.status = status
             self._state = _STARTED_T if message.get("trailers") else _STARTED
+        elif kind == "http.response.pathsend" or kind == "http.response.zerocopysend":
+            await self._send_file(message, kind, state)
         elif kind == "http.response.body" and (state == _STARTED_T or state == _STREAMING_T):
             await self._send_body_before_trailers(message, state)
         elif message["type"] == "http.response.trailers":
@@ -298,6 +302,63 @@ class HTTPExchange(Waiting):
                 self.stream.send_informational(103, hints)
         else:
             raise ASGIError(f"unknown message type {kind!r} for an HTTP connection")
+
+    async def _send_file(self, message: ASGISendEvent, kind: str, state: int) -> None:
+        """``http.response.pathsend`` (a whole file by its path, the last of the body) and
+        ``http.response.zerocopysend`` (a file's bytes from an open file or descriptor; ``offset`` and ``count``
+        optional, ``more_body`` as for a body): the stream sends the bytes without reading them into Python where it
+        can (``sendfile``), else in pieces, with back-pressure either way."""
+        if state != _STARTED and state != _STREAMING:
+            raise ASGIError(f"{kind!r} sent before 'http.response.start'" if state == _START
+                            else f"{kind!r} in a response with trailers is not supported" if state < _DONE
+                            else f"{kind!r} sent after the response was complete")
+        if kind == "http.response.pathsend":
+            path = message.get("path")
+            if not isinstance(path, str) or not os.path.isabs(path):
+                raise ASGIError(f"'path' must be an absolute path (a str), not {path!r}")
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                size = os.fstat(fd).st_size
+                await self._send_file_bytes(fd, 0, size, False)
+            finally:
+                os.close(fd)
+            return
+        file = message.get("file")
+        if isinstance(file, int) and not isinstance(file, bool):
+            fd = file
+        else:
+            fileno = getattr(file, "fileno", None)
+            if fileno is None:
+                raise ASGIError(f"'file' must be an open file or a file descriptor, not {file!r}")
+            fd = fileno()
+        given_offset = _whole(message.get("offset"), "offset")
+        given_count = _whole(message.get("count"), "count")
+        more = bool(message.get("more_body", False))
+        advance = given_offset is None  # from the file's position, which moves past what was sent
+        offset = os.lseek(fd, 0, os.SEEK_CUR) if given_offset is None else given_offset
+        count = max(os.fstat(fd).st_size - offset, 0) if given_count is None else given_count
+        await self._send_file_bytes(fd, offset, count, more)
+        if advance:
+            os.lseek(fd, offset + count, os.SEEK_SET)
+
+    async def _send_file_bytes(self, fd: int, offset: int, count: int, more: bool) -> None:
+        self._state = _STREAMING
+        self.bytes_sent += count
+        stream = self.stream
+        try:
+            await stream.send_file(fd, offset, count, not more)
+        except ProtocolError:
+            stream.abort()
+            raise
+        if more:
+            return
+        if self._state != _STREAMING:
+            raise ClientDisconnected("the client has disconnected")
+        self._state = _DONE
+        stream.response_done()
+        self._wake()
+        if stream.write_paused:
+            await self._drain_complete()
 
     async def _send_body_before_trailers(self, message: ASGISendEvent, state: int) -> None:
         body = message.get("body", b"")
@@ -400,6 +461,15 @@ class HTTPExchange(Waiting):
         query = scope.get("query_string", b"")
         target = path + ("?" + query.decode("latin-1") if query else "")
         return escape_log(f"{scope.get('method', '?')} {target}")
+
+
+def _whole(value: object, field: str) -> int | None:
+    """An optional non-negative int field."""
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ASGIError(f"{field!r} must be a non-negative int, not {value!r}")
+    return value
 
 
 def _as_bytes(value: object, field: str = "") -> bytes:

@@ -39,9 +39,10 @@ class ConnectionInfo:
         self.http_extensions: Extensions | None = None
 
     def make_http_extensions(self, trailers: bool) -> Extensions:
-        """``extensions`` plus the HTTP response extensions: early hints always, trailers for a client that takes
-        them (``TE: trailers``)."""
-        extensions: Extensions = {**self.extensions, "http.response.early_hint": {}}
+        """``extensions`` plus the HTTP response extensions: early hints, files by path and by descriptor
+        (``pathsend``, ``zerocopysend``) always, trailers for a client that takes them (``TE: trailers``)."""
+        extensions: Extensions = {**self.extensions, "http.response.early_hint": {}, "http.response.pathsend": {},
+                                  "http.response.zerocopysend": {}}
         if not trailers:
             self.http_extensions = extensions
             return extensions

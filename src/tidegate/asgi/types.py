@@ -24,8 +24,10 @@ __all__ = [
     "HTTPRequestEvent",
     "HTTPResponseBodyEvent",
     "HTTPResponseEarlyHintEvent",
+    "HTTPResponsePathsendEvent",
     "HTTPResponseStartEvent",
     "HTTPResponseTrailersEvent",
+    "HTTPResponseZerocopysendEvent",
     "HTTPScope",
     "Headers",
     "LifespanScope",
@@ -143,6 +145,22 @@ class HTTPResponseEarlyHintEvent(TypedDict):
     links: Iterable[bytes]
 
 
+class HTTPResponsePathsendEvent(TypedDict):
+    type: Literal["http.response.pathsend"]
+    path: str
+
+
+class _HTTPResponseZerocopysendBase(TypedDict):
+    type: Literal["http.response.zerocopysend"]
+    file: Any  # an open file (with fileno()) or a file descriptor
+
+
+class HTTPResponseZerocopysendEvent(_HTTPResponseZerocopysendBase, total=False):
+    offset: int
+    count: int
+    more_body: bool
+
+
 # ---------------------------------------------------------------------------------------------------- websocket
 
 class WebSocketConnectEvent(TypedDict):
@@ -249,7 +267,8 @@ ASGIReceiveEvent = (HTTPRequestEvent | HTTPDisconnectEvent | WebSocketConnectEve
                     | WebSocketDisconnectEvent | LifespanStartupEvent | LifespanShutdownEvent)
 
 ASGISendEvent = (HTTPResponseStartEvent | HTTPResponseBodyEvent | HTTPResponseTrailersEvent
-                 | HTTPResponseEarlyHintEvent | WebSocketAcceptEvent | WebSocketSendEvent | WebSocketCloseEvent
+                 | HTTPResponseEarlyHintEvent | HTTPResponsePathsendEvent | HTTPResponseZerocopysendEvent
+                 | WebSocketAcceptEvent | WebSocketSendEvent | WebSocketCloseEvent
                  | WebSocketResponseStartEvent | WebSocketResponseBodyEvent | LifespanStartupCompleteEvent
                  | LifespanStartupFailedEvent | LifespanShutdownCompleteEvent | LifespanShutdownFailedEvent)
 

@@ -918,6 +918,63 @@ class H1Connection:
         if data:
             write(data)
 
+    def file_framing(self, size: int, end: bool) -> tuple[bytes, bytes, bool]:
+        """Frame a body piece of ``size`` bytes that the caller writes itself (a file sent with ``sendfile``):
+        ``(before, after, send)``: what goes before it (the head, if still held, and a chunk's size line), what goes
+        after it (the chunk's end, and the last chunk if ``end``), and whether the piece is sent at all (not in the
+        response to a HEAD request)."""
+        if self._state == _HEAD_PENDING:
+            head = self._head
+            self._head = b""
+            self._state = _SENDING
+            framing = self._framing
+            if framing == _UNDECIDED:
+                if end:
+                    framing = _LENGTH
+                    self._remaining = size
+                    head += b"content-length: %d\r\n" % size
+                elif not self._version10:
+                    framing = _CHUNKED
+                    head += b"transfer-encoding: chunked\r\n"
+                else:
+                    framing = _CLOSE_DELIMITED
+                    self.keep_alive = False
+                    if self._response_keep_alive:
+                        head = head.replace(b"connection: keep-alive\r\n", b"connection: close\r\n")
+                self._framing = framing
+            head += b"\r\n"
+        elif self._state == _SENDING:
+            head = b""
+            framing = self._framing
+        else:
+            raise ProtocolError("the response is complete" if self._state == _DONE
+                                else "the response has not started")
+        if framing == _CHUNKED:
+            if end:
+                self._state = _DONE
+            if not size:
+                return head + (b"0\r\n\r\n" if end else b""), b"", False
+            return head + b"%x\r\n" % size, b"\r\n0\r\n\r\n" if end else b"\r\n", True
+        if framing == _NO_BODY or framing == _HEAD_ONLY:
+            if size and framing == _NO_BODY:
+                self._fail()
+                raise ProtocolError("a 204 or 304 response must not have a body")
+            if end:
+                self._state = _DONE
+            return head, b"", False
+        if framing == _LENGTH:
+            remaining = self._remaining - size
+            if remaining < 0:
+                self._fail()
+                raise ProtocolError("the app sent more body than its content-length")
+            self._remaining = remaining
+            if end and remaining:
+                self._fail()
+                raise ProtocolError(f"the app ended the body {remaining} bytes short of its content-length")
+        if end:
+            self._state = _DONE
+        return head, b"", size > 0
+
     def _fail(self) -> None:
         self.keep_alive = False
         self._state = _DONE

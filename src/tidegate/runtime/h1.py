@@ -21,7 +21,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_cut, log_refused
-from .writes import WriteBuffer
+from .writes import WriteBuffer, copy_file
 
 __all__ = ["H1Driver"]
 
@@ -608,6 +608,30 @@ class H1Driver(asyncio.Protocol):
     def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
         self.conn.send_trailers(headers)
         self.writes.flush()
+
+    async def send_file(self, fd: int, offset: int, count: int, end: bool) -> None:
+        """A file's bytes as a body piece: with ``sendfile`` on a cleartext connection, else read and written in
+        pieces (TLS encrypts in the process), with back-pressure either way."""
+        before, after, send = self.conn.file_framing(count, end)
+        writes = self.writes
+        if before:
+            writes.out.append(before)
+            writes.wrote(len(before))
+        if send:
+            if self.info.scheme == "http" and self.transport.get_extra_info("socket") is not None:
+                await writes.send_file(fd, offset, count)
+            else:
+                await copy_file(fd, offset, count, self._write_piece, self)
+        if after:
+            writes.out.append(after)
+        if end:
+            writes.flush()
+        elif after:
+            writes.wrote(len(after))
+
+    def _write_piece(self, data: bytes, last: bool) -> None:
+        self.writes.out.append(data)
+        self.writes.wrote(len(data))
 
     def send_error(self, status: int) -> None:
         writes = self.writes

@@ -38,7 +38,7 @@ from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H
 from ..protocol.websocket import CLOSED
 from .context import ServerContext, client_text, connection_info, cut, log_access, log_cut, log_refused
 from .websocket import WebSocketChannel
-from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline
+from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file
 
 __all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
 
@@ -175,6 +175,13 @@ class H2Stream:
         if driver.conn.pending(self.id) or driver.write_paused:
             self.write_paused = True
         driver.writes.wrote(0)
+
+    async def send_file(self, fd: int, offset: int, count: int, end: bool) -> None:
+        """A file's bytes as DATA, read in pieces under the stream's flow control (no sendfile: frames wrap them)."""
+        if count:
+            await copy_file(fd, offset, count, lambda data, last: self.send_data(data, end and last), self)
+        elif end:
+            self.send_data(b"", True)
 
     def response_done(self) -> None:
         driver = self.driver

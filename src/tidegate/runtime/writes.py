@@ -18,16 +18,48 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any, cast
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, cast
 
 from ..asgi.errors import ClientDisconnected
 
-__all__ = ["FLUSH_BYTES", "WriteBuffer", "WriteDeadline"]
+__all__ = ["FLUSH_BYTES", "WriteBuffer", "WriteDeadline", "copy_file"]
 
 logger = logging.getLogger("tidegate.error")
 
 FLUSH_BYTES = 65536
+#: the most one sendfile() call is asked to send
+_SENDFILE_SLICE = 1 << 24
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+class _Paced(Protocol):
+    """A stream that says when its writes wait for the client."""
+
+    @property
+    def write_paused(self) -> bool: ...
+    def drain(self) -> Awaitable[None]: ...
+
+
+async def copy_file(fd: int, offset: int, count: int, write: Callable[[bytes, bool], None], stream: _Paced) -> None:
+    """Send ``count`` bytes of the file ``fd`` from ``offset`` where ``sendfile`` cannot (TLS, HTTP/2): read in
+    pieces of ``FLUSH_BYTES`` and handed to ``write(piece, last)``, waiting while ``stream``'s writes are paused, so
+    that no more than a piece or two of the file is in memory whatever the client's pace.  OSError if the file ends
+    before ``count`` bytes."""
+    while count > 0:
+        data = os.pread(fd, min(count, FLUSH_BYTES), offset)
+        if not data:
+            raise OSError(f"the file ended {count} bytes before the count to send")
+        offset += len(data)
+        count -= len(data)
+        write(data, not count)
+        if stream.write_paused:
+            await stream.drain()
 
 
 class WriteDeadline:
@@ -203,6 +235,70 @@ class WriteBuffer:
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
+        if self.lost:
+            raise ClientDisconnected("the client has disconnected")
+
+    # ------------------------------------------------------------------ files (zero copy)
+
+    async def send_file(self, fd: int, offset: int, count: int) -> None:
+        """Send ``count`` bytes of the file ``fd`` from ``offset`` with ``os.sendfile``: the kernel copies them to the
+        socket, never through Python.  What is queued goes first (the transport's buffer is emptied before); while
+        the socket takes no more, this waits for it under ``--timeout-write`` as any write does.  Raises
+        ClientDisconnected once the connection is lost (or dropped for that deadline), OSError if the file ends
+        before ``count`` bytes (the connection is then cut: the body cannot be completed)."""
+        self.flush()
+        transport = self.transport
+        if transport.get_write_buffer_size() and not self.lost:
+            # the file's bytes go after the transport's: with a high-water mark of 0, the transport says "resume"
+            # once its buffer is empty
+            high, low = transport.get_write_buffer_limits()
+            transport.set_write_buffer_limits(high=0)
+            try:
+                await self.drain()
+            finally:
+                if not self.lost:
+                    transport.set_write_buffer_limits(high, low)
+        if self.lost:
+            raise ClientDisconnected("the client has disconnected")
+        sock = transport.get_extra_info("socket")
+        # a descriptor of our own for the socket: watched for writability without touching the transport's
+        out = os.dup(sock.fileno())
+        try:
+            while count > 0:
+                try:
+                    sent = os.sendfile(out, fd, offset, min(count, _SENDFILE_SLICE))
+                except BlockingIOError:
+                    await self._writable(out)
+                    continue
+                except (BrokenPipeError, ConnectionError):
+                    transport.abort()
+                    raise ClientDisconnected("the client has disconnected") from None
+                if not sent:
+                    transport.abort()
+                    raise OSError(f"the file ended {count} bytes before the count to send")
+                offset += sent
+                count -= sent
+                self.deadline.progressed()
+        finally:
+            os.close(out)
+
+    async def _writable(self, fd: int) -> None:
+        """Wait until the socket (our descriptor ``fd`` of it) takes bytes again; meanwhile writes are paused and the
+        write deadline runs."""
+        loop = self._loop
+        waiter = loop.create_future()
+        self._waiters.append(waiter)
+        loop.add_writer(fd, _resolve, waiter)
+        self._set_paused(True)
+        self.deadline.start()
+        try:
+            await waiter
+        finally:
+            loop.remove_writer(fd)
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+            if self.paused and not self.lost:
+                self._set_paused(False)
         if self.lost:
             raise ClientDisconnected("the client has disconnected")
 
