@@ -121,6 +121,9 @@ ALIASES = [
     (["--ws-max-queue", "32"], "ws_max_queue", 32),
     (["--limit-request-field_size", "8190"], "limit_request_field_size", 8190),
     (["--reload-delay", "0.5"], "reload_delay", 0.5),
+    (["--ssl-version", "17"], "ssl_min_version", "1.2"),  # uvicorn's default, ssl.PROTOCOL_TLS_SERVER
+    (["--ssl-version", "TLSv1_3"], "ssl_min_version", "1.3"),  # gunicorn's names
+    (["--ssl-version", "1.3"], "ssl_min_version", "1.3"),
 ]
 
 
@@ -143,6 +146,14 @@ def test_a_parser_choice_of_another_server_is_taken_with_a_note(capsys: pytest.C
     parse("--http", "httptools", "--ws", "wsproto")
     err = capsys.readouterr().err
     assert "tidegate: note: tidegate parses HTTP/1.1 itself" in err and "--ws wsproto is taken as --ws auto" in err
+
+
+def test_an_ssl_version_older_than_tls_1_2_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse("--ssl-version", "TLSv1")  # ssl.PROTOCOL_TLSv1: not accepted, whatever the spelling
+    assert "--ssl-min-version" in capsys.readouterr().err
+    parse("--ssl-version", "2")
+    assert "is taken as the oldest TLS version accepted" in capsys.readouterr().err
 
 
 def test_a_valued_boolean_with_another_value_is_refused(capsys: pytest.CaptureFixture[str]) -> None:

@@ -29,6 +29,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "limit_request_header_count": ("--limit-request-fields",),
     "limit_request_field_size": ("--limit-request-field_size",),
     "limit_request_headers": ("--h11-max-incomplete-event-size",),
+    "ssl_min_version": ("--ssl-version",),
 }
 #: values other servers take for a setting's choices, and ours they mean
 VALUE_ALIASES: dict[str, dict[str, str]] = {
@@ -36,12 +37,18 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
     "interface": {"asgi3": "asgi"},
     "http": {"h11": "auto", "httptools": "auto"},  # uvicorn's HTTP/1.1 implementations
     "ws_implementation": {"websockets": "auto", "wsproto": "auto"},  # uvicorn's WebSocket implementations
+    # uvicorn's and gunicorn's --ssl-version: an ssl.PROTOCOL_* number or name (TLS, TLS_SERVER: negotiate the
+    # best; TLSv1_2, TLSv1_3: that one at least)
+    "ssl_min_version": {"2": "1.2", "17": "1.2", "tls": "1.2", "tls_server": "1.2", "5": "1.2", "tlsv1_2": "1.2",
+                        "tlsv1_3": "1.3"},
 }
 #: why such a value is taken as ours (a note on stderr when it is used)
 VALUE_NOTES = {
     "http": "tidegate parses HTTP/1.1 itself (httptools, strict): --http {value} is taken as --http auto "
             "(HTTP/1.1 and HTTP/2)",
     "ws_implementation": "tidegate speaks WebSocket itself: --ws {value} is taken as --ws auto",
+    "ssl_min_version": "--ssl-version {value} is taken as the oldest TLS version accepted (--ssl-min-version); "
+                       "TLS 1.0 and 1.1 are never accepted",
 }
 #: booleans that uvicorn takes with a value (--ws-per-message-deflate false)
 _VALUED_BOOLEANS = ("--ws-per-message-deflate",)
