@@ -38,7 +38,11 @@ __all__ = [
 
 
 class ConfigError(ValueError):
-    """A setting has a value it cannot take; the message names the setting."""
+    """A setting is unknown or has a value it cannot take; the message names the setting.
+
+    Settings read from the environment or a config file also say where they were set
+    (``environment variable TIDEGATE_PORT: port must be an integer, not 'abc'``).  The command line reports it as
+    a usage error, exit code 2.  A ``ValueError``."""
 
 
 def setting(default: Any, help: str, *, metavar: str | None = None, choices: tuple[str, ...] = (),
@@ -447,7 +451,40 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
 
 @dataclass(frozen=True)
 class Config:
-    """The whole configuration: one frozen group per concern."""
+    """The whole configuration: one frozen group of settings per concern.
+
+    Every setting is declared once, in its group; its command line flag, its ``TIDEGATE_*`` environment variable
+    and its config file key come from that declaration.  The flat name of a setting is its group's prefix and its
+    field's name: ``config.timeouts.keep_alive`` is ``timeout_keep_alive``, the flag ``--timeout-keep-alive``;
+    ``config.websocket.max_size`` is ``ws_max_size``; ``config.bind.port`` is ``port``.  Build one from flat names
+    with ``Config.from_flat``; a Config is plain, frozen data that pickles (worker processes receive it), and it
+    is checked whole when built: a bad value raises ``ConfigError``.
+
+    Attributes:
+        app: What to serve: ``app``, ``factory``, ``app_dir``, ``root_path``, ``lifespan``, ``loop``.
+        bind: Where to listen: ``host``, ``port``, ``uds``, ``fd``, ``backlog``, ``bind``, ``uds_permissions``.
+        http: How responses look: ``server_header``, ``date_header``, ``headers`` (the ``--header`` flag).
+        timeouts: Deadlines in seconds, prefix ``timeout_``: ``keep_alive``, ``graceful_shutdown``,
+            ``worker_healthcheck``, ``request_header``, ``request_body``, ``write``, ``tls_handshake``,
+            ``ws_handshake``.
+        limits: Sizes in bytes and counts, prefix ``limit_``: ``request_buffer``, ``pipeline_depth``,
+            ``request_line``, ``request_headers``, ``request_header_count``, ``request_field_size``,
+            ``request_body``, ``concurrency``, ``connections``.
+        logging: What is logged: ``log_level``, ``access_log``, ``log_config``, ``access_log_format``,
+            ``access_log_json``, ``access_logfile``, ``error_logfile``, ``use_colors``.
+        proxy: Behind a reverse proxy: ``proxy_headers``, ``forwarded_allow_ips``.
+        workers: Worker processes: ``workers``, ``max_requests``, ``max_requests_jitter``.
+        reload: Development reload: ``reload``, ``reload_dirs``, ``reload_includes``, ``reload_excludes``,
+            ``reload_delay`` (the flags ``--reload-dir``, ``--reload-include``, ``--reload-exclude``).
+        metrics: Prometheus metrics, prefix ``metrics_``: ``bind``.
+        sync: WSGI apps and the blocked-loop detector: ``interface``, ``threads``, ``warn_blocking``.
+        websocket: WebSocket, prefix ``ws_``: ``max_size``, ``ping_interval``, ``ping_timeout``, ``max_queue``,
+            ``close_timeout``, ``per_message_deflate``, ``implementation`` (the ``--ws`` flag).
+        protocols: Which HTTP versions to speak: ``http``.
+        h2: HTTP/2, prefix ``h2_``: ``max_concurrent_streams``, ``max_header_list_size``.
+        tls: TLS, prefix ``ssl_``: ``certfile``, ``keyfile``, ``keyfile_password``, ``ca_certs``, ``cert_reqs``,
+            ``ciphers``, ``min_version``.
+    """
 
     app: AppSettings = field(default_factory=AppSettings)
     bind: BindSettings = field(default_factory=BindSettings)
@@ -475,22 +512,60 @@ class Config:
 
     @classmethod
     def from_flat(cls, **settings: Any) -> Config:
-        """Build a Config from flat keys as the CLI spells them (``port=0``, ``timeout_keep_alive=2.0``).
+        """Build a Config from flat setting names, as the command line spells them with ``_`` for ``-``.
 
-        A value of the wrong type is a ConfigError naming the setting (an int serves for a float, a list of
-        strings for a tuple)."""
+        Settings not given keep their defaults.  An int serves for a float, a list of strings for a tuple.
+
+        Args:
+            **settings: Flat settings: ``port=0``, ``timeout_keep_alive=2.0``, ``bind=["unix:/run/app.sock"]``.
+
+        Returns:
+            The configuration, checked whole.
+
+        Raises:
+            ConfigError: A setting is unknown, or has a value of the wrong type or out of its bounds; the message
+                names it.
+
+        Example:
+            ```python
+            config = Config.from_flat(app="myproject.asgi:application", port=8080, workers=4)
+            assert config.workers.workers == 4
+            ```
+        """
         grouped = _grouped(settings)
         return cls(**{name: kind(**grouped.get(name, {})) for name, kind in GROUPS})
 
     def replace(self, **settings: Any) -> Config:
-        """A copy with some flat settings changed."""
+        """A copy with some settings changed; the Config itself is frozen.
+
+        Args:
+            **settings: Flat settings, as ``from_flat`` takes them.
+
+        Returns:
+            The new configuration, checked whole.
+
+        Raises:
+            ConfigError: A setting is unknown or has a value it cannot take.
+        """
         groups = {g: dataclasses.replace(getattr(self, g), **c) for g, c in _grouped(settings).items()}
         return dataclasses.replace(self, **groups)
 
     @classmethod
     def for_run(cls, app: object, config: Config | None, settings: dict[str, Any]) -> Config:
-        """The settings of ``run(app, config=..., **settings)``: ``config`` with ``settings`` changed, or (without
-        one) a Config from ``settings``, whose ``app`` is ``app`` when that is an import string."""
+        """The settings ``tidegate.run(app, config=..., **settings)`` serves with.
+
+        Args:
+            app: What ``run`` was given to serve: an import string becomes the ``app`` setting (unless ``config``
+                is given); a callable is served as it is and leaves the setting alone.
+            config: The configuration to start from, if any.
+            settings: Flat settings to change.
+
+        Returns:
+            ``config`` with ``settings`` changed or, without one, a Config from ``settings`` and ``app``.
+
+        Raises:
+            ConfigError: A setting is unknown or has a value it cannot take.
+        """
         if config is not None:
             return config.replace(**settings) if settings else config
         if isinstance(app, str):

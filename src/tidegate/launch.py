@@ -31,10 +31,34 @@ def run_config(config: Config, app: Any = None) -> int:
 
 
 def run(app: Any = None, *, config: Config | None = None, **settings: Any) -> None:
-    """Serve an app until SIGINT/SIGTERM; raise ``SystemExit`` with a non-zero code on failure.
+    """Serve an app as the ``tidegate`` command does, until SIGINT or SIGTERM stops it gracefully.
 
-    ``app`` is an ASGI callable or a ``"module:attribute"`` string; ``settings`` are flat setting names as the
-    CLI spells them (``port=8080``, ``timeout_keep_alive=10``, ``workers=4``).
+    It blocks, and returns once the server has shut down cleanly.  With ``workers``, ``max_requests``, ``reload`` or
+    ``metrics_bind`` it runs the supervisor and its worker processes, each of which imports the app itself: ``app``
+    must then be an import string.
+
+    Args:
+        app: The application: an ASGI 3 callable (an ASGI 2 class or a WSGI callable is recognised, as
+            ``--interface auto`` does), or an import string ``"module:attribute"``.  With ``config``, an import
+            string here is not read: the ``app`` setting of ``config`` names the app to import.
+        config: The settings to start from, for instance a ``Config.from_flat(...)``; ``settings`` change some of
+            them.  Without it, the defaults.
+        **settings: Settings named as the command line flags, with ``_`` for ``-``: ``port=8080``,
+            ``timeout_keep_alive=10``, ``workers=4``, ``proxy_headers=True``.
+
+    Raises:
+        SystemExit: The server could not start or stopped on an error; its ``code`` is the command line's exit
+            code: ``1`` the app could not be imported, ``3`` its lifespan startup failed, ``4`` a listener's
+            address is already in use, ``2`` another setting could not be applied (a TLS file that cannot be read).
+        ConfigError: A setting is unknown or has a value it cannot take, or the app is a callable where the
+            settings need an import string.
+
+    Example:
+        ```python
+        import tidegate
+
+        tidegate.run("myproject.asgi:application", port=8080, workers=4)
+        ```
     """
     code = run_config(Config.for_run(app, config, settings), app=None if isinstance(app, str) else app)
     if code:

@@ -161,13 +161,43 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
                 prepare: Callable[[ServerContext], None] | None = None, metrics: Metrics | None = None) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
 
-    ``on_request`` is called once per request, whatever the protocol; when it returns True that request is the last
-    its connection carries (``--max-requests``).  ``prepare`` sees the server's context once it is built.
-    ``metrics`` counts every response, the server's own answers and those cut short included.
+    A coroutine for an event loop you run yourself; it installs no signal handlers and starts no worker processes
+    (``tidegate.run`` does both).  Lifespan startup runs before the first connection is accepted; lifespan shutdown
+    runs on every exit path once startup succeeded.  Shutting down closes the listeners and idle connections, lets
+    requests in flight finish for up to ``config.timeouts.graceful_shutdown`` seconds, then cancels them.
+    Cancelling the task that awaits ``serve`` stops at once (lifespan shutdown still runs).
 
-    Lifespan startup runs before the first connection is accepted; a failure raises
-    :class:`~tidegate.runtime.lifespan.LifespanFailure` and nothing is served.  Lifespan shutdown runs on every
-    exit path once startup succeeded.
+    Args:
+        app: The ASGI application (an ASGI 2 class or a WSGI callable is served through an adapter, as
+            ``config.sync.interface`` says).
+        config: The settings; ``config.app.app`` is not used, since the app is given.
+        sockets: Listening sockets to serve instead of binding the addresses ``config`` names.
+        shutdown_trigger: Awaited once serving has begun; when it completes, the server shuts down gracefully.
+        on_started: Called with the listening sockets once they accept connections (with ``port=0``, the port is
+            ``sockets[0].getsockname()[1]``).
+        on_request: Called once per request, whatever the protocol; when it returns True that request is the last
+            its connection carries (``--max-requests``).
+        prepare: Called with the server's context once it is built (used by the worker processes).
+        metrics: Counts every response, the server's own answers and those cut short included
+            (``--metrics-bind``).
+
+    Raises:
+        tidegate.runtime.lifespan.LifespanFailure: The app's lifespan startup failed; nothing was served.
+        ConfigError: A setting cannot be applied: a TLS certificate or key that cannot be loaded, an address
+            that cannot be bound.
+
+    Example:
+        ```python
+        import asyncio
+        import tidegate
+
+        async def main() -> None:
+            stop = asyncio.Event()  # set it to stop the server
+            config = tidegate.Config.from_flat(port=8080)
+            await tidegate.serve(app, config, shutdown_trigger=stop.wait)
+
+        asyncio.run(main())
+        ```
     """
     loop = asyncio.get_running_loop()
     sync = config.sync
