@@ -60,7 +60,10 @@ def _colors_wanted(use_colors: bool | None, handler: logging.Handler) -> bool:
 def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = None,
                   use_colors: bool | None = None, worker: int | None = None) -> None:
     """tidegate's loggers; a worker process's server lines carry ``[worker N]`` (its access lines do not: their
-    format is the user's)."""
+    format is the user's).
+
+    At ``debug`` the server logs each connection's open, protocol and close lines (``tidegate.error``); at
+    ``trace`` also every ASGI message (``tidegate.asgi``, which takes its level from ``tidegate``)."""
     handler = _stream(error_logfile)
     who = "" if worker is None else f"[worker {worker}] "
     if _colors_wanted(use_colors, handler):
@@ -74,6 +77,10 @@ def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = N
         logger.handlers[:] = [handler] if name == "tidegate" else []
         logger.setLevel(LEVELS[level])
         logger.propagate = name != "tidegate"
+    asgi = logging.getLogger("tidegate.asgi")
+    asgi.handlers[:] = []
+    asgi.setLevel(logging.NOTSET)
+    asgi.propagate = True
     access = logging.getLogger("tidegate.access")
     access.handlers[:] = []
     access.setLevel(LEVELS[level] if access_log else logging.CRITICAL + 1)

@@ -27,7 +27,7 @@ from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
 from .tls import with_tls
 
-__all__ = ["ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
+__all__ = ["ConnectionLog", "ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
            "connection_info", "cut", "log_access", "log_cut", "log_refused"]
 
 logger = logging.getLogger("tidegate.error")
@@ -198,11 +198,60 @@ class ConnectionRegistry:
         return cancelled
 
 
+class ConnectionLog:
+    """``--log-level debug``: a line when a connection opens (its addresses, TLS or not), one for each protocol it
+    comes to speak, and one when it closes (how long it lived, and why).  Each starts with the client's address, as
+    the access lines do.  Made only while the server logs at debug level (``ctx.debug``)."""
+
+    __slots__ = ("_open",)
+
+    def __init__(self) -> None:
+        #: each open connection's transport → (when it opened, its client's address as text)
+        self._open: dict[asyncio.BaseTransport, tuple[float, str]] = {}
+
+    def opened(self, transport: asyncio.BaseTransport) -> str:
+        """A connection opened: its line; returns its client's address as text (for :meth:`protocol`)."""
+        peer = address(transport.get_extra_info("peername"))
+        client = f"{peer[0]}:{peer[1]}" if peer else "-"
+        self._open[transport] = (perf_counter(), client)
+        sock = transport.get_extra_info("sockname")
+        local = address(sock)
+        if local is not None:
+            where = f"{local[0]}:{local[1]}"
+        else:
+            where = f"unix:{sock.decode() if isinstance(sock, bytes) else sock}"
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is None:
+            security = "cleartext"
+        else:
+            alpn = ssl_object.selected_alpn_protocol()
+            security = f"{ssl_object.version()}, " + (f"ALPN {alpn}" if alpn else "no ALPN")
+        logger.debug("%s - connection opened on %s (%s)", client, where, security)
+        return client
+
+    @staticmethod
+    def protocol(client: str, name: str) -> None:
+        """The protocol a connection (or an HTTP/2 stream) speaks from now on."""
+        logger.debug("%s - protocol: %s", client, name)
+
+    def closed(self, transport: asyncio.BaseTransport, exc: Exception | None, why: str, streams: int = -1) -> None:
+        """A connection closed: how long it lived, the streams it carried (HTTP/2) and why (``exc``, else
+        ``why``)."""
+        opened = self._open.pop(transport, None)
+        if opened is None:
+            return
+        started, client = opened
+        count = "" if streams < 0 else f", {streams} stream{'' if streams == 1 else 's'}"
+        if exc is not None:
+            why = f"{type(exc).__name__}: {exc}"
+        logger.debug("%s - connection closed after %.3fs%s: %s", client, perf_counter() - started, count, why)
+
+
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("access_line", "app", "config", "connect_protocol", "defaults", "extensions", "h2", "limits",
-                 "logging", "loop", "metrics", "on_request", "prior_knowledge", "recording", "registry",
+    __slots__ = ("access_line", "app", "config", "connect_protocol", "debug", "defaults", "extensions", "h2",
+                 "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "recording", "registry",
                  "request_limits", "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
@@ -240,6 +289,9 @@ class ServerContext:
         #: the Prometheus counters (--metrics-bind), and whether each response is recorded (access line, metrics)
         self.metrics = metrics
         self.recording = config.logging.access_log or metrics is not None
+        #: the connections' open, protocol and close lines, while the server logs at debug level as it starts
+        #: (None otherwise: a connection then costs one test of this)
+        self.debug = ConnectionLog() if logger.isEnabledFor(logging.DEBUG) else None
 
     @property
     def connections(self) -> set[Driver]:

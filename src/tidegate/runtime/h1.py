@@ -184,6 +184,8 @@ class H1Driver(asyncio.Protocol):
             self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ctx.debug is not None:
+            self.ctx.debug.closed(self.transport, exc, self._why_closed())
         self._lost = True
         if self._timer is not None:
             self._timer.cancel()
@@ -196,6 +198,24 @@ class H1Driver(asyncio.Protocol):
         self.pipeline.clear()
         self.writes.connection_lost()
         self.ctx.registry.discard(self)
+
+    def _why_closed(self) -> str:
+        """Why the connection closed, as far as its state tells (for the debug line)."""
+        if self._eof:
+            return "client closed"
+        if self._closing_since:
+            return "closed after an error response"
+        if self.shutting_down:
+            return "server shutting down"
+        if self._phase == _IDLE:
+            if self.ctx.loop.time() - self._idle_since >= self.ctx.timeouts.keep_alive:
+                return "keep-alive timeout"
+            return "client closed"
+        if self._phase == _HEAD:
+            return "client closed during a request head"
+        if not self.conn.keep_alive:
+            return "closed after a response (connection: close)"
+        return "closed during a request"
 
     def data_received(self, data: bytes) -> None:
         for event in self.conn.receive_data(data):

@@ -437,6 +437,8 @@ class H2Driver(asyncio.Protocol):
             self._upgrade = None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ctx.debug is not None:
+            self.ctx.debug.closed(self.transport, exc, self._why_closed(), (self.conn.last_stream_id + 1) // 2)
         self._lost = True
         for timer in (self._timer, self._reset_timer):
             if timer is not None:
@@ -447,6 +449,18 @@ class H2Driver(asyncio.Protocol):
         for stream in list(self.streams.values()):
             stream.on_reset()
         self.ctx.registry.discard(self)
+
+    def _why_closed(self) -> str:
+        """Why the connection closed, as far as its state tells (for the debug line)."""
+        if self.conn.closed:
+            return "closed after a connection error (GOAWAY sent)"
+        if self.shutting_down:
+            return "server shutting down"
+        if self.conn.peer_going_away:
+            return "client sent GOAWAY"
+        if self._closing:
+            return "keep-alive timeout"
+        return "client closed"
 
     def data_received(self, data: bytes) -> None:
         if self._closing:
@@ -573,6 +587,10 @@ class H2Driver(asyncio.Protocol):
             if self.ctx.recording:
                 log_refused(self.ctx, self.info, 501, size, head=(request.method, request.target, "2"))
             return
+        if self.ctx.debug is not None:
+            target = escape_log(request.target.decode("latin-1"))
+            self.ctx.debug.protocol(self._client_text(),
+                                    f"WebSocket over HTTP/2 (stream {request.stream_id}, {target})")
         websocket = H2WebSocket(self, request)
         self.streams[websocket.id] = websocket
         websocket.start()

@@ -18,9 +18,10 @@ import binascii
 import re
 from collections.abc import Callable
 
+from ..asgi.http import escape_log
 from ..config import Config
 from ..protocol.events import Request
-from .context import Handover, PrefaceHandler, ServerContext, UpgradeHandler
+from .context import Handover, PrefaceHandler, ServerContext, UpgradeHandler, client_text
 from .h1 import H1Driver
 from .h2 import H2Driver
 from .ws import WebSocketDriver
@@ -52,11 +53,15 @@ def upgrade_websocket(h1: Handover, request: Request, trailing: bytes) -> None:
     if _body_length(request):
         h1.refuse(400, "a WebSocket handshake has no body", request)
         return
+    if h1.ctx.debug is not None:
+        h1.ctx.debug.protocol(client_text(h1.info), f"WebSocket over HTTP/1.1 ({_request_text(request)})")
     h1.hand_over(WebSocketDriver(h1.ctx, h1.info, request), trailing)
 
 
 def prior_knowledge(h1: Handover, data: bytes) -> None:
     """A cleartext connection opened with the HTTP/2 preface: hand it to an HTTP/2 driver."""
+    if h1.ctx.debug is not None:
+        h1.ctx.debug.protocol(client_text(h1.info), "HTTP/2 with prior knowledge")
     h1.hand_over(H2Driver(h1.ctx), data)
 
 
@@ -83,7 +88,13 @@ def upgrade_h2c(h1: Handover, request: Request, trailing: bytes) -> None:
     headers = [(name, value) for name, value in request.headers if name not in _UPGRADE_FIELDS]
     upgraded = Request(request.method, request.target, "2", headers, True, request.expect_continue, 1, None,
                        request.trailers)
+    if h1.ctx.debug is not None:
+        h1.ctx.debug.protocol(client_text(h1.info), f"HTTP/2 by h2c upgrade ({_request_text(request)})")
     h1.hand_over(H2Driver(h1.ctx, (upgraded, payload, body_length)), trailing, head=_SWITCHING)
+
+
+def _request_text(request: Request) -> str:
+    return escape_log(f"{request.method.decode('latin-1')} {request.target.decode('latin-1')}")
 
 
 def handlers(config: Config) -> tuple[dict[bytes, UpgradeHandler], PrefaceHandler | None]:
@@ -112,6 +123,33 @@ class _ALPNChooser(asyncio.Protocol):
         mode = self.ctx.config.protocols.http
         h2 = mode == "2" or (alpn == "h2" and mode == "auto")
         driver: asyncio.Protocol = H2Driver(self.ctx) if h2 else H1Driver(self.ctx)
+        debug = self.ctx.debug
+        if debug is not None:
+            name = "HTTP/2" if h2 else "HTTP/1.1"
+            debug.protocol(debug.opened(transport), f"{name} by ALPN" if alpn else f"{name} (no ALPN)")
+        transport.set_protocol(driver)
+        driver.connection_made(transport)
+
+
+class _Opening(asyncio.Protocol):
+    """A cleartext connection's first protocol while the server logs at debug level: log it, then hand it to its
+    driver (without debug logging a listener makes the driver directly)."""
+
+    def __init__(self, ctx: ServerContext, h2: bool) -> None:
+        self.ctx = ctx
+        self.h2 = h2
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ctx = self.ctx
+        assert ctx.debug is not None
+        client = ctx.debug.opened(transport)
+        driver: asyncio.Protocol
+        if self.h2:
+            ctx.debug.protocol(client, "HTTP/2 with prior knowledge (--http 2)")
+            driver = H2Driver(ctx)
+        else:
+            ctx.debug.protocol(client, "HTTP/1.1")
+            driver = H1Driver(ctx)
         transport.set_protocol(driver)
         driver.connection_made(transport)
 
@@ -125,6 +163,9 @@ def connection_factory(ctx: ServerContext, tls: bool) -> Callable[[], asyncio.Pr
     """The protocol factory for a listener: by ALPN over TLS, else HTTP/1.1 (which may hand over) or HTTP/2."""
     if tls:
         return lambda: _ALPNChooser(ctx)
+    if ctx.debug is not None:
+        h2 = ctx.config.protocols.http == "2"
+        return lambda: _Opening(ctx, h2)
     if ctx.config.protocols.http == "2":
         return lambda: H2Driver(ctx)
     return lambda: H1Driver(ctx)

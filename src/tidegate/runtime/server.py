@@ -17,6 +17,7 @@ from ..asgi.http import ASGIApp
 from ..config import Config
 from ..metrics import Metrics
 from ..middleware.asgi2 import ASGI2Middleware, is_asgi2_app
+from ..middleware.trace import TraceMiddleware, tracing
 from ..middleware.wsgi import WSGIMiddleware, is_wsgi_app
 from ..protocol.http1 import ResponseDefaults
 from . import negotiate
@@ -71,7 +72,7 @@ class Listeners:
 
     def close(self) -> None:
         """Stop accepting for good (and close the sockets, as an asyncio server closes its own)."""
-        self.pause_accepting()
+        self._stop_accepting()
         if self._retry is not None:
             self._retry.cancel()
         for server in self._servers:
@@ -96,7 +97,7 @@ class Listeners:
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     # out of descriptors or memory: the backlog keeps the connection, try again in a second
                     logger.error("cannot accept a connection (%s): trying again in 1 s", exc)
-                    self.pause_accepting()
+                    self._stop_accepting()
                     self._retry = self.loop.call_later(1.0, self._retry_accepting)
                     return
                 continue  # that connection was reset before it was accepted
@@ -122,9 +123,13 @@ class Listeners:
 
     def pause_accepting(self) -> None:
         if self.accepting:
-            self.accepting = False
             logger.debug("%d connections open (--limit-connections): not accepting more for now",
                          len(self.registry.connections))
+            self._stop_accepting()
+
+    def _stop_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
             for sock in self._sockets:
                 self.loop.remove_reader(sock)
 
@@ -211,6 +216,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         from ..middleware.proxy_headers import ProxyHeadersMiddleware
 
         app = ProxyHeadersMiddleware(app, config.proxy.forwarded_allow_ips)
+    if tracing():
+        app = TraceMiddleware(app)  # outermost: the messages as the server sends and receives them
     listeners = Listeners(loop, config)
     upgrades, prior_knowledge = negotiate.handlers(config)
     ctx = ServerContext(app, config, loop, registry=listeners.registry, upgrades=upgrades,

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, switching_protocols
+from ..protocol.websocket import CLOSED, CONNECTING
 from .context import ServerContext, client_text, cut
 from .websocket import WebSocketChannel
 from .writes import WriteBuffer
@@ -63,6 +64,11 @@ class WebSocketDriver(asyncio.Protocol):
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.ctx.debug is not None:
+            state = self.channel.session.state
+            why = ("after the closing handshake" if state == CLOSED else "handshake not accepted"
+                   if state == CONNECTING else "without a closing handshake")
+            self.ctx.debug.closed(self.transport, exc, why)
         self._lost = True
         self.writes.connection_lost()
         self.channel.lost()
