@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import atexit
-import contextlib
 import dataclasses
 import os
 import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, startup
 from .config import GROUPS, Config, ConfigError
 from .sources import render, resolve
 
@@ -162,6 +160,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
         settings["headers"] = tuple(settings["headers"])
     config_file, print_config = settings.pop("config"), settings.pop("print_config")
     env_file, chdir, pid_file = settings.pop("env_file"), settings.pop("chdir"), settings.pop("pid")
+    startup.remember_start()  # for a binary upgrade (SIGUSR2) to start the same command again
     try:
         if chdir is not None:
             try:
@@ -216,21 +215,12 @@ def load_env_file(path: str, environ: MutableMapping[str, str] | None = None) ->
 
 
 def write_pid_file(path: str) -> None:
-    """Write this process's id to ``path``, removed when this process exits (not when a worker does)."""
-    pid = os.getpid()
+    """Write this process's id to ``path``, removed when this process exits (not when a worker does, nor once the
+    next generation of a binary upgrade has written its own)."""
     try:
-        with open(path, "w", encoding="ascii") as file:
-            file.write(f"{pid}\n")
+        startup.write_pid_file(path)
     except OSError as exc:
         raise SystemExit(f"tidegate: error: --pid {path}: {exc.strerror}") from None
-    full = os.path.abspath(path)
-
-    def remove() -> None:
-        if os.getpid() == pid:
-            with contextlib.suppress(OSError):
-                os.unlink(full)
-
-    atexit.register(remove)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "ConfigError",
     "HTTP2Settings",
     "HTTPSettings",
+    "HealthSettings",
     "LimitSettings",
     "LoggingSettings",
     "MetricsSettings",
@@ -296,6 +297,33 @@ class WorkerSettings:
     max_requests_jitter: int = setting(
         0, "Add a random 0..N to each worker's --max-requests, so they do not all retire at once.", metavar="N",
         bound=">=0")
+    workers_max_rss: int | None = setting(
+        None, "A worker whose resident memory (RSS) passes this many MiB (read every second) retires "
+        "gracefully and is replaced [default: no limit].", metavar="MIB", bound=">0")
+    workers_lifetime: float | None = setting(
+        None, "A worker retires gracefully (and is replaced) once it has served this long, plus up to a tenth more "
+        "at random so they do not all retire at once [default: no limit].", metavar="SECONDS", bound=">0")
+
+
+@dataclass(frozen=True)
+class HealthSettings:
+    """Behind a load balancer."""
+
+    PREFIX = ""
+    health_path: str | None = setting(
+        None, "Answer this path (GET or HEAD, any query) from the server itself, never the app: 200 while serving, "
+        "503 once shutting down (from the start of --shutdown-delay) [default: off].", metavar="PATH")
+    health_log: bool = setting(
+        False, "Record the health path's answers as app traffic (access lines, metrics); by default they are not.")
+    shutdown_delay: float = setting(
+        0.0, "On SIGTERM, go on serving this long, the health path answering 503, so a load balancer stops sending "
+        "new requests, before the listeners close and the graceful shutdown begins.", metavar="SECONDS", bound=">=0")
+
+    def validate(self) -> None:
+        path = self.health_path
+        if path is not None and (not path.startswith("/") or not path.isascii() or any(
+                c in path for c in "?# ") or not path.isprintable()):
+            raise ConfigError(f"health_path must be a path starting with '/' (ASCII, no query), not {path!r}")
 
 
 @dataclass(frozen=True)
@@ -439,6 +467,7 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("logging", LoggingSettings),
     ("proxy", ProxySettings),
     ("workers", WorkerSettings),
+    ("health", HealthSettings),
     ("reload", ReloadSettings),
     ("metrics", MetricsSettings),
     ("sync", SyncSettings),
@@ -473,7 +502,9 @@ class Config:
         logging: What is logged: ``log_level``, ``access_log``, ``log_config``, ``access_log_format``,
             ``access_log_json``, ``access_logfile``, ``error_logfile``, ``use_colors``.
         proxy: Behind a reverse proxy: ``proxy_headers``, ``forwarded_allow_ips``.
-        workers: Worker processes: ``workers``, ``max_requests``, ``max_requests_jitter``.
+        workers: Worker processes: ``workers``, ``max_requests``, ``max_requests_jitter``, ``workers_max_rss``
+            (in MiB, as granian's), ``workers_lifetime``.
+        health: Behind a load balancer: ``health_path``, ``health_log``, ``shutdown_delay``.
         reload: Development reload: ``reload``, ``reload_dirs``, ``reload_includes``, ``reload_excludes``,
             ``reload_delay`` (the flags ``--reload-dir``, ``--reload-include``, ``--reload-exclude``).
         metrics: Prometheus metrics, prefix ``metrics_``: ``bind``.
@@ -494,6 +525,7 @@ class Config:
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
     workers: WorkerSettings = field(default_factory=WorkerSettings)
+    health: HealthSettings = field(default_factory=HealthSettings)
     reload: ReloadSettings = field(default_factory=ReloadSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     sync: SyncSettings = field(default_factory=SyncSettings)

@@ -10,18 +10,20 @@ __all__ = ["run", "run_config", "uses_supervisor"]
 
 
 def uses_supervisor(config: Config) -> bool:
-    """Worker processes (also for --max-requests alone), reload and the metrics endpoint are run by a
-    supervising parent process."""
-    return (config.workers.workers is not None or config.workers.max_requests > 0 or config.reload.reload
-            or config.metrics.bind is not None)
+    """Worker processes (also for --max-requests, --workers-max-rss or --workers-lifetime alone), reload and the
+    metrics endpoint are run by a supervising parent process."""
+    workers = config.workers
+    return (workers.workers is not None or workers.max_requests > 0 or workers.workers_max_rss is not None
+            or workers.workers_lifetime is not None or config.reload.reload or config.metrics.bind is not None)
 
 
 def run_config(config: Config, app: Any = None) -> int:
     """Serve as ``config`` says; return the process exit code."""
     if uses_supervisor(config):
         if app is not None:
-            raise ConfigError("workers, max_requests, reload and metrics_bind need the app as an import string "
-                              "('module:attr'), since each worker process imports it")
+            raise ConfigError("workers, max_requests, workers_max_rss, workers_lifetime, reload and metrics_bind "
+                              "need the app as an import string ('module:attr'), since each worker process "
+                              "imports it")
         from .supervisor import supervise
 
         return supervise(config)

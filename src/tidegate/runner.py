@@ -85,8 +85,14 @@ def run_config(config: Config, app: Any = None) -> int:
         logger.warning("SIGHUP ignored: re-reading the config file needs the supervisor (run with --workers 1); "
                        "still serving with the same settings")
 
+    def on_upgrade() -> None:
+        # starting a new generation on the same sockets is the supervisor's work; here SIGUSR2 does not stop
+        logger.warning("SIGUSR2 ignored: a binary upgrade needs the supervisor (run with --workers 1); still "
+                       "serving")
+
     installed = []
-    for sig, handler in ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hangup)):
+    for sig, handler in ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hangup),
+                         (signal.SIGUSR2, on_upgrade)):
         try:
             loop.add_signal_handler(sig, handler)
             installed.append(sig)

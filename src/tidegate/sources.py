@@ -41,7 +41,7 @@ __all__ = ["ENV_PREFIX", "Reassembly", "Resolved", "env_name", "find_config_file
 
 ENV_PREFIX = "TIDEGATE_"
 #: environment variables that are not settings
-_ENV_META = {"TIDEGATE_CONFIG"}
+_ENV_META = {"TIDEGATE_CONFIG", "TIDEGATE_INHERIT_FDS", "TIDEGATE_INHERIT_PID"}  # binary upgrade
 #: the variables other servers read, for the setting they stand for (below every tidegate source)
 _FIELD_ENV = {"WEB_CONCURRENCY": "workers", "FORWARDED_ALLOW_IPS": "forwarded_allow_ips"}
 #: how a Kubernetes service link variable's value begins

@@ -25,6 +25,7 @@ from ..config import Config
 from ..metrics import Metrics
 from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
+from .health import HealthCheck
 from .tls import with_tls
 
 __all__ = ["ConnectionLog", "ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
@@ -250,7 +251,7 @@ class ConnectionLog:
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("access_line", "app", "config", "connect_protocol", "debug", "defaults", "extensions", "h2",
+    __slots__ = ("access_line", "app", "config", "connect_protocol", "debug", "defaults", "extensions", "h2", "health",
                  "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "recording", "registry",
                  "request_limits", "state", "timeouts", "upgrades", "websocket")
 
@@ -289,6 +290,8 @@ class ServerContext:
         #: the Prometheus counters (--metrics-bind), and whether each response is recorded (access line, metrics)
         self.metrics = metrics
         self.recording = config.logging.access_log or metrics is not None
+        #: --health-path, answered by the server itself (None: off, and a request costs one test of this)
+        self.health = HealthCheck(config.health) if config.health.health_path is not None else None
         #: the connections' open, protocol and close lines, while the server logs at debug level as it starts
         #: (None otherwise: a connection then costs one test of this)
         self.debug = ConnectionLog() if logger.isEnabledFor(logging.DEBUG) else None

@@ -21,6 +21,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_cut, log_refused
+from .health import HealthCheck
 from .writes import WriteBuffer, copy_file
 
 __all__ = ["H1Driver"]
@@ -301,6 +302,9 @@ class H1Driver(asyncio.Protocol):
 
     def _start(self, exchange: HTTPExchange, request: Request) -> None:
         ctx = self.ctx
+        if ctx.health is not None and ctx.health.matches(request.target):
+            self._start_health(exchange, request, ctx.health)
+            return
         limited = ctx.registry.concurrency_limit is not None
         if limited and not self._admit(exchange):
             return
@@ -311,6 +315,14 @@ class H1Driver(asyncio.Protocol):
         if ctx.recording:
             self._started_at = perf_counter()
         self.task = ctx.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
+
+    def _start_health(self, exchange: HTTPExchange, request: Request, health: HealthCheck) -> None:
+        """--health-path: the server answers, as the request's app; neither --max-requests nor
+        --limit-concurrency counts it, and it is recorded only with --health-log."""
+        self.current = exchange
+        self.current_request = request
+        self._started_at = perf_counter() if health.log else -1.0
+        self.task = self.ctx.loop.create_task(exchange.run(health))
 
     def _admit(self, exchange: HTTPExchange) -> bool:
         """--limit-concurrency: run the request now, or answer 503 (the app does not see it) and close."""
@@ -595,7 +607,8 @@ class H1Driver(asyncio.Protocol):
             self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
-        log_access(self.ctx, self.info, exchange, self._started_at)
+        if self._started_at >= 0.0:  # else a health check's answer, not recorded
+            log_access(self.ctx, self.info, exchange, self._started_at)
 
     def _client_text(self) -> str:
         return client_text(self.info)
@@ -665,7 +678,7 @@ class H1Driver(asyncio.Protocol):
 
     def response_cut(self) -> None:
         current = self.current
-        if current is not None:
+        if current is not None and self._started_at >= 0.0:
             log_cut(self.ctx, self.info, current, self._started_at)
 
     def abort(self) -> None:

@@ -37,6 +37,7 @@ from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Re
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
 from .context import ServerContext, client_text, connection_info, cut, log_access, log_cut, log_refused
+from .health import HealthCheck
 from .websocket import WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file
 
@@ -133,6 +134,13 @@ class H2Stream:
         finally:
             self.driver._stream_finished(self)
 
+    async def run_health(self, health: HealthCheck) -> None:
+        """The health path: the server's own answer instead of the app."""
+        try:
+            await self.exchange.run(health)
+        finally:
+            self.driver._stream_finished(self)
+
     # ------------------------------------------------------------------ from the driver
 
     def on_data(self, data: bytes) -> None:
@@ -185,12 +193,13 @@ class H2Stream:
 
     def response_done(self) -> None:
         driver = self.driver
-        if driver.ctx.recording:
+        if driver.ctx.recording and self.started_at >= 0.0:  # else a health check's answer, not recorded
             driver.log_access(self)
 
     def response_cut(self) -> None:
-        driver = self.driver
-        log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
+        if self.started_at >= 0.0:
+            driver = self.driver
+            log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.driver.conn.informational(self.id, status, headers)
@@ -526,6 +535,9 @@ class H2Driver(asyncio.Protocol):
             self._on_extended_connect(request)
             return
         ctx = self.ctx
+        if ctx.health is not None and ctx.health.matches(request.target):
+            self._start_health(request, ctx.health)
+            return
         limited = ctx.registry.concurrency_limit is not None
         if limited and not ctx.registry.admit_request():
             self._busy(request)
@@ -539,6 +551,16 @@ class H2Driver(asyncio.Protocol):
         if ctx.recording:
             stream.started_at = perf_counter()
         stream.task = ctx.loop.create_task(self._run_admitted(stream) if limited else stream.run())
+
+    def _start_health(self, request: Request, health: HealthCheck) -> None:
+        """--health-path: the server answers, as the stream's app; neither --max-requests nor --limit-concurrency
+        counts it, and it is recorded only with --health-log."""
+        stream = H2Stream(self, request)
+        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
+                                       self.ctx.limits.request_body)
+        self.streams[stream.id] = stream
+        stream.started_at = perf_counter() if health.log else -1.0
+        stream.task = self.ctx.loop.create_task(stream.run_health(health))
 
     async def _run_admitted(self, stream: H2Stream) -> None:
         try:
@@ -640,6 +662,11 @@ class H2Driver(asyncio.Protocol):
         self._upgraded = stream if body_length else None
         if not body_length:
             stream.exchange.on_end()
+        health = self.ctx.health
+        if health is not None and health.matches(request.target):
+            stream.started_at = perf_counter() if health.log else -1.0
+            stream.task = self.ctx.loop.create_task(stream.run_health(health))
+            return
         stream.task = self.ctx.loop.create_task(stream.run())
 
     def _upgrade_body_data(self, data: bytes) -> bytes:

@@ -159,18 +159,33 @@ class DateClock:
             self._handle = None
 
 
+async def _shutdown_delay(ctx: ServerContext, delay: float) -> bool:
+    """--shutdown-delay: go on serving for ``delay`` seconds, the health path answering 503, so that a load balancer
+    stops sending before the listeners close; True if cancelled meanwhile (then stop at once)."""
+    logger.info("shutting down in %gs (--shutdown-delay); serving meanwhile%s", delay,
+                ", the health path answering 503" if ctx.health is not None else "")
+    try:
+        await asyncio.sleep(delay)
+    except asyncio.CancelledError:
+        return True
+    return False
+
+
 async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
                 on_started: Callable[[list[socket.socket]], None] | None = None,
                 on_request: Callable[[], bool] | None = None,
-                prepare: Callable[[ServerContext], None] | None = None, metrics: Metrics | None = None) -> None:
+                prepare: Callable[[ServerContext], None] | None = None, metrics: Metrics | None = None,
+                announce_shutdown: Callable[[], bool] | None = None) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
 
     A coroutine for an event loop you run yourself; it installs no signal handlers and starts no worker processes
     (``tidegate.run`` does both).  Lifespan startup runs before the first connection is accepted; lifespan shutdown
     runs on every exit path once startup succeeded.  Shutting down closes the listeners and idle connections, lets
     requests in flight finish for up to ``config.timeouts.graceful_shutdown`` seconds, then cancels them.
-    Cancelling the task that awaits ``serve`` stops at once (lifespan shutdown still runs).
+    Cancelling the task that awaits ``serve`` stops at once (lifespan shutdown still runs).  With
+    ``config.health.shutdown_delay``, once ``shutdown_trigger()`` completes the server first goes on serving that
+    long, its health path (``config.health.health_path``) answering 503, then shuts down as above.
 
     Args:
         app: The ASGI application (an ASGI 2 class or a WSGI callable is served through an adapter, as
@@ -185,6 +200,9 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         prepare: Called with the server's context once it is built (used by the worker processes).
         metrics: Counts every response, the server's own answers and those cut short included
             (``--metrics-bind``).
+        announce_shutdown: Called when ``shutdown_trigger()`` completes: whether the load balancer is to hear of
+            this stop (default: yes): the health path answers 503 from then on, and ``shutdown_delay`` applies.  A
+            worker process that retires or is replaced while the others serve on says no.
 
     Raises:
         tidegate.runtime.lifespan.LifespanFailure: The app's lifespan startup failed; nothing was served.
@@ -230,6 +248,7 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     await lifespan.startup()
     watchdog = Watchdog(loop, sync.warn_blocking) if sync.warn_blocking else None
     clock = DateClock(loop, ctx.defaults) if config.http.date_header else None
+    hurry = False
     try:
         if watchdog is not None:
             watchdog.start()
@@ -246,11 +265,18 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             await loop.create_future()
         else:
             await shutdown_trigger()
+        if announce_shutdown is None or announce_shutdown():
+            if ctx.health is not None:
+                ctx.health.draining()
+            if config.health.shutdown_delay:
+                hurry = await _shutdown_delay(ctx, config.health.shutdown_delay)
     finally:
         logger.info("shutting down")
         listeners.close()
-        cancelled = False
+        cancelled = hurry
         try:
+            if hurry:
+                raise asyncio.CancelledError  # cancelled during the delay: stop at once
             await ctx.registry.drain(config.timeouts.graceful_shutdown)
         except asyncio.CancelledError:
             # asked to stop at once: cut every connection, but still run lifespan shutdown

@@ -1,7 +1,9 @@
 """The control channel between the supervisor and one worker: JSON messages, one a line, over a socket pair.
 
-Parent → worker: ``hello`` (the pickled config, first), ``ping``, ``metrics``.  Worker → parent: ``ready``,
-``pong``, ``metrics``, ``retiring`` (``--max-requests`` reached), ``bye`` (final metrics, just before it exits).
+Parent → worker: ``hello`` (the pickled config, first), ``ping``, ``metrics``, ``stop`` (replaced: drain, without
+``--shutdown-delay``).  Worker → parent: ``ready``, ``pong``, ``metrics``, ``retiring`` (``--max-requests``,
+``--workers-max-rss`` or ``--workers-lifetime`` reached: its ``reason``), ``bye`` (final metrics, just before it
+exits).
 """
 
 from __future__ import annotations

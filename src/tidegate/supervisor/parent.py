@@ -11,6 +11,9 @@
   :mod:`.reconfig`) keep their running value.  A file that cannot be read, or has a bad key or value, is logged
   and changes nothing: the workers keep running.
   SIGTTIN/SIGTTOU: one worker more/less.
+- SIGUSR2: binary upgrade (see :mod:`.upgrade`): a new supervisor is started from the same command line on the same
+  listening sockets; once all its workers are ready this one stops accepting and drains, as on SIGTERM.  If the
+  new one fails to start, this one logs it and serves on.
 - ``--reload``: one worker, restarted (new first, as for SIGHUP) when a watched file changes; a worker that fails to
   start (a syntax error...) leaves the supervisor waiting for the next change.
 - ``--metrics-bind``: the supervisor serves /metrics, summing what every worker reports.
@@ -44,8 +47,10 @@ from ..runtime.listeners import bind_all
 from ..runtime.server import serve
 from ..runtime.sockets import AddressInUse, describe
 from ..sources import Reassembly, reassembly_for
+from ..startup import reclaim_pid_file
 from .channel import Channel, Message, encode_config
 from .reconfig import applicable, changes
+from .upgrade import Inheritance, Successor, announce_ready, take_inheritance
 
 __all__ = ["Supervisor", "supervise"]
 
@@ -98,12 +103,21 @@ class Supervisor:
         self._hup_pending = False
         self._signals = 0
         self._respawn_delay = 0.0
+        self.inheritance: Inheritance | None = None  # the sockets of the previous generation, until handed over
+        self.successor: Successor | None = None  # the next generation, while it starts
+        self.metrics_socket: socket.socket | None = None
 
     # ------------------------------------------------------------------ life
 
     async def run(self) -> int:
         try:
-            self.sockets = bind_all(self.config.bind)
+            self.inheritance = take_inheritance()
+            if self.inheritance is not None:
+                self.sockets = self.inheritance.listeners
+                logger.info("supervisor %d: new generation, on the listening sockets of supervisor %d",
+                            os.getpid(), self.inheritance.parent)
+            else:
+                self.sockets = bind_all(self.config.bind)
         except ConfigError as exc:
             logger.error("%s", exc)
             return EXIT_ADDRESS_IN_USE if isinstance(exc, AddressInUse) else EXIT_USAGE
@@ -142,6 +156,12 @@ class Supervisor:
                 await metrics_task
             for sock in self.sockets:
                 sock.close()
+            if self.successor is not None:
+                self.successor.close()
+            if self.inheritance is not None:  # stopped before every worker was ready
+                with contextlib.suppress(OSError):
+                    os.close(self.inheritance.ready)
+                self.inheritance = None
             self._remove_signals()
         logger.info("supervisor stopped")
         return self.exit_code
@@ -153,7 +173,7 @@ class Supervisor:
             self.stopped.set()
 
     async def _stop_all(self, fast: bool = False) -> None:
-        grace = self.config.timeouts.graceful_shutdown
+        grace = self.config.timeouts.graceful_shutdown + self.config.health.shutdown_delay
         for worker in list(self.workers):
             self._terminate(worker, signal.SIGQUIT if fast else signal.SIGTERM)
         deadline = time.monotonic() + grace + 5.0
@@ -177,12 +197,14 @@ class Supervisor:
             signal.SIGHUP: self._on_hup,
             signal.SIGTTIN: self._on_ttin,
             signal.SIGTTOU: self._on_ttou,
+            signal.SIGUSR2: self._on_usr2,
         }
         for sig, handler in handlers.items():
             self.loop.add_signal_handler(sig, handler)
 
     def _remove_signals(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU,
+                    signal.SIGUSR2):
             self.loop.remove_signal_handler(sig)
 
     def _on_stop_signal(self) -> None:
@@ -280,6 +302,61 @@ class Supervisor:
         logger.info("supervisor: SIGTTOU, %d worker(s) now", self.target)
         self._maintain()
 
+    # ------------------------------------------------------------------ binary upgrade
+
+    def _on_usr2(self) -> None:
+        if self.stopping:
+            return
+        reason = None
+        if self.reload:
+            reason = "--reload restarts the workers when files change"
+        elif self.successor is not None:
+            reason = f"the new generation (pid {self.successor.pid}) is still starting"
+        elif self.inheritance is not None:
+            reason = "this generation is still starting"
+        elif self.rolling or (self._hup is not None and not self._hup.done()):
+            reason = "workers are being replaced; send it again once they are"
+        if reason is not None:
+            logger.warning("supervisor: SIGUSR2 ignored: %s", reason)
+            return
+        try:
+            self.successor = Successor(self.loop, self.sockets, self.metrics_socket, self._on_successor_ready,
+                                       self._on_successor_exit)
+        except OSError as exc:
+            logger.error("supervisor: SIGUSR2, cannot start a new generation: %s; this one serves on", exc)
+            return
+        logger.info("supervisor: SIGUSR2, started a new generation (pid %d) on the same listeners; this one serves "
+                    "until all its workers are ready", self.successor.pid)
+
+    def _on_successor_ready(self) -> None:
+        assert self.successor is not None
+        logger.info("supervisor: the new generation (pid %d) is ready; this one (pid %d) stops accepting and drains "
+                    "its workers", self.successor.pid, os.getpid())
+        for worker in self.active():
+            self._terminate(worker, signal.SIGTERM)  # replaced, as in a rolling restart: the new workers serve on
+        self.request_stop()
+
+    def _on_successor_exit(self, code: int) -> None:
+        successor, self.successor = self.successor, None
+        assert successor is not None
+        how = f"signal {-code}" if code < 0 else f"code {code}"
+        if successor.ready:
+            logger.info("supervisor: the new generation (pid %d) exited with %s", successor.pid, how)
+            return
+        logger.error("supervisor: the new generation (pid %d) exited with %s before it was ready (its log above "
+                     "says why); this one (pid %d) serves on", successor.pid, how, os.getpid())
+        reclaim_pid_file()
+
+    def _check_handover(self) -> None:
+        """The new generation tells the old one once as many workers as wanted are ready."""
+        if self.inheritance is None or self.stopping:
+            return
+        if sum(1 for w in self.workers if w.state == READY) >= self.target:
+            logger.info("supervisor: all %d worker(s) ready; telling supervisor %d to drain", self.target,
+                        self.inheritance.parent)
+            announce_ready(self.inheritance.ready)
+            self.inheritance = None
+
     # ------------------------------------------------------------------ workers
 
     def active(self) -> list[Worker]:
@@ -354,7 +431,9 @@ class Supervisor:
         if self.stopping:
             return
         if worker.state == BOOTING:
-            if not self.booted and not self.reload and code in (EXIT_APP_ERROR, EXIT_STARTUP_FAILED):
+            # a new generation gives up on any worker that cannot start: the old one serves on
+            first = not self.booted or self.inheritance is not None
+            if first and not self.reload and code in (EXIT_APP_ERROR, EXIT_STARTUP_FAILED):
                 logger.error("supervisor: the worker could not start; stopping")
                 self.request_stop(code)
                 return
@@ -382,12 +461,13 @@ class Supervisor:
             if not worker.ready.done():
                 worker.ready.set_result(True)
             logger.info("supervisor: worker %d (pid %d) ready", worker.number, worker.pid)
+            self._check_handover()
         elif op == "retiring":
             if worker.state in (BOOTING, READY):
                 worker.state = RETIRING
                 self._draining(worker)
-                logger.info("supervisor: worker %d (pid %d) retiring after --max-requests", worker.number,
-                            worker.pid)
+                logger.info("supervisor: worker %d (pid %d) retiring (%s)", worker.number, worker.pid,
+                            message.get("reason") or "reached --max-requests")
                 self._maintain()
         elif op == "metrics":
             worker.metrics = message.get("data")
@@ -398,12 +478,18 @@ class Supervisor:
             worker.metrics = message["metrics"]
 
     def _draining(self, worker: Worker) -> None:
-        worker.stop_deadline = time.monotonic() + self.config.timeouts.graceful_shutdown + 5.0
+        timeouts = self.config.timeouts
+        worker.stop_deadline = time.monotonic() + self.config.health.shutdown_delay + timeouts.graceful_shutdown + 5.0
 
     def _terminate(self, worker: Worker, sig: int) -> None:
         if worker.state not in (STOPPING,) or sig == signal.SIGQUIT:
             worker.state = STOPPING
             self._draining(worker)
+            if sig == signal.SIGTERM and not self.stopping and not worker.channel.closed:
+                # replaced while the others serve on: a graceful stop without --shutdown-delay, its health path
+                # still answering 200
+                worker.channel.send({"op": "stop"})
+                return
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, sig)
 
@@ -507,7 +593,11 @@ class Supervisor:
         address = parse_address(self.config.metrics.bind)
         config = Config.from_flat(app="tidegate:metrics", host=address.host, port=address.port, lifespan="off",
                                   access_log=False, log_level=self.config.logging.log_level)
-        sock = bind_all(config.bind)
+        if self.inheritance is not None and self.inheritance.metrics is not None:
+            sock = [self.inheritance.metrics]
+        else:
+            sock = bind_all(config.bind)
+        self.metrics_socket = sock[0]
         self._metrics_stop = asyncio.Event()
         started = self.loop.create_future()
         task = self.loop.create_task(serve(self.metrics_app, config, sockets=sock,

@@ -1,8 +1,11 @@
-"""A worker process: serve the inherited listeners until the supervisor, a signal or ``--max-requests`` says stop.
+"""A worker process: serve the inherited listeners until the supervisor, a signal or a limit says stop.
 
 Started by the supervisor as ``python -m tidegate.supervisor.worker CONTROL_FD LISTEN_FD...``.  Signals: SIGTERM
-stops gracefully (again: no change), SIGQUIT stops at once (lifespan shutdown still runs); SIGINT and SIGHUP are
-the supervisor's business and are ignored here.  If the supervisor goes away, the worker stops gracefully.
+stops gracefully (again: no change), after ``--shutdown-delay``; SIGQUIT stops at once (lifespan shutdown still
+runs); SIGINT, SIGHUP and SIGUSR2 are the supervisor's business and are ignored here.  If the supervisor goes away, the
+worker stops gracefully.  A worker the supervisor replaces (``stop`` on the channel) or that retires
+(``--max-requests``, ``--workers-max-rss``, ``--workers-lifetime``) stops gracefully without the delay, its health
+path still answering 200: the other workers serve on.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from ..runtime.context import ServerContext
 from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import serve
 from .channel import Channel, Message, decode_config, read_line
+from .recycle import Recycler
 
 __all__ = ["main", "request_counter", "run_worker"]
 
@@ -50,7 +54,7 @@ def request_counter(limit: int, on_limit: Callable[[], None]) -> Callable[[], bo
 def run_worker(control: socket.socket, fds: list[int], number: int | None = None) -> int:
     hello, rest = read_line(control)
     config = decode_config(hello)
-    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
         signal.signal(sig, signal.SIG_IGN)
     try:
         configure_logging(config.logging, worker=number)
@@ -73,18 +77,21 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
         app = MetricsMiddleware(app, metrics)
     states: list[ServerContext] = []
     retiring = False
+    replaced = False  # told to stop over the channel: the others serve on
 
     def snapshot() -> dict[str, Any]:
         assert metrics is not None
         return metrics.snapshot(states[0].connections if states else ())
 
     def on_message(message: Message) -> None:
+        nonlocal replaced
         op = message.get("op")
         if op == "ping":
             channel.send({"op": "pong"})
         elif op == "metrics":
             channel.send({"op": "metrics", "id": message.get("id"), "data": snapshot() if metrics else None})
         elif op == "stop":
+            replaced = True
             stop.set()
 
     def on_close() -> None:
@@ -94,13 +101,15 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
 
     channel = Channel(loop, control, on_message, on_close)
 
-    def retire() -> None:
+    def retire(reason: str = "reached --max-requests") -> None:
         nonlocal retiring
-        if not retiring:
+        if not retiring and not stop.is_set():
             retiring = True
-            logger.info("worker %d: reached --max-requests; retiring", os.getpid())
-            channel.send({"op": "retiring"})
+            logger.info("worker %d: %s; retiring", os.getpid(), reason)
+            channel.send({"op": "retiring", "reason": reason})
             stop.set()
+
+    recycler = Recycler(loop, config.workers, retire)
 
     max_requests = config.workers.max_requests
     limit = max_requests + random.randint(0, config.workers.max_requests_jitter) if max_requests else 0
@@ -110,10 +119,15 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
 
     def on_started(_: list[socket.socket]) -> None:
         channel.send({"op": "ready"})
+        recycler.start()
+
+    def announce_shutdown() -> bool:
+        recycler.stop()
+        return not (retiring or replaced)
 
     main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
                                   on_request=request_counter(limit, retire) if limit else None, prepare=prepare,
-                                  metrics=metrics))
+                                  metrics=metrics, announce_shutdown=announce_shutdown))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, main.cancel)
     channel.feed(rest)
