@@ -274,6 +274,10 @@ class ProxySettings:
     forwarded_allow_ips: str = setting(
         "127.0.0.1", "Comma-separated proxies trusted with --proxy-headers: IP addresses, networks (CIDR), "
         "'unix' for UNIX socket peers, '*' for any.", metavar="IPS")
+    proxy_protocol: bool = setting(
+        False, "Every connection starts with a PROXY protocol header (v1 or v2, as HAProxy sends it, before TLS): "
+        "the client address is taken from it; a connection from a peer not in --forwarded-allow-ips, or with a "
+        "missing or malformed header, is closed.")
 
     def validate(self) -> None:
         from .middleware.proxy_headers import TrustedHosts
@@ -501,7 +505,7 @@ class Config:
             ``request_body``, ``concurrency``, ``connections``.
         logging: What is logged: ``log_level``, ``access_log``, ``log_config``, ``access_log_format``,
             ``access_log_json``, ``access_logfile``, ``error_logfile``, ``use_colors``.
-        proxy: Behind a reverse proxy: ``proxy_headers``, ``forwarded_allow_ips``.
+        proxy: Behind a reverse proxy: ``proxy_headers``, ``forwarded_allow_ips``, ``proxy_protocol``.
         workers: Worker processes: ``workers``, ``max_requests``, ``max_requests_jitter``, ``workers_max_rss``
             (in MiB, as granian's), ``workers_lifetime``.
         health: Behind a load balancer: ``health_path``, ``health_log``, ``shutdown_delay``.

@@ -252,8 +252,8 @@ class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
     __slots__ = ("access_line", "app", "config", "connect_protocol", "debug", "defaults", "extensions", "h2", "health",
-                 "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "recording", "registry",
-                 "request_limits", "state", "timeouts", "upgrades", "websocket")
+                 "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "proxied", "recording",
+                 "registry", "request_limits", "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -295,6 +295,10 @@ class ServerContext:
         #: the connections' open, protocol and close lines, while the server logs at debug level as it starts
         #: (None otherwise: a connection then costs one test of this)
         self.debug = ConnectionLog() if logger.isEnabledFor(logging.DEBUG) else None
+        #: --proxy-protocol: socket descriptor → the client its connection's PROXY header named (None: the
+        #: header named none).  Each connection sets its descriptor's entry before its transport is made, so an
+        #: entry left by a closed connection is replaced before a new one on the same descriptor reads it.
+        self.proxied: dict[int, tuple[str, int] | None] | None = {} if config.proxy.proxy_protocol else None
 
     @property
     def connections(self) -> set[Driver]:
@@ -318,8 +322,13 @@ def connection_info(ctx: ServerContext, transport: asyncio.BaseTransport) -> Con
         local = address(sock)
     extensions = ctx.extensions if scheme == "http" else with_tls(ctx.extensions, transport,
                                                                    ctx.config.tls.certfile)
-    return ConnectionInfo(address(transport.get_extra_info("peername")), local, scheme, ctx.config.app.root_path,
-                          ctx.state, extensions)
+    client = None
+    if ctx.proxied is not None:
+        raw = transport.get_extra_info("socket")
+        client = ctx.proxied.get(raw.fileno()) if raw is not None else None
+    if client is None:
+        client = address(transport.get_extra_info("peername"))
+    return ConnectionInfo(client, local, scheme, ctx.config.app.root_path, ctx.state, extensions)
 
 
 def cut(transport: asyncio.Transport, *tasks: asyncio.Task[None] | None) -> list[asyncio.Task[None]]:

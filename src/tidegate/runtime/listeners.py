@@ -30,6 +30,7 @@ def systemd_sockets(environ: MutableMapping[str, str] | None = None) -> list[soc
     pid = environ.get("LISTEN_PID")
     if count is None or pid is None:
         return []
+    names = environ.get("LISTEN_FDNAMES", "")
     for name in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"):
         environ.pop(name, None)
     if not pid.isdigit() or int(pid) != os.getpid():
@@ -39,6 +40,9 @@ def systemd_sockets(environ: MutableMapping[str, str] | None = None) -> list[soc
     sockets = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + int(count)):
         sockets.append(_inherit(fd, "systemd socket"))
+    if names:  # the sockets' FileDescriptorName= (or --fdname), in the same order
+        logger.info("systemd sockets: %s", ", ".join(f"{name} (fd {fd})" for fd, name in enumerate(
+            names.split(":")[:len(sockets)], SD_LISTEN_FDS_START)))
     return sockets
 
 

@@ -24,6 +24,7 @@ from . import negotiate
 from .context import ConnectionRegistry, ServerContext
 from .lifespan import Lifespan
 from .listeners import bind_all
+from .proxied import ProxyProtocol
 from .sockets import describe, ssl_context
 from .watchdog import Watchdog
 
@@ -38,7 +39,8 @@ class Listeners:
     Without a limit each socket is an asyncio server.  Under a limit the listeners accept themselves, one
     connection at a time and never more than the limit (the connections being set up, TLS handshakes included,
     count): pausing only stops watching the socket, so nothing is torn down under a connection being set up, and
-    the kernel's backlog holds the connections that come meanwhile."""
+    the kernel's backlog holds the connections that come meanwhile.  Under --proxy-protocol they accept
+    themselves too, and each connection's PROXY header is read off its socket before its transport is made."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
         self.loop = loop
@@ -50,18 +52,21 @@ class Listeners:
         self._factory: Callable[[], asyncio.Protocol] | None = None
         self._options: dict[str, Any] = {}
         self._opening = 0  # accepted, not yet open (TLS handshake, transport set-up)
+        self._proxy: ProxyProtocol | None = None  # --proxy-protocol: each connection's header read first
+        self._reading: set[asyncio.Task[Any]] = set()  # the connections whose PROXY header is being read
         self._retry: asyncio.TimerHandle | None = None
         self.accepting = False
 
     async def listen(self, sockets: list[socket.socket], factory: Callable[[], asyncio.Protocol],
-                     tls: ssl.SSLContext | None) -> None:
+                     tls: ssl.SSLContext | None, proxy: ProxyProtocol | None = None) -> None:
         self._factory = factory
+        self._proxy = proxy
         if tls is not None:
             self._options = {"ssl": tls, "ssl_handshake_timeout": self.config.timeouts.tls_handshake}
         backlog = self.config.bind.backlog
         self.accepting = True
         for sock in sockets:
-            if self.registry.connection_limit is None:
+            if self.registry.connection_limit is None and proxy is None:
                 server = await self.loop.create_server(factory, sock=sock, backlog=backlog, **self._options)
                 self._servers.append(server)
             else:
@@ -79,14 +84,18 @@ class Listeners:
             server.close()
         for sock in self._sockets:
             sock.close()
+        if self._proxy is not None:
+            self._proxy.close()
+        for task in self._reading:
+            task.cancel()
         self._servers.clear()
         self._sockets.clear()
 
     def _accept(self, sock: socket.socket) -> None:
         limit = self.registry.connection_limit
-        assert limit is not None and self._factory is not None
+        assert self._factory is not None
         while self.accepting:
-            if len(self.registry.connections) + self._opening >= limit:
+            if limit is not None and len(self.registry.connections) + self._opening >= limit:
                 self.pause_accepting()
                 return
             try:
@@ -103,7 +112,14 @@ class Listeners:
                 continue  # that connection was reset before it was accepted
             conn.setblocking(False)
             self._opening += 1
-            opening = self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn, **self._options))
+            opening: asyncio.Task[Any]
+            if self._proxy is None:
+                opening = self.loop.create_task(self.loop.connect_accepted_socket(self._factory, conn,
+                                                                                  **self._options))
+            else:
+                opening = self.loop.create_task(self._proxy.open(conn, self._factory, self._options))
+                self._reading.add(opening)
+                opening.add_done_callback(self._reading.discard)
             opening.add_done_callback(functools.partial(self._opened, conn))
 
     def _opened(self, conn: socket.socket, opening: asyncio.Task[Any]) -> None:
@@ -113,8 +129,7 @@ class Listeners:
             conn.close()
             logger.debug("a connection could not be opened: %r", failure)
         limit = self.registry.connection_limit
-        assert limit is not None
-        if not self.accepting and len(self.registry.connections) < limit:
+        if limit is not None and not self.accepting and len(self.registry.connections) < limit:
             self.resume_accepting()
 
     def _retry_accepting(self) -> None:
@@ -256,7 +271,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             sockets = bind_all(config.bind)
         if clock is not None:
             clock.start()
-        await listeners.listen(sockets, factory, tls)
+        await listeners.listen(sockets, factory, tls,
+                               ProxyProtocol(ctx) if config.proxy.proxy_protocol else None)
         for sock in sockets:
             logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock, "https" if tls else "http"))
         if on_started is not None:
