@@ -160,3 +160,50 @@ def test_the_config_docstring_names_every_setting() -> None:
     for name, kind in GROUPS:
         for field in kind.__dataclass_fields__:
             assert f"``{field}``" in entries[name], f"Config.{name}.{field} is missing from Config's docstring"
+
+
+def kubernetes_manifest() -> dict[str, object]:
+    import yaml
+
+    text = (ROOT / "docs" / "deployment.md").read_text()
+    section = text[text.index("## Kubernetes"):]
+    match = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert match, "the Kubernetes section shows a manifest"
+    manifest: dict[str, object] = yaml.safe_load(match.group(1))
+    return manifest
+
+
+def test_the_kubernetes_manifest_is_a_valid_deployment() -> None:
+    # checked against the API schema (no cluster is run): a misspelt field or a wrong type fails here
+    kubernetes_validate = pytest.importorskip("kubernetes_validate")
+    manifest = kubernetes_manifest()
+    kubernetes_validate.validate(manifest, kubernetes_validate.latest_version(), strict=True)
+
+
+def test_the_kubernetes_manifest_sets_only_settings_tidegate_has() -> None:
+    from tidegate.sources import resolve
+
+    manifest = kubernetes_manifest()
+    [container] = manifest_containers(manifest)
+    env = container["env"]
+    assert isinstance(env, list)
+    environ = {item["name"]: item["value"] for item in env}
+    resolved = resolve({"app": "myapp.asgi:application"}, environ=environ)
+    assert not [note for note in resolved.notes if "TIDEGATE_" in note], resolved.notes  # no unknown variable
+    config = resolved.config
+    assert config.health.health_path == "/healthz" and config.health.shutdown_delay == 10
+    grace = manifest_pod(manifest)["terminationGracePeriodSeconds"]
+    assert isinstance(grace, int) and grace > config.health.shutdown_delay + config.timeouts.graceful_shutdown
+
+
+def manifest_pod(manifest: dict[str, object]) -> dict[str, object]:
+    spec = manifest["spec"]
+    assert isinstance(spec, dict)
+    pod: dict[str, object] = spec["template"]["spec"]
+    return pod
+
+
+def manifest_containers(manifest: dict[str, object]) -> list[dict[str, object]]:
+    containers = manifest_pod(manifest)["containers"]
+    assert isinstance(containers, list)
+    return containers
