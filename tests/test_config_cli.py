@@ -112,6 +112,7 @@ ALIASES = [
     (["--ws", "none"], "ws_implementation", "none"),
     (["--ws", "websockets"], "ws_implementation", "auto"),
     (["--ws", "wsproto"], "ws_implementation", "auto"),
+    (["--ws", "websockets-sansio"], "ws_implementation", "auto"),  # uvicorn's sans-I/O websockets
     (["--h11-max-incomplete-event-size", "16384"], "limit_request_headers", 16384),
     (["-w", "3"], "workers", 3),
     (["-b", "127.0.0.1:9000", "-b", "unix:/tmp/t.sock"], "bind", ("127.0.0.1:9000", "unix:/tmp/t.sock")),

@@ -294,3 +294,20 @@ def test_a_503_under_limit_concurrency_gets_an_access_line_in_the_users_format(r
     lines = wait_until(lambda: [r.getMessage() for r in caplog.records if r.name == "tidegate.access"
                                 and "second" in r.getMessage()])
     assert lines == ["GET /second 503"]
+
+
+def test_a_log_file_configured_away_is_closed(tmp_path):
+    # the supervisor re-configures its logging on SIGHUP: the file it leaves must not stay open
+    from tidegate.config import LoggingSettings
+    from tidegate.log import configure_logging, setup_logging
+
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    try:
+        configure_logging(LoggingSettings(error_logfile=str(first)))
+        [old] = logging.getLogger("tidegate").handlers
+        configure_logging(LoggingSettings(error_logfile=str(second)))
+        assert old.stream is None or old.stream.closed  # a FileHandler's close() drops its stream
+        [new] = logging.getLogger("tidegate").handlers
+        assert new is not old and new.baseFilename == str(second)
+    finally:
+        setup_logging("info", False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import threading
 from collections import Counter
@@ -306,3 +307,16 @@ def test_a_worker_stuck_while_draining_is_killed(supervisor):
     proc.wait_for(rf"pid {stuck}\) exited with signal 9", start=mark)
     assert get(url + "/").status_code == 200
     assert proc.stop() == 0
+
+
+def test_a_tls_file_a_worker_cannot_load_stops_the_server_with_a_usage_error(tmp_path):
+    # the supervisor does not read the certificate; each worker does, and says why it cannot, without a traceback
+    bad = tmp_path / "cert.pem"
+    bad.write_text("not a certificate\n")
+    proc = Proc(["tests.ops_apps:app", "--port", "0", "--workers", "1", "--ssl-certfile", str(bad)])
+    try:
+        proc.wait_for(re.escape(str(bad)))
+        assert proc.proc.wait(timeout=30) == 2
+    finally:
+        proc.stop()
+    assert "Traceback" not in proc.output

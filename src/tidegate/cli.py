@@ -34,7 +34,8 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
     "ssl_cert_reqs": {"0": "none", "1": "optional", "2": "required"},  # uvicorn's ssl.CERT_* numbers
     "interface": {"asgi3": "asgi"},
     "http": {"h11": "auto", "httptools": "auto"},  # uvicorn's HTTP/1.1 implementations
-    "ws_implementation": {"websockets": "auto", "wsproto": "auto"},  # uvicorn's WebSocket implementations
+    # uvicorn's WebSocket implementations
+    "ws_implementation": {"websockets": "auto", "websockets-sansio": "auto", "wsproto": "auto"},
     # uvicorn's and gunicorn's --ssl-version: an ssl.PROTOCOL_* number or name (TLS, TLS_SERVER: negotiate the
     # best; TLSv1_2, TLSv1_3: that one at least)
     "ssl_min_version": {"2": "1.2", "17": "1.2", "tls": "1.2", "tls_server": "1.2", "5": "1.2", "tlsv1_2": "1.2",

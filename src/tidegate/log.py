@@ -57,6 +57,15 @@ def _colors_wanted(use_colors: bool | None, handler: logging.Handler) -> bool:
             and stream.isatty())
 
 
+def _set_handlers(logger: logging.Logger, handlers: list[logging.Handler]) -> None:
+    """Give ``logger`` these handlers; the ones it leaves are closed (a log file re-configured away, say on SIGHUP,
+    is not left open)."""
+    for old in logger.handlers:
+        if old not in handlers:
+            old.close()
+    logger.handlers[:] = handlers
+
+
 def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = None,
                   use_colors: bool | None = None, worker: int | None = None) -> None:
     """tidegate's loggers; a worker process's server lines carry ``[worker N]`` (its access lines do not: their
@@ -74,21 +83,21 @@ def setup_logging(level: str, access_log: bool, *, error_logfile: str | None = N
     handler.setFormatter(formatter)
     for name in ("tidegate", "tidegate.error"):
         logger = logging.getLogger(name)
-        logger.handlers[:] = [handler] if name == "tidegate" else []
+        _set_handlers(logger, [handler] if name == "tidegate" else [])
         logger.setLevel(LEVELS[level])
         logger.propagate = name != "tidegate"
     asgi = logging.getLogger("tidegate.asgi")
-    asgi.handlers[:] = []
+    _set_handlers(asgi, [])
     asgi.setLevel(logging.NOTSET)
     asgi.propagate = True
     access = logging.getLogger("tidegate.access")
-    access.handlers[:] = []
+    _set_handlers(access, [])
     access.setLevel(LEVELS[level] if access_log else logging.CRITICAL + 1)
     access.propagate = True
     if who:
         plain = _stream(error_logfile)
         plain.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
-        access.handlers[:] = [plain]
+        _set_handlers(access, [plain])
         access.propagate = False
 
 
@@ -106,7 +115,7 @@ def configure_logging(settings: LoggingSettings, worker: int | None = None) -> N
         else:
             handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(message)s", "%Y-%m-%d %H:%M:%S"))
         access = logging.getLogger("tidegate.access")
-        access.handlers[:] = [handler]
+        _set_handlers(access, [handler])
         access.propagate = False
     if settings.log_config is not None:
         apply_log_config(settings.log_config)

@@ -433,7 +433,7 @@ class Supervisor:
         if worker.state == BOOTING:
             # a new generation gives up on any worker that cannot start: the old one serves on
             first = not self.booted or self.inheritance is not None
-            if first and not self.reload and code in (EXIT_APP_ERROR, EXIT_STARTUP_FAILED):
+            if first and not self.reload and code in (EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE):
                 logger.error("supervisor: the worker could not start; stopping")
                 self.request_stop(code)
                 return

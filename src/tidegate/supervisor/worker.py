@@ -137,6 +137,11 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
     except LifespanFailure as exc:
         logger.error("Application startup failed: %s", exc)
         code = EXIT_STARTUP_FAILED
+    except ConfigError as exc:
+        # a setting the server cannot use (a TLS file that cannot be loaded...): said once, exit as the command
+        # line does for it
+        logger.error("%s", exc)
+        code = EXIT_USAGE
     except asyncio.CancelledError:
         pass
     finally:
