@@ -34,6 +34,7 @@ def sample(decl):
     if "float" in kinds:
         return 2.5, "2.5", [decl.flag, "2.5"]
     value = {"app": "pkg.mod:app", "root_path": "/api", "uds_permissions": "660", "metrics_bind": "127.0.0.1:9",
+             "quic_bind": "127.0.0.1:4433",
              "health_path": "/healthz",
              "forwarded_allow_ips": "10.0.0.0/8", "access_log_format": "{client} {status}",
              "host": "::1"}.get(decl.flat, "somewhere")

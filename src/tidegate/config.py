@@ -21,6 +21,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "HTTP2Settings",
+    "HTTP3Settings",
     "HTTPSettings",
     "HealthSettings",
     "LimitSettings",
@@ -433,6 +434,40 @@ class HTTP2Settings:
 
 
 @dataclass(frozen=True)
+class HTTP3Settings:
+    """HTTP/3 over QUIC (pip install 'tidegate[http3]')."""
+
+    PREFIX = ""
+    http3: bool = setting(
+        False, "Serve HTTP/3 over QUIC too (needs --ssl-certfile): a UDP listener on each TLS listener's host and "
+        "port (or --quic-bind), advertised to HTTP/1.1 and HTTP/2 clients with Alt-Svc.")
+    quic_bind: str | None = setting(
+        None, "Listen for QUIC on HOST:PORT instead of each TLS listener's own address (Alt-Svc names its port).",
+        metavar="HOST:PORT")
+    quic_retry: Literal["auto", "always", "never"] = setting(
+        "auto", "QUIC address validation with a Retry packet before a connection is made (one more round trip): "
+        "'auto' when many handshakes are in progress (a flood of Initial packets), 'always', or 'never'.",
+        choices=("auto", "always", "never"))
+    h3_max_concurrent_streams: int = setting(
+        100, "Request streams one HTTP/3 connection may have open at once (also bounds the apps still running for "
+        "streams the client reset).", metavar="N", bound=">0")
+    h3_max_header_list_size: int = setting(
+        65536, "Largest HTTP/3 request header section (names + values + 32 per field); larger is answered 431.",
+        metavar="BYTES", bound=">0")
+
+    def validate(self) -> None:
+        if self.quic_bind is not None:
+            from .addresses import parse_address
+
+            try:
+                address = parse_address(self.quic_bind)
+            except ValueError as exc:
+                raise ConfigError(f"quic_bind: {exc}") from None
+            if address.kind != "tcp":
+                raise ConfigError(f"quic_bind must be HOST:PORT, not {self.quic_bind!r}")
+
+
+@dataclass(frozen=True)
 class TLSSettings:
     """TLS."""
 
@@ -478,6 +513,7 @@ GROUPS: tuple[tuple[str, type[Any]], ...] = (
     ("websocket", WebSocketSettings),
     ("protocols", ProtocolSettings),
     ("h2", HTTP2Settings),
+    ("h3", HTTP3Settings),
     ("tls", TLSSettings),
 )
 
@@ -517,6 +553,8 @@ class Config:
             ``close_timeout``, ``per_message_deflate``, ``implementation`` (the ``--ws`` flag).
         protocols: Which HTTP versions to speak: ``http``.
         h2: HTTP/2, prefix ``h2_``: ``max_concurrent_streams``, ``max_header_list_size``.
+        h3: HTTP/3 over QUIC: ``http3``, ``quic_bind``, ``quic_retry``, ``h3_max_concurrent_streams``,
+            ``h3_max_header_list_size``.
         tls: TLS, prefix ``ssl_``: ``certfile``, ``keyfile``, ``keyfile_password``, ``ca_certs``, ``cert_reqs``,
             ``ciphers``, ``min_version``.
     """
@@ -536,6 +574,7 @@ class Config:
     websocket: WebSocketSettings = field(default_factory=WebSocketSettings)
     protocols: ProtocolSettings = field(default_factory=ProtocolSettings)
     h2: HTTP2Settings = field(default_factory=HTTP2Settings)
+    h3: HTTP3Settings = field(default_factory=HTTP3Settings)
     tls: TLSSettings = field(default_factory=TLSSettings)
 
     def __post_init__(self) -> None:

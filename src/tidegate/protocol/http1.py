@@ -81,7 +81,8 @@ _STATUS_LINES_10 = {s.value: status_line(s.value, b"1.0") for s in HTTPStatus}
 
 # Response header names that change how we frame the response, or replace one of our defaults.
 _CONTENT_LENGTH = b"content-length"
-_SPECIAL_RESPONSE = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server"})
+_SPECIAL_RESPONSE = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server",
+                               b"alt-svc"})
 # Header names and values already checked (apps reuse a handful of them); bounded.
 _known_names: set[bytes] = set()
 _known_values: set[bytes] = set()
@@ -108,19 +109,25 @@ _UNDECIDED, _LENGTH, _CHUNKED, _CLOSE_DELIMITED, _NO_BODY, _HEAD_ONLY = range(6)
 
 
 class ResponseDefaults:
-    """Default response header lines, shared by every connection of a server and refreshed by its clock."""
+    """Default response header lines, shared by every connection of a server and refreshed by its clock.
+    ``alt_svc`` (``--http3``: where HTTP/3 is served) is added unless the response has its own ``alt-svc``."""
 
-    __slots__ = ("date", "extra", "server", "together")
+    __slots__ = ("alt_svc", "date", "extra", "server", "together")
 
-    def __init__(self, server: bytes = b"", date: bytes = b"", extra: bytes = b"") -> None:
+    def __init__(self, server: bytes = b"", date: bytes = b"", extra: bytes = b"", alt_svc: bytes = b"") -> None:
         self.server = server
         self.extra = extra
         self.date = date
-        self.together = server + date + extra
+        self.alt_svc = alt_svc
+        self.together = server + date + extra + alt_svc
 
     def set_date(self, date: bytes) -> None:
         self.date = date
-        self.together = self.server + date + self.extra
+        self.together = self.server + date + self.extra + self.alt_svc
+
+    def set_alt_svc(self, line: bytes) -> None:
+        self.alt_svc = line
+        self.together = self.server + self.date + self.extra + line
 
 
 class RequestLimits:
@@ -757,7 +764,7 @@ class H1Connection:
             raise ProtocolError(f"status {status} is informational: send it before the final response")
         keep_alive = request.keep_alive and self.keep_alive
         content_length = length_at = connection_at = -1
-        has_date = has_server = app_connection = False
+        has_date = has_server = has_alt_svc = app_connection = False
         parts = [line]
         try:
             for name, value in headers:
@@ -782,8 +789,10 @@ class H1Connection:
                             connection_at = len(parts)
                     elif lname == b"date":
                         has_date = True
-                    else:
+                    elif lname == b"server":
                         has_server = True
+                    else:
+                        has_alt_svc = True
                 elif lname not in _known_names:
                     if not _TOKEN.fullmatch(name):
                         raise ProtocolError(f"invalid header name {name!r}")
@@ -799,7 +808,7 @@ class H1Connection:
         except (TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs: {exc}") from None
         defaults = self._defaults
-        if not has_date and not has_server:
+        if not has_date and not has_server and not has_alt_svc:
             parts.append(defaults.together)
         else:
             if not has_server:
@@ -807,6 +816,8 @@ class H1Connection:
             if not has_date:
                 parts.append(defaults.date)
             parts.append(defaults.extra)
+            if not has_alt_svc:
+                parts.append(defaults.alt_svc)
 
         if status == 204 or status == 304:
             if status == 204 and length_at >= 0:

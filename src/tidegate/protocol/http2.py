@@ -199,7 +199,7 @@ _REQUEST_BAD_VALUE = re.compile(rb"[\r\n\0]|^[ \t]|[ \t]$")
 # Response fields we never pass through: HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2).
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
-_SPECIAL_RESPONSE = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server"}
+_SPECIAL_RESPONSE = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server", b"alt-svc"}
 
 
 def _response_field(name: bytes, value: bytes) -> bytes:
@@ -220,7 +220,8 @@ def _response_field(name: bytes, value: bytes) -> bytes:
     if _BAD_VALUE.search(value):
         raise ProtocolError(f"header {name!r} has CR, LF or NUL in its value")
     piece = encode_field(lname, value)
-    if len(_FIELD_CACHE) < _FIELD_CACHE_MAX:
+    if len(_FIELD_CACHE) < _FIELD_CACHE_MAX and lname not in _SPECIAL_RESPONSE:
+        # (a field that replaces a default is never cached: _encode_headers must see it each time)
         _FIELD_CACHE[(name, value)] = piece
     return piece
 
@@ -413,6 +414,7 @@ class H2Connection:
         self._server_field = b""
         self._date_field = b""
         self._extra_fields = b""
+        self._alt_svc_field = b""
         self._decoder = Decoder(max_header_list_size=2 * max_header_list_size)
         self._head_cache: dict[bytes, _Head | str] = {}
         self._streams: dict[int, _Stream] = {}
@@ -932,10 +934,11 @@ class H2Connection:
             frames.append(_frame(CONTINUATION, END_HEADERS if last else 0, stream_id, block[i:i + max_frame]))
         return b"".join(frames)
 
-    def _encode_headers(self, headers: Any, stream: _Stream | None) -> tuple[list[bytes], bool, bool]:
-        """App headers → encoded fields; notes a content-length on ``stream``.  Returns (fields, date, server)."""
+    def _encode_headers(self, headers: Any, stream: _Stream | None) -> tuple[list[bytes], bool, bool, bool]:
+        """App headers → encoded fields; notes a content-length on ``stream``.  Returns (fields, date, server,
+        alt-svc)."""
         parts: list[bytes] = []
-        has_date = has_server = False
+        has_date = has_server = has_alt_svc = False
         special = _SPECIAL_RESPONSE
         try:
             for name, value in headers:
@@ -956,26 +959,29 @@ class H2Connection:
                             continue
                         if lname == b"date":
                             has_date = True
-                        else:
+                        elif lname == b"server":
                             has_server = True
+                        else:
+                            has_alt_svc = True
                     piece = _response_field(name, value)
                 parts.append(piece)
         except (TypeError, ValueError, AttributeError) as exc:
             raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs: {exc}") from None
-        return parts, has_date, has_server
+        return parts, has_date, has_server, has_alt_svc
 
-    def _defaults_block(self, has_date: bool, has_server: bool) -> bytes:
+    def _defaults_block(self, has_date: bool, has_server: bool, has_alt_svc: bool) -> bytes:
         defaults = self._defaults
         if defaults.together is not self._defaults_key:
             self._defaults_key = defaults.together
             self._server_field = _default_fields(defaults.server)
             self._date_field = _default_fields(defaults.date)
             self._extra_fields = _default_fields(defaults.extra)
-            self._default_block = self._server_field + self._date_field + self._extra_fields
-        if not has_date and not has_server:
+            self._alt_svc_field = _default_fields(defaults.alt_svc)
+            self._default_block = self._server_field + self._date_field + self._extra_fields + self._alt_svc_field
+        if not has_date and not has_server and not has_alt_svc:
             return self._default_block
         return ((b"" if has_server else self._server_field) + (b"" if has_date else self._date_field)
-                + self._extra_fields)
+                + self._extra_fields + (b"" if has_alt_svc else self._alt_svc_field))
 
     def start_response(self, stream_id: int, status: int, headers: Any) -> None:
         """Begin the response; its HEADERS frame is held until the first :meth:`send_body`."""
@@ -987,9 +993,9 @@ class H2Connection:
         field = _STATUS_FIELDS.get(status) if type(status) is int else None
         if field is None or status < 200:
             raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
-        parts, has_date, has_server = self._encode_headers(headers, stream)
+        parts, has_date, has_server, has_alt_svc = self._encode_headers(headers, stream)
         parts.insert(0, field)
-        parts.append(self._defaults_block(has_date, has_server))
+        parts.append(self._defaults_block(has_date, has_server, has_alt_svc))
         if status == 204 or status == 304:
             if status == 204 and stream.remaining >= 0:
                 stream.remaining = -1
@@ -1114,7 +1120,7 @@ class H2Connection:
         if stream.remaining > 0:
             self._fail(stream)
             raise ProtocolError(f"the app ended the body {stream.remaining} bytes short of its content-length")
-        parts, _, _ = self._encode_headers(headers, None)
+        parts, _, _, _ = self._encode_headers(headers, None)
         if not parts:
             self._send_data(stream, b"", True)
             return
@@ -1143,7 +1149,7 @@ class H2Connection:
             raise ProtocolError(f"not an informational status: {status}")
         if stream.state != _IDLE and stream.state != _HEAD_PENDING:
             raise ProtocolError("the final response has already started")
-        parts, _, _ = self._encode_headers(headers or (), None)
+        parts, _, _, _ = self._encode_headers(headers or (), None)
         self.write(self._header_frames(stream_id, _STATUS_FIELDS[status] + b"".join(parts), False))
 
     def error_response(self, stream_id: int, status: int, detail: str = "") -> int:

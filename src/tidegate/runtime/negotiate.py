@@ -3,7 +3,8 @@
 - TLS: the protocol ALPN negotiated (:func:`connection_factory`, :func:`alpn_protocols`);
 - cleartext: HTTP/1.1, which hands its transport over on the HTTP/2 preface (prior knowledge), on
   ``Upgrade: h2c`` (RFC 7540 §3.2) and on ``Upgrade: websocket`` (:func:`handlers`);
-- ``--http 2``: HTTP/2 only.
+- ``--http 2``: HTTP/2 only;
+- ``--http3``: HTTP/3 on QUIC endpoints of its own (:func:`quic_server`, :mod:`~tidegate.runtime.h3`).
 
 A new protocol plugs in here: a driver module that imports :mod:`~tidegate.runtime.context` only, and a line in
 :func:`connection_factory` (a listener of its own, an ALPN token) or in :func:`handlers` (an ``Upgrade`` token).
@@ -17,16 +18,18 @@ import base64
 import binascii
 import re
 from collections.abc import Callable
+from typing import Protocol
 
 from ..asgi.http import escape_log
-from ..config import Config
+from ..config import Config, ConfigError
 from ..protocol.events import Request
 from .context import Handover, PrefaceHandler, ServerContext, UpgradeHandler, client_text
 from .h1 import H1Driver
 from .h2 import H2Driver
+from .udp import QuicListeners
 from .ws import WebSocketDriver
 
-__all__ = ["alpn_protocols", "connection_factory", "handlers"]
+__all__ = ["QuicServing", "alpn_protocols", "connection_factory", "handlers", "quic_server"]
 
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*=*")
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
@@ -152,6 +155,24 @@ class _Opening(asyncio.Protocol):
             driver = H1Driver(ctx)
         transport.set_protocol(driver)
         driver.connection_made(transport)
+
+
+class QuicServing(Protocol):
+    """HTTP/3's QUIC endpoints (:class:`tidegate.runtime.h3.QuicServer`), as the server starts and stops them."""
+
+    async def start(self, listeners: QuicListeners) -> None: ...
+    def stop_accepting(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def quic_server(ctx: ServerContext) -> QuicServing:
+    """HTTP/3 (``--http3``): its QUIC endpoints, not started yet.  aioquic is imported here, and only here: without
+    ``--http3`` tidegate runs without it."""
+    try:
+        from .h3 import QuicServer
+    except ImportError as exc:
+        raise ConfigError(f"--http3 needs the http3 extra: pip install 'tidegate[http3]' ({exc})") from None
+    return QuicServer(ctx)
 
 
 def alpn_protocols(mode: str) -> list[str]:

@@ -26,6 +26,7 @@ from .lifespan import Lifespan
 from .listeners import bind_all
 from .proxied import ProxyProtocol
 from .sockets import describe, ssl_context
+from .udp import QuicListeners, bind_udp, quic_addresses
 from .watchdog import Watchdog
 
 __all__ = ["DateClock", "Listeners", "serve"]
@@ -186,12 +187,32 @@ async def _shutdown_delay(ctx: ServerContext, delay: float) -> bool:
     return False
 
 
+async def _start_quic(ctx: ServerContext, server: negotiate.QuicServing, sockets: list[socket.socket],
+                      quic: QuicListeners | None) -> None:
+    """HTTP/3: bind the UDP sockets (unless given), serve QUIC on them, and advertise them with Alt-Svc on the
+    HTTP/1.1 and HTTP/2 responses."""
+    if quic is None:
+        quic = QuicListeners()
+        try:
+            for host, port in quic_addresses(ctx.config, sockets):
+                quic.sockets.append(bind_udp(host, port))
+        except BaseException:
+            for sock in quic.sockets:
+                sock.close()
+            raise
+    await server.start(quic)
+    ports = sorted({sock.getsockname()[1] for sock in quic.sockets})
+    ctx.defaults.set_alt_svc(b"alt-svc: " + b", ".join(b'h3=":%d"; ma=86400' % port for port in ports) + b"\r\n")
+    for sock in quic.sockets:
+        logger.info("tidegate serving HTTP/3 at %s (QUIC, UDP)", describe(sock, "https"))
+
+
 async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | None = None,
                 shutdown_trigger: Callable[[], Awaitable[Any]] | None = None,
                 on_started: Callable[[list[socket.socket]], None] | None = None,
                 on_request: Callable[[], bool] | None = None,
                 prepare: Callable[[ServerContext], None] | None = None, metrics: Metrics | None = None,
-                announce_shutdown: Callable[[], bool] | None = None) -> None:
+                announce_shutdown: Callable[[], bool] | None = None, quic: QuicListeners | None = None) -> None:
     """Serve ``app`` until ``shutdown_trigger()`` completes (or forever), then shut down gracefully.
 
     A coroutine for an event loop you run yourself; it installs no signal handlers and starts no worker processes
@@ -218,6 +239,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         announce_shutdown: Called when ``shutdown_trigger()`` completes: whether the load balancer is to hear of
             this stop (default: yes): the health path answers 503 from then on, and ``shutdown_delay`` applies.  A
             worker process that retires or is replaced while the others serve on says no.
+        quic: With ``config.h3.http3``: the UDP sockets to serve HTTP/3 on (and a worker's connection-ID slot)
+            instead of binding them.
 
     Raises:
         tidegate.runtime.lifespan.LifespanFailure: The app's lifespan startup failed; nothing was served.
@@ -259,6 +282,7 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         prepare(ctx)
     tls = ssl_context(config.tls, negotiate.alpn_protocols(config.protocols.http))
     factory = negotiate.connection_factory(ctx, tls is not None)
+    quic_server = negotiate.quic_server(ctx) if config.h3.http3 else None
     lifespan = Lifespan(app, config.app.lifespan, ctx.state)
     await lifespan.startup()
     watchdog = Watchdog(loop, sync.warn_blocking) if sync.warn_blocking else None
@@ -273,6 +297,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             clock.start()
         await listeners.listen(sockets, factory, tls,
                                ProxyProtocol(ctx) if config.proxy.proxy_protocol else None)
+        if quic_server is not None:
+            await _start_quic(ctx, quic_server, sockets, quic)
         for sock in sockets:
             logger.info("tidegate serving on %s (press CTRL+C to quit)", describe(sock, "https" if tls else "http"))
         if on_started is not None:
@@ -289,6 +315,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
     finally:
         logger.info("shutting down")
         listeners.close()
+        if quic_server is not None:
+            quic_server.stop_accepting()
         cancelled = hurry
         try:
             if hurry:
@@ -298,6 +326,8 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
             # asked to stop at once: cut every connection, but still run lifespan shutdown
             cancelled = True
             ctx.registry.abort_all()
+        if quic_server is not None:
+            quic_server.close()
         if clock is not None:
             clock.stop()
         if watchdog is not None:

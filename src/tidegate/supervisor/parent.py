@@ -49,6 +49,7 @@ from ..runtime.sockets import AddressInUse, describe
 from ..sources import Reassembly, reassembly_for
 from ..startup import reclaim_pid_file
 from .channel import Channel, Message, encode_config
+from .quic import QuicWorkers
 from .reconfig import applicable, changes
 from .upgrade import Inheritance, Successor, announce_ready, take_inheritance
 
@@ -106,6 +107,7 @@ class Supervisor:
         self.inheritance: Inheritance | None = None  # the sockets of the previous generation, until handed over
         self.successor: Successor | None = None  # the next generation, while it starts
         self.metrics_socket: socket.socket | None = None
+        self.quic: QuicWorkers | None = None  # --http3: the UDP sockets, one per worker slot
 
     # ------------------------------------------------------------------ life
 
@@ -124,6 +126,14 @@ class Supervisor:
         for sock in self.sockets:
             logger.info("supervisor %d listening on %s", os.getpid(),
                         describe(sock, "https" if self.config.tls.certfile else "http"))
+        if self.config.h3.http3:
+            try:
+                self.quic = QuicWorkers(self.loop, self.config, self.sockets)
+            except ConfigError as exc:
+                logger.error("%s", exc)
+                for sock in self.sockets:
+                    sock.close()
+                return EXIT_USAGE
         metrics_task = None
         if self.config.metrics.bind is not None:
             metrics_task = await self._start_metrics()
@@ -156,6 +166,8 @@ class Supervisor:
                 await metrics_task
             for sock in self.sockets:
                 sock.close()
+            if self.quic is not None:
+                self.quic.close()
             if self.successor is not None:
                 self.successor.close()
             if self.inheritance is not None:  # stopped before every worker was ready
@@ -310,6 +322,10 @@ class Supervisor:
         reason = None
         if self.reload:
             reason = "--reload restarts the workers when files change"
+        elif self.quic is not None:
+            # a new generation could not join the UDP sockets' steering: their connections would break
+            reason = ("HTTP/3's UDP sockets are not handed to a new generation; use SIGHUP (a rolling restart, "
+                      "new code included) or restart the server")
         elif self.successor is not None:
             reason = f"the new generation (pid {self.successor.pid}) is still starting"
         elif self.inheritance is not None:
@@ -381,6 +397,11 @@ class Supervisor:
         number = next(self.numbers)
         command = [sys.executable, "-m", "tidegate.supervisor.worker", str(number), str(child_end.fileno()),
                    *map(str, fds)]
+        slot = -1
+        if self.quic is not None:
+            slot, quic_fds = self.quic.allocate()
+            command += self.quic.arguments(slot, quic_fds)
+            fds = [*fds, *quic_fds]
         try:
             process = subprocess.Popen(command, pass_fds=(child_end.fileno(), *fds), env=env)
         finally:
@@ -392,6 +413,9 @@ class Supervisor:
         worker = Worker(number, process, channel)
         holder.append(worker)
         self.workers.append(worker)
+        if self.quic is not None:
+            self.quic.started(number, slot)
+            self._steer_quic()
         self._watch_exit(worker)
         logger.info("supervisor: started worker %d (pid %d)", number, worker.pid)
         return worker
@@ -418,6 +442,9 @@ class Supervisor:
         worker.channel.close()
         if worker in self.workers:
             self.workers.remove(worker)
+        if self.quic is not None:
+            self.quic.exited(worker.number)
+            self._steer_quic()
         if not worker.ready.done():
             worker.ready.set_result(False)
         if not worker.exited.done():
@@ -461,11 +488,13 @@ class Supervisor:
             if not worker.ready.done():
                 worker.ready.set_result(True)
             logger.info("supervisor: worker %d (pid %d) ready", worker.number, worker.pid)
+            self._steer_quic()
             self._check_handover()
         elif op == "retiring":
             if worker.state in (BOOTING, READY):
                 worker.state = RETIRING
                 self._draining(worker)
+                self._steer_quic()
                 logger.info("supervisor: worker %d (pid %d) retiring (%s)", worker.number, worker.pid,
                             message.get("reason") or "reached --max-requests")
                 self._maintain()
@@ -485,6 +514,7 @@ class Supervisor:
         if worker.state not in (STOPPING,) or sig == signal.SIGQUIT:
             worker.state = STOPPING
             self._draining(worker)
+            self._steer_quic()
             if sig == signal.SIGTERM and not self.stopping and not worker.channel.closed:
                 # replaced while the others serve on: a graceful stop without --shutdown-delay, its health path
                 # still answering 200
@@ -492,6 +522,12 @@ class Supervisor:
                 return
             with contextlib.suppress(ProcessLookupError):
                 os.kill(worker.pid, sig)
+
+    def _steer_quic(self) -> None:
+        """--http3: each worker keeps its connections' datagrams until it exits; the ready ones take new
+        connections."""
+        if self.quic is not None:
+            self.quic.steer([w.number for w in self.workers], [w.number for w in self.workers if w.state == READY])
 
     def _kill(self, worker: Worker) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -524,6 +560,7 @@ class Supervisor:
                 self.loop.call_soon(self._maintain_after_kill)
             else:
                 worker.channel.send({"op": "ping"})
+        self._steer_quic()
         if not self.stopping:
             self._schedule_health_check()
 

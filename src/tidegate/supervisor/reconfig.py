@@ -2,7 +2,8 @@
 
 Workers are started afresh by a rolling restart, so every setting they read applies that way.  What the supervisor
 set up once, at its start, does not: the listening sockets (``bind``, ``host``, ``port``, ``uds``, ``fd``,
-``backlog``, ``uds_permissions``), the metrics endpoint (``metrics_bind``) and the file watcher of ``--reload``.  A
+``backlog``, ``uds_permissions``), the QUIC sockets (``http3``, ``quic_bind``), the metrics endpoint
+(``metrics_bind``) and the file watcher of ``--reload``.  A
 change to one of those needs the server restarted; until then it keeps its running value.  ``workers`` applies: it
 is the number of workers the supervisor keeps.
 """
@@ -23,7 +24,7 @@ def _flat_names(kind: type[Any]) -> frozenset[str]:
 
 
 #: settings a rolling restart of the workers does not apply: the server must be restarted
-NEEDS_RESTART = _flat_names(BindSettings) | _flat_names(ReloadSettings) | {"metrics_bind"}
+NEEDS_RESTART = _flat_names(BindSettings) | _flat_names(ReloadSettings) | {"metrics_bind", "http3", "quic_bind"}
 #: settings whose values are not written to the log
 _SECRET = frozenset({"ssl_keyfile_password"})
 

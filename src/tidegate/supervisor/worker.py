@@ -29,6 +29,7 @@ from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_
 from ..runtime.context import ServerContext
 from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import serve
+from ..runtime.udp import QuicListeners
 from .channel import Channel, Message, decode_config, read_line
 from .recycle import Recycler
 
@@ -51,7 +52,9 @@ def request_counter(limit: int, on_limit: Callable[[], None]) -> Callable[[], bo
     return count
 
 
-def run_worker(control: socket.socket, fds: list[int], number: int | None = None) -> int:
+def run_worker(control: socket.socket, fds: list[int], number: int | None = None,
+               quic: QuicListeners | None = None) -> int:
+    """Serve as one worker; ``quic``: its HTTP/3 UDP sockets and their slot (``--quic SLOT TAG FD...``)."""
     hello, rest = read_line(control)
     config = decode_config(hello)
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU, signal.SIGUSR2):
@@ -127,7 +130,7 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
 
     main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
                                   on_request=request_counter(limit, retire) if limit else None, prepare=prepare,
-                                  metrics=metrics, announce_shutdown=announce_shutdown))
+                                  metrics=metrics, announce_shutdown=announce_shutdown, quic=quic))
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGQUIT, main.cancel)
     channel.feed(rest)
@@ -161,9 +164,16 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
 
 
 def main() -> None:
-    number, control_fd, *fds = (int(arg) for arg in sys.argv[1:])
+    args = sys.argv[1:]
+    quic = None
+    if "--quic" in args:
+        at = args.index("--quic")
+        slot, tag, *udp = (int(arg) for arg in args[at + 1:])
+        quic = QuicListeners([socket.socket(fileno=fd) for fd in udp], slot, tag)
+        args = args[:at]
+    number, control_fd, *fds = (int(arg) for arg in args)
     control = socket.socket(fileno=control_fd)
-    sys.exit(run_worker(control, fds, number))
+    sys.exit(run_worker(control, fds, number, quic))
 
 
 if __name__ == "__main__":
