@@ -30,7 +30,6 @@ import logging
 from time import perf_counter
 from typing import Any
 
-from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
@@ -39,7 +38,7 @@ from ..protocol.websocket import CLOSED
 from .context import ServerContext, client_text, connection_info, cut, log_access, log_cut, log_refused
 from .health import HealthCheck
 from .websocket import WebSocketChannel
-from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file
+from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file, release, wait_to_send
 
 __all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
 
@@ -74,37 +73,13 @@ def _stream_deadline(driver: H2Driver, stream: H2Stream | H2WebSocket) -> WriteD
     return WriteDeadline(driver.ctx.loop, driver.ctx.timeouts.write, queued, expired)
 
 
-def _release(stream: H2Stream | H2WebSocket) -> None:
-    """Wake the stream's coroutine waiting in drain(), if any."""
-    waiter, stream._waiter = stream._waiter, None
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
 async def _drain(stream: H2Stream | H2WebSocket) -> None:
     """Wait until a stream may send again (its window and the transport's buffer), under the write deadline; raise
     ClientDisconnected once the stream is gone."""
     driver = stream.driver
-    watch = None
-    try:
-        while not stream.gone:
-            if not driver.write_paused and not driver.conn.pending(stream.id):
-                stream.write_paused = False
-                return
-            if watch is None:
-                watch = _stream_deadline(driver, stream)
-                watch.start()
-            waiter = driver.ctx.loop.create_future()
-            stream._waiter = waiter
-            driver.waiting.add(stream)
-            try:
-                await waiter
-            finally:
-                driver.waiting.discard(stream)
-    finally:
-        if watch is not None:
-            watch.cancel()
-    raise ClientDisconnected("the client has disconnected")
+    await wait_to_send(stream, driver.ctx.loop, driver.waiting,
+                       lambda: not driver.write_paused and not driver.conn.pending(stream.id),
+                       lambda: _stream_deadline(driver, stream))
 
 
 class H2Stream:
@@ -164,7 +139,7 @@ class H2Stream:
         pass  # a request in progress is answered
 
     def wake(self) -> None:
-        _release(self)
+        release(self)
 
     # ------------------------------------------------------------------ Stream
 
@@ -325,7 +300,7 @@ class H2WebSocket:
         self.channel.shutdown()
 
     def wake(self) -> None:
-        _release(self)
+        release(self)
         self.channel.resume_reading()
 
     # ------------------------------------------------------------------ Carrier (used by the channel)

@@ -61,7 +61,6 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from ..asgi.errors import ClientDisconnected
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..config import ConfigError
@@ -72,7 +71,7 @@ from .context import ServerContext, address, client_text, log_access, log_cut, l
 from .tls import server_cert_pem
 from .udp import CID_LENGTH, QuicListeners, connection_id_maker
 from .websocket import WebSocketChannel
-from .writes import FLUSH_BYTES, WriteDeadline, copy_file
+from .writes import FLUSH_BYTES, WriteDeadline, copy_file, release, wait_to_send
 
 __all__ = ["H3Driver", "H3Endpoint", "H3Stream", "H3WebSocket", "QuicServer", "quic_configuration"]
 
@@ -363,32 +362,8 @@ async def _drain(stream: H3Stream | H3WebSocket) -> None:
     """Wait until the stream's unsent response is below ``FLUSH_BYTES``, under the write deadline; raise
     ClientDisconnected once the stream is gone."""
     driver = stream.driver
-    watch = None
-    try:
-        while not stream.gone:
-            if driver.quic.unsent(stream.id) <= FLUSH_BYTES:
-                stream.write_paused = False
-                return
-            if watch is None:
-                watch = _stream_deadline(stream)
-                watch.start()
-            waiter = driver.ctx.loop.create_future()
-            stream._waiter = waiter
-            driver.waiting.add(stream)
-            try:
-                await waiter
-            finally:
-                driver.waiting.discard(stream)
-    finally:
-        if watch is not None:
-            watch.cancel()
-    raise ClientDisconnected("the client has disconnected")
-
-
-def _release(stream: H3Stream | H3WebSocket) -> None:
-    waiter, stream._waiter = stream._waiter, None
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
+    await wait_to_send(stream, driver.ctx.loop, driver.waiting, lambda: driver.quic.unsent(stream.id) <= FLUSH_BYTES,
+                       lambda: _stream_deadline(stream))
 
 
 class H3Stream:
@@ -442,13 +417,13 @@ class H3Stream:
         if not self.gone:
             self.gone = True
             self.exchange.on_disconnect()
-            _release(self)
+            release(self)
 
     def shutdown(self) -> None:
         pass  # a request in progress is answered
 
     def wake(self) -> None:
-        _release(self)
+        release(self)
 
     # ------------------------------------------------------------------ Stream
 
@@ -667,14 +642,14 @@ class H3WebSocket:
         if not self.gone:
             self.gone = True
             self.channel.lost()
-            _release(self)
+            release(self)
             self._maybe_done()
 
     def shutdown(self) -> None:
         self.channel.shutdown()
 
     def wake(self) -> None:
-        _release(self)
+        release(self)
         self.channel.resume_reading()
 
     # ------------------------------------------------------------------ Carrier

@@ -24,7 +24,7 @@ from typing import Any, Protocol, cast
 
 from ..asgi.errors import ClientDisconnected
 
-__all__ = ["FLUSH_BYTES", "WriteBuffer", "WriteDeadline", "copy_file"]
+__all__ = ["FLUSH_BYTES", "WaitingStream", "WriteBuffer", "WriteDeadline", "copy_file", "release", "wait_to_send"]
 
 logger = logging.getLogger("tidegate.error")
 
@@ -60,6 +60,53 @@ async def copy_file(fd: int, offset: int, count: int, write: Callable[[bytes, bo
         write(data, not count)
         if stream.write_paused:
             await stream.drain()
+
+
+class WaitingStream(Protocol):
+    """A stream of a multiplexed connection (HTTP/2, HTTP/3) as its wait for room to send sees it: the one waiter
+    its coroutine sleeps on in ``drain()``, and whether it is gone."""
+
+    _waiter: asyncio.Future[None] | None
+    gone: bool
+
+    @property
+    def write_paused(self) -> bool: ...
+    @write_paused.setter
+    def write_paused(self, paused: bool) -> None: ...
+
+
+def release(stream: WaitingStream) -> None:
+    """Wake the stream's coroutine waiting in ``drain()``, if any."""
+    waiter, stream._waiter = stream._waiter, None
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
+
+
+async def wait_to_send(stream: WaitingStream, loop: asyncio.AbstractEventLoop, waiting: set[Any],
+                       can_send: Callable[[], bool], deadline: Callable[[], WriteDeadline]) -> None:
+    """Wait until ``can_send()`` (the stream's window and its connection's output have room), each wake-up coming
+    through :func:`release`; meanwhile the stream is in its connection's ``waiting`` set and ``deadline()``
+    (--timeout-write, made at the first wait) runs.  Raise ClientDisconnected once the stream is gone."""
+    watch = None
+    try:
+        while not stream.gone:
+            if can_send():
+                stream.write_paused = False
+                return
+            if watch is None:
+                watch = deadline()
+                watch.start()
+            waiter = loop.create_future()
+            stream._waiter = waiter
+            waiting.add(stream)
+            try:
+                await waiter
+            finally:
+                waiting.discard(stream)
+    finally:
+        if watch is not None:
+            watch.cancel()
+    raise ClientDisconnected("the client has disconnected")
 
 
 class WriteDeadline:
