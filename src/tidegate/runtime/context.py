@@ -28,8 +28,21 @@ from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
 from .health import HealthCheck
 from .tls import with_tls
 
-__all__ = ["ConnectionLog", "ConnectionRegistry", "Driver", "Handover", "ServerContext", "address", "client_text",
-           "connection_info", "cut", "log_access", "log_cut", "log_refused"]
+__all__ = [
+    "ConnectionLog",
+    "ConnectionRegistry",
+    "Driver",
+    "Handover",
+    "ServerContext",
+    "address",
+    "body_waiter",
+    "client_text",
+    "connection_info",
+    "cut",
+    "log_access",
+    "log_cut",
+    "log_refused",
+]
 
 logger = logging.getLogger("tidegate.error")
 access_logger = logging.getLogger("tidegate.access")
@@ -329,6 +342,22 @@ def connection_info(ctx: ServerContext, transport: asyncio.BaseTransport) -> Con
     if client is None:
         client = address(transport.get_extra_info("peername"))
     return ConnectionInfo(client, local, scheme, ctx.config.app.root_path, ctx.state, extensions)
+
+
+def body_waiter(ctx: ServerContext, exchange: HTTPExchange, stalled: Callable[[], None]) -> asyncio.Future[None]:
+    """The waiter an app's ``receive()`` sleeps on, for a stream of a multiplexed connection (HTTP/2, HTTP/3).  While
+    the request body is not complete, --timeout-request-body runs: past it, ``stalled()`` (the driver answers 408
+    and the app hears ``http.disconnect``)."""
+    waiter: asyncio.Future[None] = ctx.loop.create_future()
+    if not exchange.request_complete:
+        timer = ctx.loop.call_later(ctx.timeouts.request_body, _body_stalled, waiter, stalled)
+        waiter.add_done_callback(lambda _: timer.cancel())
+    return waiter
+
+
+def _body_stalled(waiter: asyncio.Future[None], stalled: Callable[[], None]) -> None:
+    if not waiter.done():
+        stalled()
 
 
 def cut(transport: asyncio.Transport, *tasks: asyncio.Task[None] | None) -> list[asyncio.Task[None]]:

@@ -35,7 +35,7 @@ from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, client_text, connection_info, cut, log_access, log_cut, log_refused
+from .context import ServerContext, body_waiter, client_text, connection_info, cut, log_access, log_cut, log_refused
 from .health import HealthCheck
 from .websocket import WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file, release, wait_to_send
@@ -194,17 +194,10 @@ class H2Stream:
         await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
-        ctx = self.driver.ctx
-        waiter = ctx.loop.create_future()
-        if not self.exchange.request_complete:
-            # the app waits for more of the body: --timeout-request-body
-            timer = ctx.loop.call_later(ctx.timeouts.request_body, self._body_stalled, waiter)
-            waiter.add_done_callback(lambda _: timer.cancel())
-        return waiter
+        return body_waiter(self.driver.ctx, self.exchange, self._body_stalled)
 
-    def _body_stalled(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self.driver.refuse_body(self, 408, "request body not received in time")
+    def _body_stalled(self) -> None:
+        self.driver.refuse_body(self, 408, "request body not received in time")
 
     def resume_reading(self) -> None:
         self.reading_paused = False

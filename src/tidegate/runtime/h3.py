@@ -67,7 +67,7 @@ from ..config import ConfigError
 from ..protocol.events import ProtocolError, Request
 from ..protocol.http2 import parse_request
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, address, client_text, log_access, log_cut, log_refused
+from .context import ServerContext, address, body_waiter, client_text, log_access, log_cut, log_refused
 from .tls import server_cert_pem
 from .udp import CID_LENGTH, QuicListeners, connection_id_maker
 from .websocket import WebSocketChannel
@@ -557,16 +557,10 @@ class H3Stream:
         await _drain(self)
 
     def create_waiter(self) -> asyncio.Future[None]:
-        ctx = self.driver.ctx
-        waiter = ctx.loop.create_future()
-        if not self.exchange.request_complete:
-            timer = ctx.loop.call_later(ctx.timeouts.request_body, self._body_stalled, waiter)
-            waiter.add_done_callback(lambda _: timer.cancel())
-        return waiter
+        return body_waiter(self.driver.ctx, self.exchange, self._body_stalled)
 
-    def _body_stalled(self, waiter: asyncio.Future[None]) -> None:
-        if not waiter.done():
-            self.driver.refuse_body(self, 408, "request body not received in time")
+    def _body_stalled(self) -> None:
+        self.driver.refuse_body(self, 408, "request body not received in time")
 
     def resume_reading(self) -> None:
         self.reading_paused = False
