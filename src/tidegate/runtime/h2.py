@@ -37,7 +37,7 @@ from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H
 from ..protocol.websocket import CLOSED
 from .context import ServerContext, body_waiter, client_text, connection_info, cut, log_access, log_cut, log_refused
 from .health import HealthCheck
-from .websocket import WebSocketChannel
+from .websocket import StreamCarrier, WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file, release, wait_to_send
 
 __all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
@@ -211,7 +211,7 @@ class H2Stream:
             driver.transport.resume_reading()  # the h2c upgrade's body, read again
 
 
-class H2WebSocket:
+class H2WebSocket(StreamCarrier):
     """A WebSocket over one stream (RFC 8441 extended CONNECT): the stream is the
     :class:`~tidegate.runtime.websocket.Carrier` of the same :class:`~tidegate.runtime.websocket.WebSocketChannel` as
     over HTTP/1.1, with the stream's DATA as the byte stream.
@@ -222,7 +222,7 @@ class H2WebSocket:
     handshake ends the stream with END_STREAM; a failure or a missing close resets it.
     """
 
-    __slots__ = ("_ending", "_waiter", "channel", "driver", "gone", "id", "label", "task", "unacked")
+    __slots__ = ("_ending", "driver", "gone", "id", "label", "unacked")
 
     def __init__(self, driver: H2Driver, request: Request) -> None:
         self.driver = driver
@@ -235,25 +235,6 @@ class H2WebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.channel = WebSocketChannel(driver.ctx, driver.info, request, self)
-
-    @property
-    def write_paused(self) -> bool:
-        """The stream's data waits for its window or the transport: the app's send() waits (the channel's flag,
-        which its exchange reads)."""
-        return self.channel.write_paused
-
-    @write_paused.setter
-    def write_paused(self, paused: bool) -> None:
-        self.channel.write_paused = paused
-
-    def start(self) -> None:
-        channel = self.channel
-        channel.start()
-        self.task = channel.task
-        if self.task is not None:
-            self.task.add_done_callback(lambda _: self._maybe_done())
-        else:
-            self._maybe_done()
 
     def _maybe_done(self) -> None:
         """Forgotten by the driver once the app returned and the stream ended."""
@@ -288,13 +269,6 @@ class H2WebSocket:
             self.channel.lost()
             self.wake()
             self._maybe_done()
-
-    def shutdown(self) -> None:
-        self.channel.shutdown()
-
-    def wake(self) -> None:
-        release(self)
-        self.channel.resume_reading()
 
     # ------------------------------------------------------------------ Carrier (used by the channel)
 

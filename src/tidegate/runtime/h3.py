@@ -70,7 +70,7 @@ from ..protocol.websocket import CLOSED
 from .context import ServerContext, address, body_waiter, client_text, log_access, log_cut, log_refused
 from .tls import server_cert_pem
 from .udp import CID_LENGTH, QuicListeners, connection_id_maker
-from .websocket import WebSocketChannel
+from .websocket import StreamCarrier, WebSocketChannel
 from .writes import FLUSH_BYTES, WriteDeadline, copy_file, release, wait_to_send
 
 __all__ = ["H3Driver", "H3Endpoint", "H3Stream", "H3WebSocket", "QuicServer", "quic_configuration"]
@@ -567,7 +567,7 @@ class H3Stream:
         self.driver.give_back(self.id)
 
 
-class H3WebSocket:
+class H3WebSocket(StreamCarrier):
     """A WebSocket over one request stream (RFC 9220 extended CONNECT): the stream is the
     :class:`~tidegate.runtime.websocket.Carrier` of the same :class:`~tidegate.runtime.websocket.WebSocketChannel`
     as over HTTP/1.1 and HTTP/2, with the stream's DATA frames as the byte stream.
@@ -576,7 +576,7 @@ class H3WebSocket:
     waits for the client); data received is given back to the client's window as the channel takes it.  The closing
     handshake ends the stream with FIN; a failure or a missing close resets it."""
 
-    __slots__ = ("_ending", "_waiter", "channel", "driver", "gone", "id", "label", "task")
+    __slots__ = ("_ending", "driver", "gone", "id", "label")
 
     def __init__(self, driver: H3Driver, request: Request) -> None:
         self.driver = driver
@@ -587,23 +587,6 @@ class H3WebSocket:
         self._waiter: asyncio.Future[None] | None = None
         self.task: asyncio.Task[None] | None = None
         self.channel = WebSocketChannel(driver.ctx, driver.info, request, self)
-
-    @property
-    def write_paused(self) -> bool:
-        return self.channel.write_paused
-
-    @write_paused.setter
-    def write_paused(self, paused: bool) -> None:
-        self.channel.write_paused = paused
-
-    def start(self) -> None:
-        channel = self.channel
-        channel.start()
-        self.task = channel.task
-        if self.task is not None:
-            self.task.add_done_callback(lambda _: self._maybe_done())
-        else:
-            self._maybe_done()
 
     def _maybe_done(self) -> None:
         if (self.task is None or self.task.done()) and (self.gone or self._ending):
@@ -638,13 +621,6 @@ class H3WebSocket:
             self.channel.lost()
             release(self)
             self._maybe_done()
-
-    def shutdown(self) -> None:
-        self.channel.shutdown()
-
-    def wake(self) -> None:
-        release(self)
-        self.channel.resume_reading()
 
     # ------------------------------------------------------------------ Carrier
 

@@ -389,3 +389,46 @@ class WebSocketChannel:
                 target = scope["path"] + ("?" + query.decode("latin-1") if query else "")
             access_logger.info('%s - "WebSocket %s%s" %d', client_text(self.info), escape_log(target),
                                self.carrier.label, status)
+
+
+class StreamCarrier:
+    """What a WebSocket carried by one stream of a multiplexed connection (HTTP/2, HTTP/3) shares, whatever the
+    protocol: the channel's send flag read as the stream's, the app started once the handshake request is here, the
+    graceful shutdown, and the wake-up of a ``drain()``.  Each driver's carrier gives the rest: how its bytes go out,
+    how the client's window is given back, when the stream is over (``_maybe_done``)."""
+
+    __slots__ = ("_waiter", "channel", "task")
+    channel: WebSocketChannel
+    task: asyncio.Task[None] | None
+    _waiter: asyncio.Future[None] | None
+
+    @property
+    def write_paused(self) -> bool:
+        """The stream's data waits for the client: the app's send() waits (the channel's flag, which its exchange
+        reads)."""
+        return self.channel.write_paused
+
+    @write_paused.setter
+    def write_paused(self, paused: bool) -> None:
+        self.channel.write_paused = paused
+
+    def start(self) -> None:
+        channel = self.channel
+        channel.start()
+        self.task = channel.task
+        if self.task is not None:
+            self.task.add_done_callback(lambda _: self._maybe_done())
+        else:
+            self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        raise NotImplementedError
+
+    def shutdown(self) -> None:
+        self.channel.shutdown()
+
+    def wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.channel.resume_reading()
