@@ -207,3 +207,11 @@ def manifest_containers(manifest: dict[str, object]) -> list[dict[str, object]]:
     containers = manifest_pod(manifest)["containers"]
     assert isinstance(containers, list)
     return containers
+
+
+def test_every_flag_is_in_the_readme() -> None:
+    # the README is the user's reference: a flag --help shows and the README does not is a gap
+    readme = (ROOT / "README.md").read_text()
+    flags_shown = {option for action in build_parser()._actions for option in action.option_strings
+                   if option.startswith("--") and not option.startswith("--no-")}
+    assert sorted(flag for flag in flags_shown if flag not in readme) == []
