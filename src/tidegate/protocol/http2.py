@@ -75,7 +75,7 @@ from .events import (
 )
 from .http1 import ResponseDefaults
 
-__all__ = ["PREFACE", "H2Connection", "decode_settings"]
+__all__ = ["PREFACE", "H2Connection", "check_response_field", "decode_settings"]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -202,14 +202,9 @@ _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connecti
 _SPECIAL_RESPONSE = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server", b"alt-svc"}
 
 
-def _response_field(name: bytes, value: bytes) -> bytes:
-    """A validated, encoded response field (cached); raises ProtocolError for what may not be sent."""
-    try:
-        piece = _FIELD_CACHE.get((name, value))
-    except TypeError:
-        raise ProtocolError("headers must be an iterable of (name, value) byte string pairs") from None
-    if piece is not None:
-        return piece
+def check_response_field(name: object, value: object) -> tuple[bytes, bytes, bytes]:
+    """An app's response field as ``(name, value, lower-cased name)`` bytes, for HTTP/2 and HTTP/3 alike; raises
+    ProtocolError for what may not be sent (not bytes, an invalid name, CR, LF or NUL in the value)."""
     if type(name) is not bytes or type(value) is not bytes:
         if not isinstance(name, (bytes, bytearray)) or not isinstance(value, (bytes, bytearray)):
             raise ProtocolError("headers must be an iterable of (name, value) byte string pairs")
@@ -219,6 +214,18 @@ def _response_field(name: bytes, value: bytes) -> bytes:
         raise ProtocolError(f"invalid header name {name!r}")
     if _BAD_VALUE.search(value):
         raise ProtocolError(f"header {name!r} has CR, LF or NUL in its value")
+    return name, value, lname
+
+
+def _response_field(name: bytes, value: bytes) -> bytes:
+    """A validated, encoded response field (cached); raises ProtocolError for what may not be sent."""
+    try:
+        piece = _FIELD_CACHE.get((name, value))
+    except TypeError:
+        raise ProtocolError("headers must be an iterable of (name, value) byte string pairs") from None
+    if piece is not None:
+        return piece
+    name, value, lname = check_response_field(name, value)
     piece = encode_field(lname, value)
     if len(_FIELD_CACHE) < _FIELD_CACHE_MAX and lname not in _SPECIAL_RESPONSE:
         # (a field that replaces a default is never cached: _encode_headers must see it each time)

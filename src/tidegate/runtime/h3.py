@@ -65,7 +65,7 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..config import ConfigError
 from ..protocol.events import ProtocolError, Request
-from ..protocol.http2 import parse_request
+from ..protocol.http2 import check_response_field, parse_request
 from ..protocol.websocket import CLOSED
 from .context import ServerContext, address, body_waiter, client_text, log_access, log_cut, log_refused
 from .tls import server_cert_pem
@@ -95,8 +95,6 @@ _H3_ALPN = ["h3"]
 _CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
                                   b"upgrade"})
 _SPECIAL = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server"}
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_BAD_VALUE = re.compile(rb"[\r\n\0]")
 #: validated response fields the apps send, (name, value) → (lower-cased name, value); bounded
 _FIELDS: dict[tuple[bytes, bytes], tuple[bytes, bytes]] = {}
 _FIELDS_MAX = 4096
@@ -270,16 +268,7 @@ def _response_fields(headers: Any, stream: H3Stream) -> tuple[list[tuple[bytes, 
         for given_name, given_value in headers:
             pair = _FIELDS.get((given_name, given_value))
             if pair is None:
-                name, value = given_name, given_value
-                if type(name) is not bytes or type(value) is not bytes:
-                    if not isinstance(name, (bytes, bytearray)) or not isinstance(value, (bytes, bytearray)):
-                        raise ProtocolError("headers must be an iterable of (name, value) byte string pairs")
-                    name, value = bytes(name), bytes(value)
-                lname = name.lower()
-                if not _TOKEN.fullmatch(lname):
-                    raise ProtocolError(f"invalid header name {name!r}")
-                if _BAD_VALUE.search(value):
-                    raise ProtocolError(f"header {name!r} has CR, LF or NUL in its value")
+                name, value, lname = check_response_field(given_name, given_value)
                 if lname in _SPECIAL:
                     if lname in _CONNECTION_SPECIFIC:
                         continue
