@@ -20,7 +20,17 @@ from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
-from .context import ServerContext, client_text, connection_info, cut, forwarded_hint, log_access, log_cut, log_refused
+from .context import (
+    UNRECORDED,
+    ServerContext,
+    client_text,
+    connection_info,
+    cut,
+    forwarded_hint,
+    log_access,
+    log_cut,
+    log_refused,
+)
 from .health import HealthCheck
 from .writes import WriteBuffer, copy_file
 
@@ -321,7 +331,7 @@ class H1Driver(asyncio.Protocol):
         --limit-concurrency counts it, and it is recorded only with --health-log."""
         self.current = exchange
         self.current_request = request
-        self._started_at = perf_counter() if health.log else -1.0
+        self._started_at = perf_counter() if health.log else UNRECORDED
         self.task = self.ctx.loop.create_task(exchange.run(health))
 
     def _admit(self, exchange: HTTPExchange) -> bool:
@@ -607,8 +617,7 @@ class H1Driver(asyncio.Protocol):
             self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
-        if self._started_at >= 0.0:  # else a health check's answer, not recorded
-            log_access(self.ctx, self.info, exchange, self._started_at)
+        log_access(self.ctx, self.info, exchange, self._started_at)
 
     def _client_text(self) -> str:
         return client_text(self.info)
@@ -678,7 +687,7 @@ class H1Driver(asyncio.Protocol):
 
     def response_cut(self) -> None:
         current = self.current
-        if current is not None and self._started_at >= 0.0:
+        if current is not None:
             log_cut(self.ctx, self.info, current, self._started_at)
 
     def abort(self) -> None:

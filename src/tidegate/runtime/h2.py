@@ -30,12 +30,22 @@ import logging
 from time import perf_counter
 from typing import Any
 
-from ..asgi.http import HTTPExchange, escape_log
+from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, body_waiter, client_text, connection_info, cut, log_access, log_cut, log_refused
+from .context import (
+    UNRECORDED,
+    ServerContext,
+    body_waiter,
+    client_text,
+    connection_info,
+    cut,
+    log_access,
+    log_cut,
+    log_refused,
+)
 from .health import HealthCheck
 from .websocket import StreamCarrier, WebSocketChannel
 from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file, release, wait_to_send
@@ -103,16 +113,10 @@ class H2Stream:
         self.started_at = 0.0
         self._waiter: asyncio.Future[None] | None = None
 
-    async def run(self) -> None:
+    async def run(self, app: ASGIApp | None = None) -> None:
+        """Run the app on this stream's exchange (``app``: the health path's answer instead of the app)."""
         try:
-            await self.exchange.run(self.driver.ctx.app)
-        finally:
-            self.driver._stream_finished(self)
-
-    async def run_health(self, health: HealthCheck) -> None:
-        """The health path: the server's own answer instead of the app."""
-        try:
-            await self.exchange.run(health)
+            await self.exchange.run(self.driver.ctx.app if app is None else app)
         finally:
             self.driver._stream_finished(self)
 
@@ -168,13 +172,12 @@ class H2Stream:
 
     def response_done(self) -> None:
         driver = self.driver
-        if driver.ctx.recording and self.started_at >= 0.0:  # else a health check's answer, not recorded
+        if driver.ctx.recording:
             driver.log_access(self)
 
     def response_cut(self) -> None:
-        if self.started_at >= 0.0:
-            driver = self.driver
-            log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
+        driver = self.driver
+        log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         self.driver.conn.informational(self.id, status, headers)
@@ -501,8 +504,8 @@ class H2Driver(asyncio.Protocol):
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
                                        self.ctx.limits.request_body)
         self.streams[stream.id] = stream
-        stream.started_at = perf_counter() if health.log else -1.0
-        stream.task = self.ctx.loop.create_task(stream.run_health(health))
+        stream.started_at = perf_counter() if health.log else UNRECORDED
+        stream.task = self.ctx.loop.create_task(stream.run(health))
 
     async def _run_admitted(self, stream: H2Stream) -> None:
         try:
@@ -606,8 +609,8 @@ class H2Driver(asyncio.Protocol):
             stream.exchange.on_end()
         health = self.ctx.health
         if health is not None and health.matches(request.target):
-            stream.started_at = perf_counter() if health.log else -1.0
-            stream.task = self.ctx.loop.create_task(stream.run_health(health))
+            stream.started_at = perf_counter() if health.log else UNRECORDED
+            stream.task = self.ctx.loop.create_task(stream.run(health))
             return
         stream.task = self.ctx.loop.create_task(stream.run())
 

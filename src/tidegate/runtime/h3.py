@@ -61,13 +61,13 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from ..asgi.http import HTTPExchange, escape_log
+from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..config import ConfigError
 from ..protocol.events import ProtocolError, Request
 from ..protocol.http2 import check_response_field, parse_request
 from ..protocol.websocket import CLOSED
-from .context import ServerContext, address, body_waiter, client_text, log_access, log_cut, log_refused
+from .context import UNRECORDED, ServerContext, address, body_waiter, client_text, log_access, log_cut, log_refused
 from .tls import server_cert_pem
 from .udp import CID_LENGTH, QuicListeners, connection_id_maker
 from .websocket import StreamCarrier, WebSocketChannel
@@ -382,7 +382,7 @@ class H3Stream:
         self.remaining = -1
         self._waiter: asyncio.Future[None] | None = None
 
-    async def run(self, app: Any = None) -> None:
+    async def run(self, app: ASGIApp | None = None) -> None:
         """Run the app on this stream's exchange (``app``: the health path's answer instead of the app)."""
         try:
             await self.exchange.run(self.driver.ctx.app if app is None else app)
@@ -509,13 +509,12 @@ class H3Stream:
 
     def response_done(self) -> None:
         driver = self.driver
-        if driver.ctx.recording and self.started_at >= 0.0:  # else a health check's answer, not recorded
+        if driver.ctx.recording:
             log_access(driver.ctx, driver.info, self.exchange, self.started_at)
 
     def response_cut(self) -> None:
-        if self.started_at >= 0.0:
-            driver = self.driver
-            log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
+        driver = self.driver
+        log_cut(driver.ctx, driver.info, self.exchange, self.started_at)
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.gone or self.ended:
@@ -1003,7 +1002,7 @@ class H3Driver:
                                            ctx.limits.request_body)
             self.streams[stream_id] = stream
             self._cancel_idle_timer()
-            stream.started_at = perf_counter() if health.log else -1.0
+            stream.started_at = perf_counter() if health.log else UNRECORDED
             if ended:
                 stream.exchange.on_end()
             stream.task = ctx.loop.create_task(stream.run(health))
