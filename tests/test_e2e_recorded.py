@@ -253,3 +253,29 @@ def test_metrics_alone_record_without_an_access_log(run_server: Any, logs: Any) 
     # nothing to wait for: each was recorded before its connection closed
     assert metrics.snapshot()["requests"]["2xx"] == 1 and metrics.snapshot()["requests"]["4xx"] == 1
     assert logs.messages("tidegate.access") == []
+
+
+def test_the_request_of_an_h2c_upgrade_is_timed_with_metrics_alone(run_server: Any) -> None:
+    # its duration starts at its head, access log or not (a start of 0 would count the whole uptime)
+    import h2.config
+    import h2.connection
+
+    metrics = Metrics()
+    server = run_server(app, metrics=metrics, access_log=False)
+    client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+    settings = client.initiate_upgrade_connection()
+    with socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                     b"HTTP2-Settings: " + settings + b"\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        sock.sendall(client.data_to_send())
+        events = client.receive_data(data.partition(b"\r\n\r\n")[2])
+        while not any(isinstance(e, h2.events.StreamEnded) for e in events):
+            chunk = sock.recv(65536)
+            assert chunk
+            events += client.receive_data(chunk)
+    snapshot = metrics.snapshot()
+    assert snapshot["requests"]["2xx"] == 1
+    assert snapshot["duration_sum"] < 10.0

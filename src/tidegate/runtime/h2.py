@@ -601,7 +601,7 @@ class H2Driver(asyncio.Protocol):
         stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
                                        self.ctx.limits.request_body)
         self.streams[1] = stream
-        if self.ctx.logging.access_log:
+        if self.ctx.recording:
             stream.started_at = perf_counter()
         self._upgrade_body = body_length
         self._upgraded = stream if body_length else None
