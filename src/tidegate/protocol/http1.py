@@ -192,14 +192,8 @@ class _ParseAbort(Exception):
         self.error = error
 
 
-class _Discard(list[tuple[bytes, bytes]]):
-    """Where header lines parsed after the head (chunked trailers) go: nowhere."""
-
-    def append(self, item: tuple[bytes, bytes]) -> None:
-        pass
-
-
-_TRAILERS = _Discard()
+# Stands for the header list between heads: header lines parsed after the head (chunked trailers) are not kept.
+_TRAILERS: Headers = []
 # Stands for the events of an earlier read, and how many events of a read may stay referenced until the next one
 # (see H1Connection._feed).
 _EARLIER: list[Event] = []
@@ -632,7 +626,9 @@ class H1Connection:
     def on_header(self, name: bytes, value: bytes) -> None:
         name = name.lower()
         value = value.rstrip(b" \t")  # the parser drops leading whitespace, not trailing (RFC 9112 §5)
-        self._headers.append((name, value))
+        headers = self._headers
+        if headers is not _TRAILERS:
+            headers.append((name, value))
         if name in _WATCHED_REQUEST:
             if name == b"host":
                 self._hosts += 1
