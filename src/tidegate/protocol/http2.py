@@ -593,7 +593,8 @@ class H2Connection:
         try:
             fields = self._decoder.decode(block, raw=True)
         except HPACKError as exc:
-            raise _ConnectionError(COMPRESSION_ERROR, f"header block: {exc}") from None
+            # the error's name only: hpack's message quotes the block's repr, a heap address among it
+            raise _ConnectionError(COMPRESSION_ERROR, f"header block: {type(exc).__name__}") from None
         return fields
 
     def _decode_head(self, block: bytes) -> _Head | str:
