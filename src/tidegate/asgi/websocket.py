@@ -22,15 +22,13 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
 from .http import Waiter, Waiting, _as_bytes, escape_log
 from .types import (
     ASGIApp,
-    ASGISendEvent,
-    WebSocketAcceptEvent,
     WebSocketConnectEvent,
     WebSocketDisconnectEvent,
     WebSocketReceiveEvent,
@@ -150,7 +148,8 @@ class WebSocketExchange(Waiting):
             self._waiter = waiter
             await waiter
 
-    async def send(self, message: ASGISendEvent) -> None:
+    async def send(self, message: Any) -> None:
+        # what the app sent, checked field by field as read (see HTTPExchange.send)
         try:
             kind = message["type"]
         except (KeyError, TypeError):
@@ -237,7 +236,7 @@ class WebSocketExchange(Waiting):
         else:
             raise ASGIError(f"{kind!r} sent after the WebSocket was accepted")
 
-    def _accept(self, message: WebSocketAcceptEvent) -> None:
+    def _accept(self, message: Any) -> None:
         subprotocol = message.get("subprotocol")
         if subprotocol is not None and type(subprotocol) is not str:
             raise ASGIError(f"'subprotocol' must be a str or None, not {subprotocol!r}")

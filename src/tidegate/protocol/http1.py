@@ -36,8 +36,9 @@ Rules this file enforces (RFC 9112):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from http import HTTPStatus
+from typing import Any
 
 import httptools
 
@@ -745,15 +746,18 @@ class H1Connection:
 
     # ------------------------------------------------------------------ outbound
 
-    def start_response(self, request: Request, status: int, headers: Headers) -> None:
-        """Begin the response to ``request``; the head is held until the first :meth:`send_body`."""
+    def start_response(self, request: Request, status: object, headers: Iterable[Any]) -> None:
+        """Begin the response to ``request``; the head is held until the first :meth:`send_body`.  ``status`` and
+        ``headers`` are what the app sent, checked here."""
         if self._state != _IDLE:
             raise ProtocolError("the response has already started")
+        if type(status) is not int:
+            raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
         version10 = request.http_version == "1.0"
         self._version10 = version10
         line = (_STATUS_LINES_10 if version10 else _STATUS_LINES).get(status)
         if line is None:
-            if type(status) is not int or not 200 <= status <= 599:
+            if not 200 <= status <= 599:
                 raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
             line = status_line(status, b"1.0" if version10 else b"1.1")
         elif status < 200:
@@ -801,8 +805,9 @@ class H1Connection:
                     if len(value) <= 64 and len(_known_values) < _KNOWN_MAX:
                         _known_values.add(value)
                 parts += (name, b": ", value, b"\r\n")
-        except (TypeError, ValueError, AttributeError) as exc:
-            raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs: {exc}") from None
+        except (TypeError, ValueError, AttributeError):
+            raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs, not {headers!r}"
+                                ) from None
         defaults = self._defaults
         if not has_date and not has_server and not has_alt_svc:
             parts.append(defaults.together)

@@ -991,15 +991,16 @@ class H2Connection:
         return ((b"" if has_server else self._server_field) + (b"" if has_date else self._date_field)
                 + self._extra_fields + (b"" if has_alt_svc else self._alt_svc_field))
 
-    def start_response(self, stream_id: int, status: int, headers: Any) -> None:
-        """Begin the response; its HEADERS frame is held until the first :meth:`send_body`."""
+    def start_response(self, stream_id: int, status: object, headers: Any) -> None:
+        """Begin the response; its HEADERS frame is held until the first :meth:`send_body`.  ``status`` and
+        ``headers`` are what the app sent, checked here."""
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         if stream.state != _IDLE:
             raise ProtocolError("the response has already started")
         field = _STATUS_FIELDS.get(status) if type(status) is int else None
-        if field is None or status < 200:
+        if field is None or type(status) is not int or status < 200:
             raise ProtocolError(f"status must be an int in 200..599 (1xx are informational), not {status!r}")
         parts, has_date, has_server, has_alt_svc = self._encode_headers(headers, stream)
         parts.insert(0, field)
