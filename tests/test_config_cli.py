@@ -210,7 +210,7 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse_args(["--version"])
     assert info.value.code == 0
-    assert capsys.readouterr().out.strip() == f"tidegate {tidegate.__version__}"
+    assert capsys.readouterr().out.strip() == f"tidegate {tidegate.__version__}, {tidegate.BUILD}"
 
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "tidegate"]], ids=["python -m tidegate"])
@@ -218,7 +218,7 @@ def test_the_module_runs_the_cli(command: list[str], tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
     done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
                           env=env, check=False)
-    assert (done.returncode, done.stdout.strip()) == (0, f"tidegate {tidegate.__version__}")
+    assert (done.returncode, done.stdout.strip()) == (0, f"tidegate {tidegate.__version__}, {tidegate.BUILD}")
     done = subprocess.run([*command, "--port", "nope", APP], capture_output=True, text=True, timeout=30,
                           cwd=tmp_path, env=env, check=False)
     assert done.returncode == 2

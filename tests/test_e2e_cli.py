@@ -63,7 +63,7 @@ LOOP_APP = """
 def test_version(script: bool) -> None:
     result = run_cli("--version", script=script)
     assert result.returncode == 0
-    assert result.stdout.strip() == f"tidegate {tidegate.__version__}"
+    assert result.stdout.strip() == f"tidegate {tidegate.__version__}, {tidegate.BUILD}"
 
 
 def test_help_lists_every_option() -> None:

@@ -1,8 +1,11 @@
-"""The package as users get it: an sdist and a wheel that twine accepts, and the wheel installed into a fresh
-virtual environment serving the demo (not the editable install the other tests use)."""
+"""The package as users get it: an sdist and wheels that twine accepts, and each wheel installed into a fresh
+virtual environment serving the demo (not the editable install the other tests use).  The sdist builds a wheel
+with the hot path compiled where a C compiler works, and a pure Python one where none does; ``--version`` says
+which."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -19,8 +22,12 @@ from .ops_helpers import ROOT, Proc, get, serving_url
 pytestmark = pytest.mark.timeout(600)
 
 
+PURE_WHEEL = f"tidegate-{tidegate.__version__}-py3-none-any.whl"
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sdist, the wheel built from it here, and the wheel built from it where no C compiler works."""
     out = tmp_path_factory.mktemp("dist")
     source = tmp_path_factory.mktemp("source") / "tidegate"
     # build from a copy of the tracked tree, so that nothing is written into the checkout
@@ -31,29 +38,47 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if (ROOT / name).exists():
             shutil.copy2(ROOT / name, target)
     subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(source)], check=True,
-                   capture_output=True, timeout=300)
+                   capture_output=True, timeout=500)
+    sdist, = out.glob("*.tar.gz")
+    pure = tmp_path_factory.mktemp("pure")
+    built = subprocess.run([sys.executable, "-m", "build", "--wheel", "--outdir", str(pure), str(sdist)],
+                           capture_output=True, text=True, timeout=300, check=True,
+                           env={**os.environ, "CC": "/nonexistent/cc"})
+    assert "no working C compiler" in built.stdout + built.stderr
+    (pure / PURE_WHEEL).rename(out / PURE_WHEEL)
     return out
 
 
-def test_the_sdist_and_the_wheel_pass_twine_check_and_carry_the_license(dist: Path) -> None:
-    wheel, = dist.glob("*.whl")
+def compiled_wheel(dist: Path) -> Path:
+    wheel, = (path for path in dist.glob("*.whl") if path.name != PURE_WHEEL)
+    return wheel
+
+
+def test_the_sdist_and_the_wheels_pass_twine_check_and_carry_the_license(dist: Path) -> None:
+    wheel = compiled_wheel(dist)
     sdist, = dist.glob("*.tar.gz")
-    assert wheel.name == f"tidegate-{tidegate.__version__}-py3-none-any.whl"
+    assert wheel.name.startswith(f"tidegate-{tidegate.__version__}-cp{sys.version_info[0]}{sys.version_info[1]}-")
     assert sdist.name == f"tidegate-{tidegate.__version__}.tar.gz"
-    result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(sdist)],
-                            capture_output=True, text=True, timeout=120, check=False)
+    result = subprocess.run([sys.executable, "-m", "twine", "check", "--strict", str(wheel), str(dist / PURE_WHEEL),
+                             str(sdist)], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
-    with zipfile.ZipFile(wheel) as archive:
-        names = archive.namelist()
-        metadata = archive.read(f"tidegate-{tidegate.__version__}.dist-info/METADATA").decode()
-    assert any(name.endswith("licenses/LICENSE") for name in names)
-    assert "tidegate/py.typed" in names
-    assert "License-Expression: BSD-3-Clause" in metadata and "Requires-Python: >=3.10" in metadata
-    assert "Provides-Extra: yaml" in metadata and "Provides-Extra: reload" in metadata
+    for built in (wheel, dist / PURE_WHEEL):
+        with zipfile.ZipFile(built) as archive:
+            names = archive.namelist()
+            metadata = archive.read(f"tidegate-{tidegate.__version__}.dist-info/METADATA").decode()
+        assert any(name.endswith("licenses/LICENSE") for name in names)
+        assert "tidegate/py.typed" in names
+        # the Python source of every compiled module is in both: the reference, and the fallback
+        assert "tidegate/runtime/h1.py" in names and "tidegate/protocol/http1.py" in names
+        assert any(name.startswith("tidegate/runtime/h1.") and name.endswith(".so") for name in names) == (
+            built == wheel)
+        assert "License-Expression: BSD-3-Clause" in metadata and "Requires-Python: >=3.10" in metadata
+        assert "Provides-Extra: yaml" in metadata and "Provides-Extra: reload" in metadata
 
 
-def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: Path) -> None:
-    wheel, = dist.glob("*.whl")
+@pytest.mark.parametrize("build", ["compiled", "pure"])
+def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: Path, build: str) -> None:
+    wheel = compiled_wheel(dist) if build == "compiled" else dist / PURE_WHEEL
     env = tmp_path / "venv"
     venv.create(env, with_pip=True)
     python = env / "bin" / "python"
@@ -62,7 +87,8 @@ def test_the_wheel_in_a_fresh_environment_serves_the_demo(dist: Path, tmp_path: 
     assert install.returncode == 0, install.stdout + install.stderr
     version = subprocess.run([str(env / "bin" / "tidegate"), "--version"], capture_output=True, text=True,
                              timeout=60, check=True)
-    assert version.stdout.strip() == f"tidegate {tidegate.__version__}"
+    said = "compiled with mypyc" if build == "compiled" else "pure Python (not compiled"
+    assert version.stdout.startswith(f"tidegate {tidegate.__version__}, {said}"), version.stdout
     proc = Proc(["tidegate.demo:app", "--port", "0"], argv0=[str(env / "bin" / "tidegate")], cwd=tmp_path)
     try:
         url = serving_url(proc)

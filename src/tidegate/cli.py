@@ -9,7 +9,7 @@ import sys
 from collections.abc import MutableMapping, Sequence
 from typing import Any
 
-from . import __version__, startup
+from . import BUILD, __version__, startup
 from .config import GROUPS, Config, ConfigError
 from .sources import render, resolve
 
@@ -106,7 +106,7 @@ def build_parser(notes: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidegate", description="Serve an ASGI (or WSGI) application over HTTP/1.1, HTTP/2 and WebSocket.",
         epilog="Example: tidegate tidegate.demo:app --port 8000")
-    parser.add_argument("--version", action="version", version=f"tidegate {__version__}")
+    parser.add_argument("--version", action="version", version=f"tidegate {__version__}, {BUILD}")
     parser.add_argument("--config", metavar="PATH", default=None,
                         help="Read settings from this TOML file (a pyproject.toml is read from [tool.tidegate]) "
                         "[default: ./tidegate.toml, else [tool.tidegate] in ./pyproject.toml].")

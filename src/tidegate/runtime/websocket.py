@@ -20,6 +20,8 @@ import struct
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Protocol
 
+from mypy_extensions import mypyc_attr
+
 from ..asgi.http import escape_log
 from ..asgi.scope import ConnectionInfo, websocket_scope
 from ..asgi.websocket import WebSocketExchange
@@ -391,6 +393,7 @@ class WebSocketChannel:
                                self.carrier.label, status)
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # the HTTP/3 carrier's module is not compiled
 class StreamCarrier:
     """What a WebSocket carried by one stream of a multiplexed connection (HTTP/2, HTTP/3) shares, whatever the
     protocol: the channel's send flag read as the stream's, the app started once the handshake request is here, the
