@@ -37,19 +37,20 @@ logger = logging.getLogger("tidegate.error")
 class Listeners:
     """The listening sockets, and accepting paused and resumed under --limit-connections (the registry's gate).
 
-    Without a limit each socket is an asyncio server.  Under a limit the listeners accept themselves, one
-    connection at a time and never more than the limit (the connections being set up, TLS handshakes included,
-    count): pausing only stops watching the socket, so nothing is torn down under a connection being set up, and
-    the kernel's backlog holds the connections that come meanwhile.  Under --proxy-protocol they accept
-    themselves too, and each connection's PROXY header is read off its socket before its transport is made."""
+    The listeners accept themselves: each time a socket is readable, every connection in its backlog is taken at
+    once.  (uvloop's own servers take about one connection per loop iteration once the loop is busy, so under load
+    a burst of new connections waited seconds in the backlog, their requests with them: the multi-second p99 at a
+    thousand connections.)  Under a limit, never more than the limit are open (the connections being set up, TLS
+    handshakes included, count): pausing only stops watching the socket, so nothing is torn down under a
+    connection being set up, and the kernel's backlog holds the connections that come meanwhile.  Under
+    --proxy-protocol each connection's PROXY header is read off its socket before its transport is made."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, config: Config) -> None:
         self.loop = loop
         self.config = config
         limits = config.limits
         self.registry = ConnectionRegistry(loop, limits.connections, limits.concurrency, gate=self)
-        self._servers: list[asyncio.base_events.Server] = []
-        self._sockets: list[socket.socket] = []  # accepted from by the listeners themselves (under a limit)
+        self._sockets: list[socket.socket] = []
         self._factory: Callable[[], asyncio.Protocol] | None = None
         self._options: dict[str, Any] = {}
         self._opening = 0  # accepted, not yet open (TLS handshake, transport set-up)
@@ -67,29 +68,22 @@ class Listeners:
         backlog = self.config.bind.backlog
         self.accepting = True
         for sock in sockets:
-            if self.registry.connection_limit is None and proxy is None:
-                server = await self.loop.create_server(factory, sock=sock, backlog=backlog, **self._options)
-                self._servers.append(server)
-            else:
-                sock.setblocking(False)
-                sock.listen(backlog)
-                self._sockets.append(sock)
-                self.loop.add_reader(sock, self._accept, sock)
+            sock.setblocking(False)
+            sock.listen(backlog)
+            self._sockets.append(sock)
+            self.loop.add_reader(sock, self._accept, sock)
 
     def close(self) -> None:
         """Stop accepting for good (and close the sockets, as an asyncio server closes its own)."""
         self._stop_accepting()
         if self._retry is not None:
             self._retry.cancel()
-        for server in self._servers:
-            server.close()
         for sock in self._sockets:
             sock.close()
         if self._proxy is not None:
             self._proxy.close()
         for task in self._reading:
             task.cancel()
-        self._servers.clear()
         self._sockets.clear()
 
     def _accept(self, sock: socket.socket) -> None:
