@@ -47,3 +47,42 @@ def test_one_wakeup_accepts_the_whole_backlog() -> None:
         listener.close()
         loop.run_until_complete(asyncio.sleep(0))
         loop.close()
+
+
+@pytest.mark.parametrize("settled", [True, False])
+def test_a_connection_accepted_before_shutdown_is_opened_or_dropped_not_lost(settled: bool) -> None:
+    # shutdown closes the listeners, then settles: what was accepted opens (and the drain that follows finds it),
+    # or, when the shutdown is cut short, is dropped with its socket closed, never left half made
+    uvloop = pytest.importorskip("uvloop")
+    loop = uvloop.new_event_loop()
+    listener = socket.create_server(("127.0.0.1", 0), backlog=16)
+    opened: list[asyncio.BaseTransport] = []
+
+    class Recorder(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            opened.append(transport)
+
+    client: socket.socket | None = None
+    try:
+        listeners = Listeners(loop, Config.from_flat(app="x:y"))
+        loop.run_until_complete(listeners.listen([listener], Recorder, None))
+        client = socket.create_connection(listener.getsockname(), timeout=WAIT)
+        listeners._accept(listener)  # accepted: its transport is made by a task not yet run
+        assert listeners._opening == 1 and not opened
+        listeners.close()
+        if settled:
+            loop.run_until_complete(listeners.settle(WAIT))
+            assert len(opened) == 1
+        else:
+            listeners.abandon()
+            loop.run_until_complete(asyncio.sleep(0))
+            assert not opened and listeners._opening == 0
+            assert client.recv(1) == b""  # the server closed its side
+    finally:
+        for transport in opened:
+            transport.close()
+        if client is not None:
+            client.close()
+        listener.close()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()

@@ -56,6 +56,7 @@ class Listeners:
         self._opening = 0  # accepted, not yet open (TLS handshake, transport set-up)
         self._proxy: ProxyProtocol | None = None  # --proxy-protocol: each connection's header read first
         self._reading: set[asyncio.Task[Any]] = set()  # the connections whose PROXY header is being read
+        self._setting_up: set[asyncio.Task[Any]] = set()  # accepted, transport (and TLS handshake) being made
         self._retry: asyncio.TimerHandle | None = None
         self.accepting = False
 
@@ -115,7 +116,22 @@ class Listeners:
                 opening = self.loop.create_task(self._proxy.open(conn, self._factory, self._options))
                 self._reading.add(opening)
                 opening.add_done_callback(self._reading.discard)
+            self._setting_up.add(opening)
+            opening.add_done_callback(self._setting_up.discard)
             opening.add_done_callback(functools.partial(self._opened, conn))
+
+    async def settle(self, timeout: float) -> None:
+        """At shutdown, once closed: let the connections accepted before (whose transports, TLS handshakes
+        included, are still being made) open, for up to ``timeout`` s, so that the shutdown that follows finds
+        them and answers their requests; those still not open then are dropped."""
+        if self._setting_up:
+            await asyncio.wait(list(self._setting_up), timeout=timeout)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """Drop the connections still being set up (their sockets are closed as their set-up ends)."""
+        for task in list(self._setting_up):
+            task.cancel()
 
     def _opened(self, conn: socket.socket, opening: asyncio.Task[Any]) -> None:
         self._opening -= 1
@@ -315,10 +331,12 @@ async def serve(app: ASGIApp, config: Config, *, sockets: list[socket.socket] | 
         try:
             if hurry:
                 raise asyncio.CancelledError  # cancelled during the delay: stop at once
+            await listeners.settle(config.timeouts.graceful_shutdown)
             await ctx.registry.drain(config.timeouts.graceful_shutdown)
         except asyncio.CancelledError:
             # asked to stop at once: cut every connection, but still run lifespan shutdown
             cancelled = True
+            listeners.abandon()
             ctx.registry.abort_all()
         if quic_server is not None:
             quic_server.close()
