@@ -1150,6 +1150,7 @@ class H3Driver:
             stream.abort()  # the app returned without completing the response
         self.stop_reading(stream.id)
         self.forget(stream)
+        del stream.exchange  # the stream and its exchange refer to each other: freed now, not by the collector
 
     def forget(self, stream: H3Stream | H3WebSocket) -> None:
         """The stream's app is done: the connection may go idle or close."""
