@@ -229,6 +229,22 @@ def test_keep_alive_runs_from_the_end_of_the_last_response() -> None:
     run(main)
 
 
+def test_a_waiting_keep_alive_connection_holds_no_exchange_and_still_knows_it_served_one() -> None:
+    # an idle connection does not keep its last request's exchange, scope and task (0.9 KiB each); the HTTP/2
+    # preface is still refused once a request has come (prior knowledge is for a connection's first bytes only)
+    async def main() -> None:
+        h = Harness(hello)
+        h.send(GET)
+        await settle()
+        assert status_of(h.transport.data) == 200
+        assert h.driver._last is None and h.driver.current is None and h.driver.task is None
+        h.send(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        await settle()
+        assert b"HTTP/1.1 505 " in h.transport.data
+
+    run(main)
+
+
 def test_a_head_trickled_byte_by_byte_gets_408_at_the_header_deadline() -> None:
     async def main() -> None:
         h = Harness(hello, timeout_keep_alive=5, timeout_request_header=30)

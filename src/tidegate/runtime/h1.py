@@ -122,6 +122,7 @@ class H1Driver(asyncio.Protocol):
         "_parked",
         "_pending_error",
         "_phase",
+        "_requested",
         "_started_at",
         "_timer",
         "_timer_at",
@@ -152,7 +153,10 @@ class H1Driver(asyncio.Protocol):
         self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
         self.current: HTTPExchange | None = None
         self.current_request: Request | None = None
+        #: the exchange of the last request parsed, until it is complete (the next one's events go to it)
         self._last: HTTPExchange | None = None
+        #: a request has come on this connection
+        self._requested = False
         self.pipeline: deque[tuple[HTTPExchange, Request]] = deque()
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -302,6 +306,7 @@ class H1Driver(asyncio.Protocol):
         exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
                                 self.ctx.limits.request_body)
         self._last = exchange
+        self._requested = True
         if self.current is None and not self._held:
             self._start(exchange, request)
         else:
@@ -395,7 +400,7 @@ class H1Driver(asyncio.Protocol):
     def _on_preface(self, preface: Preface) -> None:
         # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3)
         handler = self.ctx.prior_knowledge
-        if handler is not None and self._last is None and self.current is None:
+        if handler is not None and not self._requested:
             handler(self, preface.data)
         else:
             self._on_request_error(RequestError(505, "HTTP/2 is not spoken here"))
@@ -487,6 +492,8 @@ class H1Driver(asyncio.Protocol):
             self._close()
             return
         self.conn.next_response()
+        if self._last is exchange:
+            self._last = None  # not kept while the connection waits (a keep-alive connection's memory: 0.9 KiB less)
         if self.writes.paused:
             # the client has not taken enough of this response yet: the next one waits (resume_writing), so that
             # a client that pipelines and never reads cannot make responses pile up; the parser holds what else
@@ -613,7 +620,7 @@ class H1Driver(asyncio.Protocol):
             return
         # A connection that has not sent its first request yet may have one on the way (it was accepted just
         # before the listener closed): answer it, with connection: close; the idle timer bounds the wait.
-        if self.current is None and self._last is not None:
+        if self.current is None and self._requested:
             self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
