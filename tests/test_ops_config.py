@@ -166,6 +166,11 @@ def test_an_unknown_tidegate_variable_is_a_warning_not_an_exit(tmp_path):
     assert "TIDEGATE_PORTT" in note and "ignored" in note
 
 
+def test_the_variable_that_chooses_the_pure_build_is_no_setting_and_no_warning(tmp_path):
+    resolved = resolve({"app": "a:b"}, environ={"TIDEGATE_NO_EXTENSIONS": "1"}, cwd=tmp_path)
+    assert resolved.notes == []
+
+
 KUBERNETES_SERVICE_ENV = {  # what Kubernetes sets in every pod of a namespace with a Service named tidegate
     "TIDEGATE_SERVICE_HOST": "10.96.0.12", "TIDEGATE_SERVICE_PORT": "80", "TIDEGATE_SERVICE_PORT_HTTP": "80",
     "TIDEGATE_PORT": "tcp://10.96.0.12:80", "TIDEGATE_PORT_80_TCP": "tcp://10.96.0.12:80",

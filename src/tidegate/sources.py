@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ._build import NO_EXTENSIONS
 from .config import GROUPS, Config, ConfigError
 
 if sys.version_info >= (3, 11):
@@ -41,7 +42,8 @@ __all__ = ["ENV_PREFIX", "Reassembly", "Resolved", "env_name", "find_config_file
 
 ENV_PREFIX = "TIDEGATE_"
 #: environment variables that are not settings
-_ENV_META = {"TIDEGATE_CONFIG", "TIDEGATE_INHERIT_FDS", "TIDEGATE_INHERIT_PID"}  # binary upgrade
+# the config file, the binary upgrade's inherited sockets, and the choice of the pure Python build (see _build)
+_ENV_META = {"TIDEGATE_CONFIG", "TIDEGATE_INHERIT_FDS", "TIDEGATE_INHERIT_PID", NO_EXTENSIONS}
 #: the variables other servers read, for the setting they stand for (below every tidegate source)
 _FIELD_ENV = {"WEB_CONCURRENCY": "workers", "FORWARDED_ALLOW_IPS": "forwarded_allow_ips"}
 #: how a Kubernetes service link variable's value begins
