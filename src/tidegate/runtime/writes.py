@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, cast
 
@@ -156,13 +157,25 @@ class WriteDeadline:
         self._expired()
 
 
+if sys.version_info >= (3, 12):
+    def _writelines_pauses(transport: asyncio.BaseTransport) -> bool:
+        """Whether the transport's writelines() pauses the protocol past the high-water mark, as its write() does.
+        uvloop's and asyncio's TLS transports do; asyncio's socket transport does not on Python 3.12 and later (it
+        queues the data without checking its buffer), so a client that never reads would make it grow without
+        bound: there, several pieces are joined and written with write()."""
+        return type(transport).__module__ != "asyncio.selector_events"
+else:
+    def _writelines_pauses(transport: asyncio.BaseTransport) -> bool:
+        return True
+
+
 class WriteBuffer:
     """Coalesced writes, the transport's pause state, drain waiters and the write deadline of one connection."""
 
     transport: asyncio.Transport  # set by attach()
 
-    __slots__ = ("_handle", "_kind", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost", "out",
-                 "paused", "pending", "transport")
+    __slots__ = ("_handle", "_kind", "_lines", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost",
+                 "out", "paused", "pending", "transport")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, on_paused: Callable[[bool], None],
                  kind: str = "") -> None:
@@ -173,6 +186,8 @@ class WriteBuffer:
         self._on_paused = on_paused
         #: bytes made and not yet handed to the transport; ``out.append`` is the sans-IO connection's write callback
         self.out: list[Any] = []
+        #: several pieces leave in one writelines() (see attach)
+        self._lines = True
         self.pending = 0
         self._handle: asyncio.Handle | None = None
         self.paused = False
@@ -186,6 +201,7 @@ class WriteBuffer:
         """The connection's transport is here; returned as the stream transport it is (uvloop's transports are not
         asyncio's classes)."""
         self.transport = cast(asyncio.Transport, transport)
+        self._lines = _writelines_pauses(transport)
         return self.transport
 
     def _queued(self) -> int:
@@ -251,8 +267,10 @@ class WriteBuffer:
         transport = self.transport
         if len(out) == 1:
             transport.write(out[0])
-        else:
+        elif self._lines:
             transport.writelines(out)
+        else:
+            transport.write(b"".join(out))
         out.clear()
         return True
 
