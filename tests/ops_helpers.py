@@ -16,8 +16,10 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+# no setting from the environment; the choice of build (the suite also runs on the pure modules) is kept
 CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith(("TIDEGATE_", "LISTEN_")) and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
+             if (not k.startswith(("TIDEGATE_", "LISTEN_")) or k == "TIDEGATE_NO_EXTENSIONS")
+             and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
 TIMEOUT = 20.0
 
 

@@ -22,9 +22,10 @@ APP = "tidegate.demo:app"
 
 @pytest.fixture(autouse=True)
 def clean_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No TIDEGATE_* variables and no config file in the working directory: only the command line counts."""
+    """No TIDEGATE_* settings and no config file in the working directory: only the command line counts (the choice
+    of build, TIDEGATE_NO_EXTENSIONS, is no setting and stays)."""
     for name in list(os.environ):
-        if name.startswith("TIDEGATE_"):
+        if name.startswith("TIDEGATE_") and name != "TIDEGATE_NO_EXTENSIONS":
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     yield
@@ -215,7 +216,8 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
 
 @pytest.mark.parametrize("command", [[sys.executable, "-m", "tidegate"]], ids=["python -m tidegate"])
 def test_the_module_runs_the_cli(command: list[str], tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_")}
+    # no tidegate setting from the environment; the choice of build (TIDEGATE_NO_EXTENSIONS) is kept
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIDEGATE_") or k == "TIDEGATE_NO_EXTENSIONS"}
     done = subprocess.run([*command, "--version"], capture_output=True, text=True, timeout=30, cwd=tmp_path,
                           env=env, check=False)
     assert (done.returncode, done.stdout.strip()) == (0, f"tidegate {tidegate.__version__}, {tidegate.BUILD}")

@@ -107,7 +107,8 @@ def tidegate_command_lines() -> list[str]:
 def test_each_tidegate_command_line_of_the_migration_guide_is_accepted(line: str, tmp_path: Path) -> None:
     args = [arg for arg in shlex.split(line)[1:] if arg != "--print-config"]
     env = {key: value for key, value in os.environ.items()
-           if not key.startswith("TIDEGATE_") and key not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
+           if (not key.startswith("TIDEGATE_") or key == "TIDEGATE_NO_EXTENSIONS")
+           and key not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
     result = subprocess.run([sys.executable, "-m", "tidegate", "--print-config", *args], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr

@@ -13,7 +13,8 @@ from tidegate.config import Config, ConfigError
 from tidegate.sources import declarations, env_name, find_config_file, render, resolve
 
 CLEAN_ENV = {k: v for k, v in os.environ.items()
-             if not k.startswith("TIDEGATE_") and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
+             if (not k.startswith("TIDEGATE_") or k == "TIDEGATE_NO_EXTENSIONS")
+             and k not in ("WEB_CONCURRENCY", "FORWARDED_ALLOW_IPS")}
 
 
 def sample(decl):
