@@ -216,6 +216,11 @@ class H1Driver(asyncio.Protocol):
 
     def _why_closed(self) -> str:
         """Why the connection closed, as far as its state tells (for the debug line)."""
+        idle = self._phase == _IDLE and not self._closing_since and not self.shutting_down
+        # the keep-alive deadline first, compared as the timer compares it: once we close an idle connection, the
+        # client's own close may still arrive (eof_received) before the transport is gone
+        if idle and self.ctx.loop.time() >= self._idle_since + self.ctx.timeouts.keep_alive:
+            return "keep-alive timeout"
         if self._eof:
             return "client closed"
         if self._closing_since:
@@ -223,8 +228,6 @@ class H1Driver(asyncio.Protocol):
         if self.shutting_down:
             return "server shutting down"
         if self._phase == _IDLE:
-            if self.ctx.loop.time() - self._idle_since >= self.ctx.timeouts.keep_alive:
-                return "keep-alive timeout"
             return "client closed"
         if self._phase == _HEAD:
             return "client closed during a request head"
