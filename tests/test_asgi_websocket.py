@@ -290,6 +290,33 @@ def test_the_queue_limit_is_the_setting_ws_max_queue():
         assert exchange.over_limit == (i == 2)
 
 
+def test_messages_reach_the_app_in_order_through_bursts_and_lulls():
+    async def main() -> None:
+        exchange, _ = make()
+        await exchange.receive()
+        await exchange.send({"type": "websocket.accept"})
+        got: list[object] = []
+
+        async def take(count: int) -> None:
+            for _ in range(count):
+                message = await exchange.receive()
+                got.append(message.get("text", message.get("bytes")))
+
+        exchange.on_message("")  # an empty message is a message
+        await take(1)
+        for data in ("a", b"b", "c"):  # a burst, taken in two goes with another arriving between
+            exchange.on_message(data)
+        await take(2)
+        exchange.on_message("d")
+        await take(2)
+        assert not exchange.has_messages and exchange.queued_bytes == 0
+        exchange.on_message(b"e")  # after the lull, alone again
+        await take(1)
+        assert got == ["", "a", b"b", "c", "d", b"e"]
+        assert not exchange.has_messages and not exchange.over_limit
+    run(main())
+
+
 def test_queue_limit_and_resume():
     async def main() -> None:
         exchange, stream = make()

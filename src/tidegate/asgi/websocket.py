@@ -72,7 +72,7 @@ class WebSocketStream(Protocol):
 class WebSocketExchange(Waiting):
     """One WebSocket session as the app sees it."""
 
-    __slots__ = ("_connect_pending", "_disconnect", "_queue", "_state", "queue_bytes_limit", "queue_limit",
+    __slots__ = ("_connect_pending", "_disconnect", "_more", "_next", "_state", "queue_bytes_limit", "queue_limit",
                  "queued_bytes", "scope", "status", "stream")
 
     def __init__(self, stream: WebSocketStream, scope: WebSocketScope, queue_bytes_limit: int = 65536,
@@ -82,7 +82,10 @@ class WebSocketExchange(Waiting):
         self._waiter = None
         self._state = _HANDSHAKE
         self._connect_pending = True
-        self._queue: deque[str | bytes] = deque()
+        # the messages received and not yet taken by the app, oldest first: the next one, then the others (a deque
+        # only while more than one waits: an idle session holds none, and one at a time allocates nothing)
+        self._next: str | bytes | None = None
+        self._more: deque[str | bytes] | None = None
         self._disconnect: WebSocketDisconnectEvent | None = None
         #: size of the messages received and not yet taken by the app
         self.queued_bytes = 0
@@ -96,7 +99,13 @@ class WebSocketExchange(Waiting):
 
     def on_message(self, data: str | bytes) -> None:
         """A text (``str``) or binary (``bytes``) message arrived."""
-        self._queue.append(data)
+        if self._next is None:
+            self._next = data
+        else:
+            more = self._more
+            if more is None:
+                more = self._more = deque()
+            more.append(data)
         self.queued_bytes += len(data)
         waiter = self._waiter
         if waiter is not None:
@@ -107,12 +116,14 @@ class WebSocketExchange(Waiting):
     @property
     def has_messages(self) -> bool:
         """Whether messages wait for the app."""
-        return bool(self._queue)
+        return self._next is not None
 
     @property
     def over_limit(self) -> bool:
         """True while so much waits for the app that reading should pause."""
-        return len(self._queue) > self.queue_limit or self.queued_bytes > self.queue_bytes_limit
+        more = self._more
+        queued = 0 if self._next is None else 1 if more is None else 1 + len(more)
+        return queued > self.queue_limit or self.queued_bytes > self.queue_bytes_limit
 
     def on_close(self, code: int, reason: str = "") -> None:
         """The session ended: the app's next ``receive()`` (after the queued messages) says so; the first call
@@ -128,9 +139,13 @@ class WebSocketExchange(Waiting):
 
     async def receive(self) -> WebSocketConnectEvent | WebSocketReceiveEvent | WebSocketDisconnectEvent:
         while True:
-            queue = self._queue
-            if queue:
-                data = queue.popleft()
+            data = self._next
+            if data is not None:
+                more = self._more
+                if more:
+                    self._next = more.popleft()
+                else:
+                    self._next = self._more = None
                 self.queued_bytes -= len(data)
                 stream = self.stream
                 if stream.reading_paused and not self.over_limit:
