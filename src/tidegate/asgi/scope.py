@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 from ..protocol.events import Request
@@ -120,15 +120,33 @@ def websocket_scope(request: Request, info: ConnectionInfo) -> WebSocketScope:
     """The ``websocket`` scope for a handshake request (HTTP/1.1 Upgrade or HTTP/2 extended CONNECT).
 
     ``extensions`` advertises the denial response (asgiref extensions.rst): the app may answer the handshake with
-    an HTTP response of its own.
+    an HTTP response of its own.  Built here rather than from the http scope: the session keeps its scope as long
+    as it is open, so it holds nothing an http scope would and it would not (the response extensions).
     """
-    # the handshake request's own http scope (target, addresses, headers, state), made a websocket one
-    scope: dict[str, Any] = dict(http_scope(request, info))
-    del scope["method"]
+    target = request.target
+    if target[:1] == b"/" and _QUESTION not in target and _HASH not in target:
+        raw_path, query = target, b""
+    else:
+        raw_path, query = split_target(target)
+    path = decode_path(raw_path)
     subprotocols: list[str] = []
     for name, value in request.headers:
         if name == b"sec-websocket-protocol":
             subprotocols += [t.strip() for t in value.decode("latin-1").split(",") if t.strip()]
-    scope.update(type="websocket", scheme="wss" if info.scheme == "https" else "ws", subprotocols=subprotocols,
-                 extensions={**info.extensions, "websocket.http.response": {}})
-    return cast(WebSocketScope, scope)
+    root = info.root_path
+    return {
+        "type": "websocket",
+        "asgi": ASGI_VERSION,
+        "http_version": request.http_version,
+        "scheme": "wss" if info.scheme == "https" else "ws",
+        "path": root + path if root else path,
+        "raw_path": info.root_path_bytes + raw_path if root else raw_path,
+        "query_string": query,
+        "root_path": root,
+        "headers": request.headers,
+        "client": info.client,
+        "server": info.server,
+        "subprotocols": subprotocols,
+        "state": info.state.copy(),
+        "extensions": {**info.extensions, "websocket.http.response": {}},
+    }
