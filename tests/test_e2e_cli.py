@@ -168,6 +168,46 @@ def test_factory_app_dir_and_loop(server_process: Any, tmp_path: Path, loop: str
     stop(process)
 
 
+GC_APP = """
+    import gc
+    import json
+    import os
+
+    if os.environ.get("APP_GC_THRESHOLD"):
+        gc.set_threshold(int(os.environ["APP_GC_THRESHOLD"]))
+    AT_IMPORT = gc.get_threshold()
+
+    async def app(scope, receive, send):
+        if scope["type"] != "http":
+            return
+        body = json.dumps({"at_import": AT_IMPORT, "now": gc.get_threshold()}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+"""
+
+
+@pytest.mark.parametrize(("args", "app_sets", "expected"), [
+    ((), "", 10000),  # the default, in place before the app is imported
+    (("--gc-threshold", "0"), "", None),  # Python's own
+    (("--gc-threshold", "3000", "--workers", "1"), "", 3000),  # in a worker process too
+    (("--gc-threshold", "3000"), "1234", 1234),  # the app's own wins
+])
+def test_gc_threshold(server_process: Any, tmp_path: Path, args: tuple[str, ...], app_sets: str,
+                      expected: int | None) -> None:
+    import gc
+
+    write_module(tmp_path, "gcapp", GC_APP)
+    process = server_process("gcapp:app", "--app-dir", str(tmp_path), "--port", "0", *args,
+                             env={"APP_GC_THRESHOLD": app_sets})
+    process.wait_serving()
+    seen = httpx.get(process.url, timeout=5).json()
+    first = expected if expected is not None else gc.get_threshold()[0]  # this interpreter's, left as it was
+    assert seen["at_import"][0] == seen["now"][0] == first
+    assert seen["now"][1:] == list(gc.get_threshold()[1:])
+    stop(process)
+
+
 def test_uds(server_process: Any, tmp_path: Path) -> None:
     path = str(tmp_path / "tidegate.sock")
     process = server_process("tests.apps:scope_json", "--uds", path)

@@ -93,6 +93,10 @@ class AppSettings:
         "'on' makes any failure fatal, 'off' never runs it.", choices=("auto", "on", "off"))
     loop: Literal["auto", "asyncio", "uvloop"] = setting(
         "auto", "Event loop: 'auto' uses uvloop where it is installed.", choices=("auto", "asyncio", "uvloop"))
+    gc_threshold: int = setting(
+        10000, "First-generation threshold of Python's cyclic garbage collector in each serving process, set "
+        "before the app is imported (an app that sets its own keeps it); 0 leaves Python's own (700, or 2000 "
+        "from 3.13).", metavar="N", bound=">=0")
 
     def validate(self) -> None:
         if self.root_path and (not self.root_path.startswith("/") or self.root_path.endswith("/")):
@@ -530,7 +534,8 @@ class Config:
     is checked whole when built: a bad value raises ``ConfigError``.
 
     Attributes:
-        app: What to serve: ``app``, ``factory``, ``app_dir``, ``root_path``, ``lifespan``, ``loop``.
+        app: What to serve: ``app``, ``factory``, ``app_dir``, ``root_path``, ``lifespan``, ``loop``,
+            ``gc_threshold``.
         bind: Where to listen: ``host``, ``port``, ``uds``, ``fd``, ``backlog``, ``bind``, ``uds_permissions``.
         http: How responses look: ``server_header``, ``date_header``, ``headers`` (the ``--header`` flag).
         timeouts: Deadlines in seconds, prefix ``timeout_``: ``keep_alive``, ``graceful_shutdown``,

@@ -25,7 +25,7 @@ from ..config import ConfigError
 from ..importer import AppImportError, import_app
 from ..log import configure_logging
 from ..metrics import Metrics, MetricsMiddleware
-from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_loop
+from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_loop, set_gc_threshold
 from ..runtime.context import ServerContext
 from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import serve
@@ -64,6 +64,7 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
     except ConfigError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
+    set_gc_threshold(config.app.gc_threshold)
     try:
         app = import_app(config.app.app, app_dir=config.app.app_dir, factory=config.app.factory)
     except AppImportError as exc:
