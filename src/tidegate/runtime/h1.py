@@ -212,6 +212,7 @@ class H1Driver(asyncio.Protocol):
             self._last.on_disconnect()
         self.pipeline.clear()
         self.writes.connection_lost()
+        self.conn.release()
         self.ctx.registry.discard(self)
 
     def _why_closed(self) -> str:
@@ -427,6 +428,7 @@ class H1Driver(asyncio.Protocol):
             self.writes.out.append(head)
         self.writes.flush()
         self.writes.connection_lost()
+        self.conn.release()
         self.ctx.registry.hand_over(self)
         self._lost = True  # nothing more comes through this driver
         self.transport.set_protocol(protocol)

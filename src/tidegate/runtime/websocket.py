@@ -85,6 +85,8 @@ class Carrier(Protocol):
 class WebSocketChannel:
     """One WebSocket session between a client and the app, over any carrier."""
 
+    __deletable__ = ("carrier",)  # (mypyc) let go of by detach()
+
     __slots__ = ("_close_timer", "_early", "_failing", "_handshake_timer", "_holding", "_ping_count",
                  "_ping_payload",
                  "_ping_timer", "_pong_timer", "carrier", "ctx", "exchange", "gone", "info", "reading_paused",
@@ -193,6 +195,16 @@ class WebSocketChannel:
             early = bytes(self._early)
             self._early.clear()
             self.receive(early)
+
+    def detach(self) -> None:
+        """The carrier and the app are both finished: let go of the exchange and the carrier, which hold this
+        channel (reference cycles the garbage collector would otherwise have to find).  Nothing is called after;
+        a second call does nothing."""
+        self.exchange = None
+        try:
+            del self.carrier
+        except AttributeError:
+            pass
 
     def lost(self) -> None:
         """The carrier is gone without a closing handshake."""

@@ -110,6 +110,18 @@ async def wait_to_send(stream: WaitingStream, loop: asyncio.AbstractEventLoop, w
     raise ClientDisconnected("the client has disconnected")
 
 
+def _nothing() -> int:
+    return 0
+
+
+def _ignore() -> None:
+    pass
+
+
+def _ignore_pause(paused: bool) -> None:
+    pass
+
+
 class WriteDeadline:
     """Calls ``expired()`` once a whole ``timeout`` passes in which ``queued()`` (bytes waiting for the client) did
     not go down and nothing said the client took some (:meth:`progressed`).  A client that takes some bytes in every
@@ -140,6 +152,13 @@ class WriteDeadline:
     def progressed(self) -> None:
         """The client took some of what waited for it."""
         self._progressed = True
+
+    def release(self) -> None:
+        """Stop for good, and drop the callbacks (bound methods of the owner, which holds this: a reference cycle)."""
+        self.cancel()
+        self._queued = _nothing
+        self._expired = _ignore
+        self._active = None
 
     def cancel(self) -> None:
         if self._timer is not None:
@@ -395,5 +414,6 @@ class WriteBuffer:
             self._handle = None
         self.out.clear()
         self.pending = 0
-        self.deadline.cancel()
+        self.deadline.release()
+        self._on_paused = _ignore_pause  # it and the deadline's callbacks held the owner: no cycle left to collect
         self._wake()

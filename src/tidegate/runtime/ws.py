@@ -91,6 +91,7 @@ class WebSocketDriver(asyncio.Protocol):
         task = self.channel.task
         if self._lost and (task is None or task.done()):
             self.ctx.registry.discard(self)
+            self.channel.detach()
 
     def shutdown(self) -> None:
         self.channel.shutdown()
