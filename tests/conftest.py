@@ -74,8 +74,13 @@ class ServerThread:
 
     def request_stop(self) -> None:
         """Begin the graceful shutdown without waiting for it."""
-        if self.loop is not None and self._stop is not None and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self._stop.set)
+        loop = self.loop
+        if loop is not None and self._stop is not None and self._thread.is_alive():
+            try:
+                loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:
+                if not loop.is_closed():
+                    raise  # else the server ended (its shutdown had begun) and closed its loop since is_alive()
 
     def stop(self, timeout: float = 15.0) -> None:
         self.request_stop()
