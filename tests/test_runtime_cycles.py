@@ -25,22 +25,10 @@ import uvloop
 import tidegate
 from tidegate.runtime.server import serve
 
+from .ops_apps import app  # HTTP: a small JSON answer; WebSocket: an echo
+
 ROUNDS = 40
 TIMEOUT = 10.0
-
-
-async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
-    if scope["type"] == "http":
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"2")]})
-        await send({"type": "http.response.body", "body": b"ok"})
-    elif scope["type"] == "websocket":
-        await receive()
-        await send({"type": "websocket.accept"})
-        while True:
-            message = await receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            await send({"type": "websocket.send", "text": message.get("text") or ""})
 
 
 def servers_garbage(exercise: Callable[[int], Awaitable[None]]) -> collections.Counter[str]:
@@ -84,7 +72,7 @@ async def http1_connection(port: int) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     for _ in range(2):  # a keep-alive request, then the connection's last
         writer.write(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
-        await reader.readuntil(b"ok")
+        await reader.readuntil(b"}")  # the end of the JSON body
     writer.close()
     await writer.wait_closed()
 
