@@ -220,6 +220,9 @@ def _known_method(token: bytes) -> bool:
 class H1Connection:
     """One HTTP/1.1 connection's wire state: parses requests, frames responses."""
 
+    # deleted by release() (mypyc allows it for what is listed here): a use after that raises AttributeError
+    __deletable__ = ("_parser",)
+
     __slots__ = (
         "_begun",
         "_body_digits",
@@ -267,8 +270,7 @@ class H1Connection:
                  write: Callable[[bytes], object] | None = None, limits: RequestLimits | None = None) -> None:
         #: where response bytes go (the driver sets its transport's ``write``)
         self.write: Callable[[bytes], object] = write if write is not None else _discard
-        #: None once released (nothing is parsed after that)
-        self._parser: httptools.HttpRequestParser | None = httptools.HttpRequestParser(self)
+        self._parser = httptools.HttpRequestParser(self)
         # Any HTTP/d.d reaches on_headers_complete, which decides (1.x → handled, other majors → 505).
         self._parser.set_dangerous_leniencies(lenient_version=True)
         self._defaults = defaults if defaults is not None else ResponseDefaults()
@@ -347,10 +349,8 @@ class H1Connection:
         """Parse ``data``; the events it completes."""
         events: list[Event] = []
         self._events = events
-        parser = self._parser
-        assert parser is not None, "fed after release"
         try:
-            parser.feed_data(data)
+            self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(exc, data, events)
         except httptools.HttpParserError as exc:
@@ -531,7 +531,6 @@ class H1Connection:
             if error.status != 414 and self._url:
                 # refused from its headers on: its request line is known, for the access log
                 parser = self._parser
-                assert parser is not None
                 try:
                     error.head = (parser.get_method(), self._url, parser.get_http_version())
                 except httptools.HttpParserError:
@@ -548,9 +547,7 @@ class H1Connection:
             # line when nothing came before it on the connection (the driver checks that)
             newline = data.find(b"\n")
             if self._url == b"*" and newline >= 0:
-                parser = self._parser
-                assert parser is not None
-                if parser.get_http_version() != "2.0":
+                if self._parser.get_http_version() != "2.0":
                     return RequestError(400, "'PRI * HTTP/x.y' is the HTTP/2 connection preface only with HTTP/2.0")
                 return Preface(b"PRI * HTTP/2.0\r\n" + data[newline + 1:])
             return RequestError(505, "HTTP version not supported")
@@ -708,7 +705,6 @@ class H1Connection:
         if field_limit and any(len(name) + len(value) > field_limit for name, value in headers):
             raise _ParseAbort(RequestError(431, "a request header field larger than the limit"))
         parser = self._parser
-        assert parser is not None
         version = parser.get_http_version()
         if version != "1.1":
             if version == "1.0":
@@ -1068,8 +1064,11 @@ class H1Connection:
     def release(self) -> None:
         """The transport is gone or given to another protocol: drop the parser, whose callbacks are this object's
         methods (a reference cycle, left for the garbage collector to find, with the driver and transport it holds).
-        Nothing is parsed after this."""
-        self._parser = None
+        Nothing is parsed after this; a second call does nothing."""
+        try:
+            del self._parser
+        except AttributeError:
+            pass
 
     def next_response(self) -> None:
         """Get ready to answer the next pipelined request (the previous response is complete)."""
