@@ -123,11 +123,7 @@ def websocket_scope(request: Request, info: ConnectionInfo) -> WebSocketScope:
     an HTTP response of its own.  Built here rather than from the http scope: the session keeps its scope as long
     as it is open, so it holds nothing an http scope would and it would not (the response extensions).
     """
-    target = request.target
-    if target[:1] == b"/" and _QUESTION not in target and _HASH not in target:
-        raw_path, query = target, b""
-    else:
-        raw_path, query = split_target(target)
+    raw_path, query = split_target(request.target)  # (http_scope inlines both for its common case: per request)
     path = decode_path(raw_path)
     subprotocols: list[str] = []
     for name, value in request.headers:

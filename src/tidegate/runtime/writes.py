@@ -114,11 +114,7 @@ def _nothing() -> int:
     return 0
 
 
-def _ignore() -> None:
-    pass
-
-
-def _ignore_pause(paused: bool) -> None:
+def _ignore(*_: object) -> None:
     pass
 
 
@@ -415,5 +411,5 @@ class WriteBuffer:
         self.out.clear()
         self.pending = 0
         self.deadline.release()
-        self._on_paused = _ignore_pause  # it and the deadline's callbacks held the owner: no cycle left to collect
+        self._on_paused = _ignore  # it and the deadline's callbacks held the owner: no cycle left to collect
         self._wake()
