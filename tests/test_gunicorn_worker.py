@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -38,6 +39,14 @@ def wsgi_app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
     body = f"wsgi {environ['wsgi.url_scheme']} {os.getpid()}".encode()
     start_response("200 OK", [("content-type", "text/plain"), ("content-length", str(len(body)))])
     return [body]
+
+
+async def gc_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    body = str(gc.get_threshold()[0]).encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"%d" % len(body))]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _is_ours(pid: int) -> bool:
@@ -155,6 +164,13 @@ def test_a_wsgi_app_is_served_through_the_adapter(gunicorn: Start) -> None:
     (pid,) = ready(proc, 1)
     response = get(url + "/")
     assert response.status_code == 200 and response.text == f"wsgi http {pid}"
+
+
+@pytest.mark.parametrize(("env", "expected"), [({}, "10000"), ({"TIDEGATE_GC_THRESHOLD": "3000"}, "3000")])
+def test_the_gc_threshold_is_set_in_the_worker(gunicorn: Start, env: dict[str, str], expected: str) -> None:
+    proc, url = gunicorn(app="tests.test_gunicorn_worker:gc_app", env=env)
+    ready(proc, 1)
+    assert get(url + "/").text == expected
 
 
 def test_tls_from_gunicorns_certificate_settings(gunicorn: Start, tmp_path: Path) -> None:

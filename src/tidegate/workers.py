@@ -31,7 +31,7 @@ from gunicorn.workers.base import Worker as GunicornWorker
 
 from .config import Config, ConfigError
 from .log import configure_logging
-from .runner import new_event_loop
+from .runner import new_event_loop, set_gc_threshold
 from .runtime.context import ConnectionRegistry, ServerContext
 from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
@@ -129,6 +129,10 @@ class Worker(GunicornWorker):
             self.log.error("%s", exc)
             sys.exit(WORKER_BOOT_ERROR)
         asyncio.set_event_loop(self.loop)
+        if not self.cfg.preload_app:
+            # before the app is imported, as tidegate's own workers do (a preloaded app was imported by the
+            # arbiter, before any tidegate setting: its process keeps what it had)
+            set_gc_threshold(self.config.app.gc_threshold)
         super().init_process()  # signals, the app, gunicorn's hooks, then run()
 
     def _route_logging(self) -> None:
