@@ -12,9 +12,10 @@ This module imports no driver: every driver imports it, and only :mod:`~tidegate
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from time import perf_counter
 from typing import Any, Protocol
 
@@ -265,9 +266,9 @@ class ConnectionLog:
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("access_line", "app", "config", "connect_protocol", "debug", "defaults", "extensions", "h2", "health",
-                 "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "proxied", "recording",
-                 "registry", "request_limits", "state", "timeouts", "upgrades", "websocket")
+    __slots__ = ("access_line", "app", "app_context", "config", "connect_protocol", "debug", "defaults", "extensions",
+                 "h2", "health", "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "proxied",
+                 "recording", "registry", "request_limits", "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -276,6 +277,8 @@ class ServerContext:
         self.app = app
         self.config = config
         self.loop = loop
+        #: the context each app task starts from (see start_app)
+        self.app_context = contextvars.copy_context()
         # the settings groups, by reference
         self.timeouts = config.timeouts
         self.limits = limits = config.limits
@@ -317,6 +320,12 @@ class ServerContext:
     @property
     def connections(self) -> set[Driver]:
         return self.registry.connections
+
+    def start_app(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """An app's task, in a copy of the server's context: never in one an app has changed.  A task copies the
+        context it is made in, and a driver makes some from inside an app's task (the next pipelined request, at
+        the end of a response) or from a read that asyncio's own loop may run in one (reading was resumed there)."""
+        return self.app_context.run(self.loop.create_task, coro)
 
 
 def address(value: Any) -> tuple[str, int] | None:

@@ -333,7 +333,7 @@ class H1Driver(asyncio.Protocol):
         self.current_request = request
         if ctx.recording:
             self._started_at = perf_counter()
-        self.task = ctx.loop.create_task(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
+        self.task = ctx.start_app(self._run_admitted(exchange) if limited else exchange.run(ctx.app))
 
     def _start_health(self, exchange: HTTPExchange, request: Request, health: HealthCheck) -> None:
         """--health-path: the server answers, as the request's app; neither --max-requests nor
@@ -341,7 +341,7 @@ class H1Driver(asyncio.Protocol):
         self.current = exchange
         self.current_request = request
         self._started_at = perf_counter() if health.log else UNRECORDED
-        self.task = self.ctx.loop.create_task(exchange.run(health))
+        self.task = self.ctx.start_app(exchange.run(health))
 
     def _admit(self, exchange: HTTPExchange) -> bool:
         """--limit-concurrency: run the request now, or answer 503 (the app does not see it) and close."""

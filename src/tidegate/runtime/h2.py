@@ -497,7 +497,7 @@ class H2Driver(asyncio.Protocol):
             ctx.on_request()  # --max-requests: the server retires once it says so; the connection goes on
         if ctx.recording:
             stream.started_at = perf_counter()
-        stream.task = ctx.loop.create_task(self._run_admitted(stream) if limited else stream.run())
+        stream.task = ctx.start_app(self._run_admitted(stream) if limited else stream.run())
 
     def _start_health(self, request: Request, health: HealthCheck) -> None:
         """--health-path: the server answers, as the stream's app; neither --max-requests nor --limit-concurrency
@@ -507,7 +507,7 @@ class H2Driver(asyncio.Protocol):
                                        self.ctx.limits.request_body)
         self.streams[stream.id] = stream
         stream.started_at = perf_counter() if health.log else UNRECORDED
-        stream.task = self.ctx.loop.create_task(stream.run(health))
+        stream.task = self.ctx.start_app(stream.run(health))
 
     async def _run_admitted(self, stream: H2Stream) -> None:
         try:
@@ -615,9 +615,9 @@ class H2Driver(asyncio.Protocol):
         health = self.ctx.health
         if health is not None and health.matches(request.target):
             stream.started_at = perf_counter() if health.log else UNRECORDED
-            stream.task = self.ctx.loop.create_task(stream.run(health))
+            stream.task = self.ctx.start_app(stream.run(health))
             return
-        stream.task = self.ctx.loop.create_task(stream.run())
+        stream.task = self.ctx.start_app(stream.run())
 
     def _upgrade_body_data(self, data: bytes) -> bytes:
         """The upgrading request's body comes first, as HTTP/1.1 bytes; the HTTP/2 preface follows it."""

@@ -1005,7 +1005,7 @@ class H3Driver:
             stream.started_at = perf_counter() if health.log else UNRECORDED
             if ended:
                 stream.exchange.on_end()
-            stream.task = ctx.loop.create_task(stream.run(health))
+            stream.task = ctx.start_app(stream.run(health))
             return
         limited = ctx.registry.concurrency_limit is not None
         if limited and not ctx.registry.admit_request():
@@ -1022,7 +1022,7 @@ class H3Driver:
             stream.started_at = perf_counter()
         if ended:
             stream.exchange.on_end()
-        stream.task = ctx.loop.create_task(self._run_admitted(stream) if limited else stream.run())
+        stream.task = ctx.start_app(self._run_admitted(stream) if limited else stream.run())
 
     async def _run_admitted(self, stream: H3Stream) -> None:
         try:

@@ -137,7 +137,7 @@ class WebSocketChannel:
         ctx = self.ctx
         self.exchange = WebSocketExchange(self, websocket_scope(self.request, self.info), ctx.limits.request_buffer,
                                           ctx.websocket.max_queue)
-        self.task = ctx.loop.create_task(self.exchange.run(ctx.app))
+        self.task = ctx.start_app(self.exchange.run(ctx.app))
         self._handshake_timer = ctx.loop.call_later(ctx.timeouts.ws_handshake, self._handshake_overdue)
 
     # ------------------------------------------------------------------ from the carrier
