@@ -105,6 +105,58 @@ def test_requests_past_the_deadline_are_cancelled(run_server: Any, loop: str, lo
     assert not [r for r in logs.records if r.levelno >= logging.ERROR]
 
 
+def leaving_app(events: list[str], left: Gate, release: Gate) -> Any:
+    """An app whose client leaves mid-request: it hears http.disconnect, then cleans up until ``release``."""
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await receive()
+            await send({"type": "lifespan.startup.complete"})
+            await receive()
+            events.append("lifespan shutdown")
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        events.append("left")
+        left.set()
+        try:
+            await release.wait(30)
+        except asyncio.CancelledError:
+            events.append("cancelled")
+            raise
+        events.append("cleaned up")
+
+    return app
+
+
+def test_shutdown_waits_for_an_app_whose_client_left(run_server: Any, loop: str, logs: LogRecords) -> None:
+    events: list[str] = []
+    left, release = Gate(), Gate()
+    server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on", timeout_graceful_shutdown=30)
+    with RawClient(server.port) as client:
+        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    left.wait_sync()
+    server.request_stop()
+    logs.wait_for(lambda r: r.getMessage().startswith("waiting for 0 connection(s) and 1 app(s) whose client had left"))
+    release.set()
+    server.stop()
+    assert events == ["left", "cleaned up", "lifespan shutdown"]
+
+
+def test_an_app_whose_client_left_is_cancelled_past_the_deadline(run_server: Any, loop: str,
+                                                                 logs: LogRecords) -> None:
+    events: list[str] = []
+    left, release = Gate(), Gate()
+    server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on", timeout_graceful_shutdown=0.2)
+    with RawClient(server.port) as client:
+        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    left.wait_sync()
+    server.stop()
+    assert events == ["left", "cancelled", "lifespan shutdown"]  # cancelled, and unwound, before the server stopped
+    assert any(r.levelno == logging.WARNING and "1 app(s) whose client had left" in r.getMessage()
+               for r in logs.records)
+
+
 def test_sigterm_drains_and_exits_0(server_process: Any) -> None:
     process = server_process("tests.apps:slow_body_app", "--port", "0", "--timeout-graceful-shutdown", "30")
     port = process.wait_serving()

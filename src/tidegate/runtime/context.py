@@ -104,16 +104,18 @@ class _NoGate:
 
 
 class ConnectionRegistry:
-    """Every open connection's driver, --limit-connections (parking) and --limit-concurrency (admission), and the
-    graceful drain."""
+    """Every open connection's driver, the apps still running after their connection closed, --limit-connections
+    (parking) and --limit-concurrency (admission), and the graceful drain."""
 
     __slots__ = ("_drained", "_gate", "_loop", "_parked", "_refusing", "concurrency_limit", "connection_limit",
-                 "connections", "in_flight")
+                 "connections", "in_flight", "outliving")
 
     def __init__(self, loop: Any, connections: int | None = None, concurrency: int | None = None,
                  gate: Gate | None = None) -> None:
         self._loop = loop
         self.connections: set[Driver] = set()
+        #: app tasks whose connection closed before they finished (see outlive)
+        self.outliving: set[asyncio.Task[Any]] = set()
         #: --limit-connections (None: none); connections accepted past it wait, not read, in _parked
         self.connection_limit = connections
         #: --limit-concurrency (None: none) and the requests being handled under it
@@ -150,11 +152,26 @@ class ConnectionRegistry:
             self.connections.discard(driver)
             self._closed()
 
+    def outlive(self, task: asyncio.Task[Any] | None) -> None:
+        """A connection closed while its app ``task`` still runs (the app has been told the client is gone): the
+        task is kept here until it ends, so that a graceful shutdown waits for it as for a connection, then cancels
+        it, and the loop is not closed under it."""
+        if task is not None and not task.done():
+            self.outliving.add(task)
+            task.add_done_callback(self._outlived)
+
+    def _outlived(self, task: asyncio.Task[Any]) -> None:
+        self.outliving.discard(task)
+        self._maybe_drained()
+
     def _closed(self) -> None:
         if self.connection_limit is not None:
             self._make_room()
+        self._maybe_drained()
+
+    def _maybe_drained(self) -> None:
         drained = self._drained
-        if drained is not None and not self.connections and not drained.done():
+        if drained is not None and not self.connections and not self.outliving and not drained.done():
             drained.set_result(None)
 
     def _make_room(self) -> None:
@@ -190,16 +207,19 @@ class ConnectionRegistry:
     # ------------------------------------------------------------------ shutdown
 
     async def drain(self, timeout: float) -> None:
-        """Close idle connections now, let the others finish for up to ``timeout`` s, then cut them."""
+        """Close idle connections now, let the others (and the apps outliving theirs) finish for up to ``timeout``
+        s, then cut them."""
         for conn in list(self.connections):
             conn.shutdown()
-        if self.connections:
+        if self.connections or self.outliving:
+            logger.info("waiting for %d connection(s) and %d app(s) whose client had left (up to %gs)",
+                        len(self.connections), len(self.outliving), timeout)
             self._drained = self._loop.create_future()
             try:
                 await asyncio.wait_for(asyncio.shield(self._drained), timeout)
             except asyncio.TimeoutError:
-                logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s)",
-                               timeout, len(self.connections))
+                logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s) and %d app(s) "
+                               "whose client had left", timeout, len(self.connections), len(self.outliving))
         cancelled = self.abort_all()
         if cancelled:
             # let the cancelled apps unwind (for up to ``timeout`` again) before lifespan shutdown closes what
@@ -208,7 +228,7 @@ class ConnectionRegistry:
 
     def abort_all(self) -> list[asyncio.Task[Any]]:
         """Cut every connection; return the app tasks this cancelled."""
-        cancelled: list[asyncio.Task[Any]] = []
+        cancelled: list[asyncio.Task[Any]] = [task for task in list(self.outliving) if task.cancel()]
         for conn in list(self.connections):
             cancelled.extend(conn.force_close())
         return cancelled

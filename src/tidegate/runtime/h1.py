@@ -208,6 +208,7 @@ class H1Driver(asyncio.Protocol):
         current = self.current
         if current is not None:
             current.on_disconnect()
+            self.ctx.registry.outlive(self.task)
         elif self._last is not None:
             self._last.on_disconnect()
         self.pipeline.clear()

@@ -402,9 +402,11 @@ class H2Driver(asyncio.Protocol):
         self._timer = self._reset_timer = None
         self._closing = True
         self.writes.connection_lost()
+        registry = self.ctx.registry
         for stream in list(self.streams.values()):
             stream.on_reset()
-        self.ctx.registry.discard(self)
+            registry.outlive(stream.task)
+        registry.discard(self)
 
     def _why_closed(self) -> str:
         """Why the connection closed, as far as its state tells (for the debug line)."""

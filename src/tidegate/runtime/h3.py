@@ -1258,11 +1258,13 @@ class H3Driver:
             if timer is not None:
                 timer.cancel()
         self._idle_timer = self._keepalive = self._reset_timer = self._linger = self._handshake_timer = None
+        registry = self.ctx.registry
         for stream in list(self.streams.values()):
             stream.on_reset()
+            registry.outlive(stream.task)
         for stream in list(self.waiting):
             stream.wake()
-        self.ctx.registry.discard(self)
+        registry.discard(self)
 
     def _terminated(self) -> None:
         """The QUIC connection is over (closed by either side, idle, or dropped): forget it."""
