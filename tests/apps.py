@@ -18,17 +18,23 @@ async def hello(scope: dict[str, Any], receive: Any, send: Any) -> None:
 
 async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """Reads the whole body, answers it back with a content-length."""
+    body = await read_body(receive)
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def read_body(receive: Any) -> bytes:
+    """The request body, up to its end or an ``http.disconnect``."""
     body = b""
     more = True
     while more:
         message = await receive()
         if message["type"] == "http.disconnect":
-            return
+            break
         body += message.get("body", b"")
         more = message.get("more_body", False)
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    return body
 
 
 class Gate:

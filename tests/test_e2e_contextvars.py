@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from .apps import read_body
 from .conftest import RawClient
 
 TIMEOUT = 10.0
@@ -25,12 +26,7 @@ async def context_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     before = request_id.get()
     request_id.set(int(scope["path"].strip("/") or 0))
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
+    body = await read_body(receive)
     answer = b"%d %d %s" % (before, request_id.get(), body)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", str(len(answer)).encode())]})

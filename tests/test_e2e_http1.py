@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .apps import Gate, echo, hello, scope_json
+from .apps import Gate, echo, hello, read_body, scope_json
 from .conftest import LineReader, LogRecords, RawClient
 
 CURL = shutil.which("curl")
@@ -47,18 +47,6 @@ async def respond(send: Any, status: int = 200, body: bytes = b"", headers: list
     await send({"type": "http.response.start", "status": status,
                 "headers": [(b"content-length", str(len(body)).encode()), *(headers or [])]})
     await send({"type": "http.response.body", "body": body})
-
-
-async def read_body(receive: Any) -> bytes:
-    body = b""
-    more = True
-    while more:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        body += message.get("body", b"")
-        more = message.get("more_body", False)
-    return body
 
 
 # ---------------------------------------------------------------------------------------------------- keep-alive

@@ -20,14 +20,18 @@ def loop(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
+async def recorded_lifespan(events: list[str], receive: Any, send: Any) -> None:
+    await receive()
+    await send({"type": "lifespan.startup.complete"})
+    await receive()
+    events.append("lifespan shutdown")
+    await send({"type": "lifespan.shutdown.complete"})
+
+
 def gated_app(events: list[str], started: Gate, release: Gate, *, stream: bool = False) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            events.append("lifespan shutdown")
-            await send({"type": "lifespan.shutdown.complete"})
+            await recorded_lifespan(events, receive, send)
             return
         if scope["path"] != "/slow":
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"4")]})
@@ -109,11 +113,7 @@ def leaving_app(events: list[str], left: Gate, release: Gate) -> Any:
     """An app whose client leaves mid-request: it hears http.disconnect, then cleans up until ``release``."""
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            await receive()
-            await send({"type": "lifespan.startup.complete"})
-            await receive()
-            events.append("lifespan shutdown")
-            await send({"type": "lifespan.shutdown.complete"})
+            await recorded_lifespan(events, receive, send)
             return
         while (await receive())["type"] != "http.disconnect":
             pass
@@ -129,13 +129,20 @@ def leaving_app(events: list[str], left: Gate, release: Gate) -> Any:
     return app
 
 
-def test_shutdown_waits_for_an_app_whose_client_left(run_server: Any, loop: str, logs: LogRecords) -> None:
+def client_left(run_server: Any, loop: str, graceful: float) -> tuple[Any, list[str], Gate]:
+    """A server whose app heard its client leave mid-request and now cleans up until the Gate returned is set."""
     events: list[str] = []
     left, release = Gate(), Gate()
-    server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on", timeout_graceful_shutdown=30)
+    server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on",
+                        timeout_graceful_shutdown=graceful)
     with RawClient(server.port) as client:
         client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
     left.wait_sync()
+    return server, events, release
+
+
+def test_shutdown_waits_for_an_app_whose_client_left(run_server: Any, loop: str, logs: LogRecords) -> None:
+    server, events, release = client_left(run_server, loop, 30)
     server.request_stop()
     logs.wait_for(lambda r: r.getMessage().startswith("waiting for 0 connection(s) and 1 app(s) whose client had left"))
     release.set()
@@ -145,12 +152,7 @@ def test_shutdown_waits_for_an_app_whose_client_left(run_server: Any, loop: str,
 
 def test_an_app_whose_client_left_is_cancelled_past_the_deadline(run_server: Any, loop: str,
                                                                  logs: LogRecords) -> None:
-    events: list[str] = []
-    left, release = Gate(), Gate()
-    server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on", timeout_graceful_shutdown=0.2)
-    with RawClient(server.port) as client:
-        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
-    left.wait_sync()
+    server, events, _ = client_left(run_server, loop, 0.2)
     server.stop()
     assert events == ["left", "cancelled", "lifespan shutdown"]  # cancelled, and unwound, before the server stopped
     assert any(r.levelno == logging.WARNING and "1 app(s) whose client had left" in r.getMessage()
