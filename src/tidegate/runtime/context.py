@@ -286,9 +286,10 @@ class ConnectionLog:
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("access_line", "app", "app_context", "config", "connect_protocol", "debug", "defaults", "extensions",
-                 "h2", "health", "limits", "logging", "loop", "metrics", "on_request", "prior_knowledge", "proxied",
-                 "recording", "registry", "request_limits", "state", "timeouts", "upgrades", "websocket")
+    __slots__ = ("_create_task", "_in_app_context", "access_line", "app", "app_context", "config", "connect_protocol",
+                 "debug", "defaults", "extensions", "h2", "health", "limits", "logging", "loop", "metrics",
+                 "on_request", "prior_knowledge", "proxied", "recording", "registry", "request_limits", "state",
+                 "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -297,8 +298,10 @@ class ServerContext:
         self.app = app
         self.config = config
         self.loop = loop
-        #: the context each app task starts from (see start_app)
+        #: the context each app task starts from (see start_app), and the two calls that make one, bound once
         self.app_context = contextvars.copy_context()
+        self._in_app_context: Callable[..., asyncio.Task[None]] = self.app_context.run
+        self._create_task: Callable[..., asyncio.Task[None]] = loop.create_task
         # the settings groups, by reference
         self.timeouts = config.timeouts
         self.limits = limits = config.limits
@@ -345,7 +348,7 @@ class ServerContext:
         """An app's task, in a copy of the server's context: never in one an app has changed.  A task copies the
         context it is made in, and a driver makes some from inside an app's task (the next pipelined request, at
         the end of a response) or from a read that asyncio's own loop may run in one (reading was resumed there)."""
-        return self.app_context.run(self.loop.create_task, coro)
+        return self._in_app_context(self._create_task, coro)
 
 
 def address(value: Any) -> tuple[str, int] | None:
