@@ -8,6 +8,13 @@ permessage-deflate the way browsers do.
 
     python benchmarks/ws_idle_memory.py                          # 5,000 connections, every server, both offers
     python benchmarks/ws_idle_memory.py --connections 1000 --servers tidegate --deflate off
+    python benchmarks/ws_idle_memory.py --connections 1000,3000 --servers tidegate --deflate on   # and the margin
+
+"Growth per connection" divides the RSS added by the connections by their count, so it also carries what the
+process pays once whatever the count (allocator arenas, caches filled on first use): a build that starts smaller
+can show more growth for the same sessions.  Given two or more counts (each in a fresh process), the script also
+reports the *marginal* cost: the RSS added between the smallest and the largest count, per connection, which
+those fixed costs cancel out of.
 
 Servers: ``tidegate`` (this interpreter, ``-m tidegate``), ``uvicorn-sansio`` (``--ws websockets-sansio``, its
 default) and ``uvicorn-websockets`` (``--ws websockets``), both with ``--loop uvloop --http httptools`` and run
@@ -244,7 +251,8 @@ def raise_fd_limit(count: int) -> None:
 
 
 async def main(args: argparse.Namespace) -> int:
-    raise_fd_limit(args.connections + args.warmup)
+    counts = sorted({int(n) for n in args.connections.split(",") if n.strip()})
+    raise_fd_limit(counts[-1] + args.warmup)
     commands = server_commands(args.tidegate_python, args.uvicorn_python)
     names = [n.strip() for n in args.servers.split(",") if n.strip()]
     for name in names:
@@ -253,48 +261,66 @@ async def main(args: argparse.Namespace) -> int:
     offers = {"off": [False], "on": [True], "both": [False, True]}[args.deflate]
     end = time.monotonic() + args.max_seconds
     app_dir = tempfile.mkdtemp(prefix="ws-idle-")
-    results: list[tuple[str, bool, dict[str, float] | str]] = []
+    results: list[tuple[str, bool, int, dict[str, float] | str]] = []
     try:
         with open(os.path.join(app_dir, "_ws_idle_app.py"), "w") as f:
             f.write(APP)
         for deflate in offers:
-            for name in names:
-                if time.monotonic() >= end:
-                    results.append((name, deflate, "skipped: --max-seconds reached"))
-                    continue
-                command = commands[name](free_port(), app_dir)
-                try:
-                    result: dict[str, float] | str = await measure(name, command, args.connections, deflate, args,
-                                                                   end)
-                except (OSError, RuntimeError, TimeoutError) as exc:
-                    result = f"failed: {exc}"
-                results.append((name, deflate, result))
-                print(f"{name:20} deflate offered: {'yes' if deflate else 'no ':3}  "
-                      + (result if isinstance(result, str) else
-                         f"RSS {result['baseline'] / 1024:7.1f} -> {result['after'] / 1024:7.1f} MiB  "
-                         f"{result['per_conn'] / 1024:6.2f} KiB/connection  (opened in {result['opened_s']:.1f} s, "
-                         f"lost {int(result['lost'])}, pings answered {int(result['pings'])})"), flush=True)
+            for count in counts:
+                for name in names:
+                    if time.monotonic() >= end:
+                        results.append((name, deflate, count, "skipped: --max-seconds reached"))
+                        continue
+                    command = commands[name](free_port(), app_dir)
+                    try:
+                        result: dict[str, float] | str = await measure(name, command, count, deflate, args, end)
+                    except (OSError, RuntimeError, TimeoutError) as exc:
+                        result = f"failed: {exc}"
+                    results.append((name, deflate, count, result))
+                    print(f"{name:20} deflate offered: {'yes' if deflate else 'no ':3}  {count:6,} connections  "
+                          + (result if isinstance(result, str) else
+                             f"RSS {result['baseline'] / 1024:7.1f} -> {result['after'] / 1024:7.1f} MiB  "
+                             f"{result['per_conn'] / 1024:6.2f} KiB/connection  (opened in "
+                             f"{result['opened_s']:.1f} s, lost {int(result['lost'])}, pings answered "
+                             f"{int(result['pings'])})"), flush=True)
     finally:
         shutil.rmtree(app_dir, ignore_errors=True)
     print()
-    print(f"Idle WebSocket connections: {args.connections:,} per server, one echo each, then idle {args.idle:.0f} s")
+    print(f"Idle WebSocket connections: {', '.join(f'{n:,}' for n in counts)} per server, one echo each, then idle "
+          f"{args.idle:.0f} s")
     print()
-    print("| server | client offers permessage-deflate | RSS before | RSS with connections | growth per connection |")
-    print("|---|---|---:|---:|---:|")
+    print("| server | client offers permessage-deflate | connections | RSS before | RSS with connections "
+          "| growth per connection |")
+    print("|---|---|---:|---:|---:|---:|")
     failed = False
-    for name, deflate, result in results:
+    for name, deflate, count, result in results:
         if isinstance(result, str):
             failed = True
-            print(f"| {name} | {'yes' if deflate else 'no'} | {result} | | |")
+            print(f"| {name} | {'yes' if deflate else 'no'} | {count:,} | {result} | | |")
         else:
-            print(f"| {name} | {'yes' if deflate else 'no'} | {result['baseline'] / 1024:.1f} MiB | "
+            print(f"| {name} | {'yes' if deflate else 'no'} | {count:,} | {result['baseline'] / 1024:.1f} MiB | "
                   f"{result['after'] / 1024:.1f} MiB | {result['per_conn'] / 1024:.2f} KiB |")
+    if len(counts) > 1:
+        print()
+        print(f"| server | client offers permessage-deflate | marginal cost per connection, {counts[0]:,} → "
+              f"{counts[-1]:,} |")
+        print("|---|---|---:|")
+        for deflate in offers:
+            for name in names:
+                low, high = (next((r for n, d, c, r in results if n == name and d == deflate and c == count), None)
+                             for count in (counts[0], counts[-1]))
+                if isinstance(low, dict) and isinstance(high, dict):
+                    margin = f"{(high['after'] - low['after']) / (counts[-1] - counts[0]):.2f} KiB"
+                else:
+                    margin = "n/a"
+                print(f"| {name} | {'yes' if deflate else 'no'} | {margin} |")
     return 1 if failed else 0
 
 
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--connections", default="5000",
+                        help="idle connections per run; several, comma-separated, add the marginal cost")
     parser.add_argument("--servers", default="tidegate,uvicorn-sansio,uvicorn-websockets")
     parser.add_argument("--deflate", choices=("off", "on", "both"), default="both",
                         help="whether the clients offer permessage-deflate")
