@@ -13,6 +13,7 @@ import pytest
 
 from .apps import Gate
 from .conftest import LogRecords, RawClient
+from .test_e2e_http2 import H2Client
 
 
 @pytest.fixture(params=["asyncio", "uvloop"])
@@ -129,14 +130,20 @@ def leaving_app(events: list[str], left: Gate, release: Gate) -> Any:
     return app
 
 
-def client_left(run_server: Any, loop: str, graceful: float) -> tuple[Any, list[str], Gate]:
+def client_left(run_server: Any, loop: str, graceful: float, protocol: str = "http/1.1"
+                ) -> tuple[Any, list[str], Gate]:
     """A server whose app heard its client leave mid-request and now cleans up until the Gate returned is set."""
     events: list[str] = []
     left, release = Gate(), Gate()
     server = run_server(leaving_app(events, left, release), loop=loop, lifespan="on",
                         timeout_graceful_shutdown=graceful)
-    with RawClient(server.port) as client:
-        client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
+    if protocol == "h2":
+        h2 = H2Client(server.port)
+        h2.request("/")
+        h2.close()
+    else:
+        with RawClient(server.port) as client:
+            client.send(b"GET / HTTP/1.1\r\nhost: t\r\n\r\n")
     left.wait_sync()
     return server, events, release
 
@@ -150,9 +157,10 @@ def test_shutdown_waits_for_an_app_whose_client_left(run_server: Any, loop: str,
     assert events == ["left", "cleaned up", "lifespan shutdown"]
 
 
-def test_an_app_whose_client_left_is_cancelled_past_the_deadline(run_server: Any, loop: str,
-                                                                 logs: LogRecords) -> None:
-    server, events, _ = client_left(run_server, loop, 0.2)
+@pytest.mark.parametrize("protocol", ["http/1.1", "h2"])
+def test_an_app_whose_client_left_is_cancelled_past_the_deadline(run_server: Any, loop: str, logs: LogRecords,
+                                                                 protocol: str) -> None:
+    server, events, _ = client_left(run_server, loop, 0.2, protocol)
     server.stop()
     assert events == ["left", "cancelled", "lifespan shutdown"]  # cancelled, and unwound, before the server stopped
     assert any(r.levelno == logging.WARNING and "1 app(s) whose client had left" in r.getMessage()
