@@ -228,7 +228,7 @@ class ConnectionRegistry:
 
     def abort_all(self) -> list[asyncio.Task[Any]]:
         """Cut every connection; return the app tasks this cancelled."""
-        cancelled: list[asyncio.Task[Any]] = [task for task in list(self.outliving) if task.cancel()]
+        cancelled: list[asyncio.Task[Any]] = [task for task in self.outliving if task.cancel()]
         for conn in list(self.connections):
             cancelled.extend(conn.force_close())
         return cancelled
@@ -286,10 +286,10 @@ class ConnectionLog:
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("_create_task", "_in_app_context", "access_line", "app", "app_context", "config", "connect_protocol",
-                 "debug", "defaults", "extensions", "h2", "health", "limits", "logging", "loop", "metrics",
-                 "on_request", "prior_knowledge", "proxied", "recording", "registry", "request_limits", "state",
-                 "timeouts", "upgrades", "websocket")
+    __slots__ = ("_create_task", "_in_app_context", "access_line", "app", "config", "connect_protocol", "debug",
+                 "defaults", "extensions", "h2", "health", "limits", "logging", "loop", "metrics", "on_request",
+                 "prior_knowledge", "proxied", "recording", "registry", "request_limits", "state", "timeouts",
+                 "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -298,9 +298,8 @@ class ServerContext:
         self.app = app
         self.config = config
         self.loop = loop
-        #: the context each app task starts from (see start_app), and the two calls that make one, bound once
-        self.app_context = contextvars.copy_context()
-        self._in_app_context: Callable[..., asyncio.Task[None]] = self.app_context.run
+        #: start_app's two calls, bound once: run in a copy of the server's context (taken here), make a task
+        self._in_app_context: Callable[..., asyncio.Task[None]] = contextvars.copy_context().run
         self._create_task: Callable[..., asyncio.Task[None]] = loop.create_task
         # the settings groups, by reference
         self.timeouts = config.timeouts
