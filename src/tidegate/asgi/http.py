@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Awaitable, Generator, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
@@ -35,8 +35,8 @@ from .types import (
 
 __all__ = ["ASGIApp", "HTTPExchange", "Message", "Stream", "escape_log"]
 
-logger = logging.getLogger("tidegate.error")
-access_logger = logging.getLogger("tidegate.access")
+logger: Final = logging.getLogger("tidegate.error")
+access_logger: Final = logging.getLogger("tidegate.access")
 
 #: an untyped message, for code not yet on :mod:`tidegate.asgi.types` (the runtime's lifespan runner)
 Message = dict[str, Any]
@@ -45,11 +45,19 @@ Message = dict[str, Any]
 # _REFUSED: the server answered the request itself (a body over the limit, a stalled body) and the app's response
 # is not wanted.  _STARTED_T, _STREAMING_T and _TRAILERS mirror _STARTED, _STREAMING for a response with trailers,
 # so the plain path never tests for them.
-_START, _STARTED, _STREAMING, _STARTED_T, _STREAMING_T, _TRAILERS, _DONE, _GONE, _REFUSED = range(9)
-_NO_LIMIT = 1 << 62
+_START: Final = 0
+_STARTED: Final = 1
+_STREAMING: Final = 2
+_STARTED_T: Final = 3
+_STREAMING_T: Final = 4
+_TRAILERS: Final = 5
+_DONE: Final = 6
+_GONE: Final = 7
+_REFUSED: Final = 8
+_NO_LIMIT: Final = 1 << 62
 #: Fields a trailer section may not carry (RFC 9110 §6.5.1): framing, routing, connection control, authentication
 #: and cookies, caching and conditional controls, and what says how to process the content.
-FORBIDDEN_TRAILERS = frozenset({
+FORBIDDEN_TRAILERS: Final = frozenset({
     b"content-length", b"transfer-encoding", b"trailer", b"te", b"host", b"connection", b"keep-alive",
     b"proxy-connection", b"upgrade", b"authorization", b"proxy-authorization", b"www-authenticate",
     b"proxy-authenticate", b"authentication-info", b"set-cookie", b"cookie", b"content-type", b"content-encoding",
@@ -58,7 +66,7 @@ FORBIDDEN_TRAILERS = frozenset({
     b"if-modified-since", b"if-unmodified-since", b"if-range",
 })
 #: body pieces smaller than this are joined while they wait for the app (see HTTPExchange.on_data)
-_SMALL_PIECE = 1024
+_SMALL_PIECE: Final = 1024
 
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote_to_bytes
 
 from ..protocol.events import Request
@@ -10,13 +10,13 @@ from .types import ASGIVersions, HTTPScope, WebSocketScope
 
 __all__ = ["ConnectionInfo", "http_scope", "split_target", "websocket_scope"]
 
-ASGI_VERSION: ASGIVersions = {"version": "3.0", "spec_version": "2.4"}
+ASGI_VERSION: Final[ASGIVersions] = {"version": "3.0", "spec_version": "2.4"}
 
 #: a scope's ``extensions``: each extension's name and its (free-form) fields
 Extensions = dict[str, dict[str, object]]
 
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
-                                    "CONNECT")}
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE",
+                                           "CONNECT")}
 
 
 class ConnectionInfo:
@@ -74,7 +74,9 @@ def split_target(target: bytes) -> tuple[bytes, bytes]:
 
 # Byte tests below use int needles (``63 in target`` for b"?"): with a bytes needle, bytes.__contains__ first tries
 # it as an int and discards the TypeError, which costs ten times more.
-_QUESTION, _HASH, _PERCENT = ord("?"), ord("#"), ord("%")
+_QUESTION: Final = 0x3F  # "?"
+_HASH: Final = 0x23  # "#"
+_PERCENT: Final = 0x25  # "%"
 
 
 def decode_path(raw_path: bytes) -> str:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Iterable
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
@@ -37,16 +37,21 @@ from .types import (
 
 __all__ = ["MAX_QUEUED", "WebSocketExchange", "WebSocketStream"]
 
-logger = logging.getLogger("tidegate.error")
+logger: Final = logging.getLogger("tidegate.error")
 
 # App-side states.  CLOSED: the app sent websocket.close; GONE: the session ended for another reason.
-_HANDSHAKE, _DENYING, _OPEN, _CLOSED, _DENIED, _GONE = range(6)
+_HANDSHAKE: Final = 0
+_DENYING: Final = 1
+_OPEN: Final = 2
+_CLOSED: Final = 3
+_DENIED: Final = 4
+_GONE: Final = 5
 
 #: messages received and not yet taken by the app before reading pauses
-MAX_QUEUED = 16
+MAX_QUEUED: Final = 16
 
-_SEND_TYPES = frozenset({"websocket.accept", "websocket.send", "websocket.close", "websocket.http.response.start",
-                         "websocket.http.response.body"})
+_SEND_TYPES: Final = frozenset({"websocket.accept", "websocket.send", "websocket.close",
+                                        "websocket.http.response.start", "websocket.http.response.body"})
 
 
 class WebSocketStream(Protocol):

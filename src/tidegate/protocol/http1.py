@@ -38,7 +38,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 import httptools
 
@@ -59,14 +59,14 @@ __all__ = ["H1Connection", "ResponseDefaults", "status_line", "switching_protoco
 #: bytes from the peer: a read, or a slice of one (:meth:`H1Connection._receive_sliced` feeds memoryview slices)
 Received = bytes | memoryview
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_TOKEN_RUN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_TOKEN_RUN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]*")
 # A method token longer than this, unknown to the parser, is answered 501 without waiting for its end (RFC 9112
 # §3: "longer than any that it implements"); the parser's longest method has 11 characters.
-_METHOD_MAX = 32
+_METHOD_MAX: Final = 32
 
 # Above this size a body piece is handed over as its own buffer rather than copied behind the head.
-_COPY_LIMIT = 16384
+_COPY_LIMIT: Final = 16384
 
 
 def status_line(status: int, version: bytes = b"1.1") -> bytes:
@@ -77,36 +77,44 @@ def status_line(status: int, version: bytes = b"1.1") -> bytes:
     return b"HTTP/" + version + b" %d " % status + phrase + b"\r\n"
 
 
-_STATUS_LINES = {s.value: status_line(s.value) for s in HTTPStatus}
-_STATUS_LINES_10 = {s.value: status_line(s.value, b"1.0") for s in HTTPStatus}
+_STATUS_LINES: Final = {s.value: status_line(s.value) for s in HTTPStatus}
+_STATUS_LINES_10: Final = {s.value: status_line(s.value, b"1.0") for s in HTTPStatus}
 
 # Response header names that change how we frame the response, or replace one of our defaults.
-_CONTENT_LENGTH = b"content-length"
-_SPECIAL_RESPONSE = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server",
-                               b"alt-svc"})
+_CONTENT_LENGTH: Final = b"content-length"
+_SPECIAL_RESPONSE: Final = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server",
+                                      b"alt-svc"})
 # Header names and values already checked (apps reuse a handful of them); bounded.
-_known_names: set[bytes] = set()
-_known_values: set[bytes] = set()
-_KNOWN_MAX = 4096
+_known_names: Final[set[bytes]] = set()
+_known_values: Final[set[bytes]] = set()
+_KNOWN_MAX: Final = 4096
 
-_WATCHED_REQUEST = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te", b"forwarded",
-                              b"x-forwarded-for", b"x-forwarded-proto"})
+_WATCHED_REQUEST: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te", b"forwarded",
+                                     b"x-forwarded-for", b"x-forwarded-proto"})
 # A Host value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP literal or a reg-name (RFC 3986 §3.2.2).
-_HOST = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?")
-_valid_hosts: set[bytes] = set()
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Za-z:.\-_~!$&'()*+,;=%]*\]|[0-9A-Za-z.\-_~!$&'()*+,;=%]*)(?::[0-9]*)?")
+_valid_hosts: Final[set[bytes]] = set()
 # Bytes a field value must not hold (RFC 9110 §5.5: no control character but HTAB).
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 # An absolute-form target (RFC 9112 §3.2.2): a scheme, "://", then its authority.
-_ABSOLUTE_FORM = re.compile(rb"[^:/?#]+://([^/?#]*)")
+_ABSOLUTE_FORM: Final = re.compile(rb"[^:/?#]+://([^/?#]*)")
 # How an HTTP/1 request line ends.
-_REQUEST_LINE_END = re.compile(rb" HTTP/\d\.\d\r?\n")
+_REQUEST_LINE_END: Final = re.compile(rb" HTTP/\d\.\d\r?\n")
 # The room a request line takes besides its target (method, spaces, version, CRLF).
-_LINE_EXTRA = 64
+_LINE_EXTRA: Final = 64
 
 # Response states
-_IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
+_IDLE: Final = 0
+_HEAD_PENDING: Final = 1
+_SENDING: Final = 2
+_DONE: Final = 3
 # Body framing
-_UNDECIDED, _LENGTH, _CHUNKED, _CLOSE_DELIMITED, _NO_BODY, _HEAD_ONLY = range(6)
+_UNDECIDED: Final = 0
+_LENGTH: Final = 1
+_CHUNKED: Final = 2
+_CLOSE_DELIMITED: Final = 3
+_NO_BODY: Final = 4
+_HEAD_ONLY: Final = 5
 
 
 class ResponseDefaults:
@@ -153,15 +161,15 @@ class RequestLimits:
         self.field = field
 
 
-_DEFAULT_LIMITS = RequestLimits()
-_NO_BODY_LIMIT = 1 << 62
+_DEFAULT_LIMITS: Final = RequestLimits()
+_NO_BODY_LIMIT: Final = 1 << 62
 # Reads larger than this are parsed in slices (see H1Connection._receive_sliced): of this size within a body, and of
 # _HEAD_SLICE where requests may begin, so that a flood of small pipelined requests is parsed only a few dozen
 # requests past the pipeline depth.
-_SLICE = 65536
-_HEAD_SLICE = 1024
+_SLICE: Final = 65536
+_HEAD_SLICE: Final = 1024
 # The framing a chunk may take besides its extensions: 16 hex digits of size and two line ends.
-_CHUNK_FRAMING = 20
+_CHUNK_FRAMING: Final = 20
 
 
 def switching_protocols(status: int, headers: list[tuple[bytes, bytes]], defaults: ResponseDefaults) -> bytes:
@@ -194,11 +202,11 @@ class _ParseAbort(Exception):
 
 
 # Stands for the header list between heads: header lines parsed after the head (chunked trailers) are not kept.
-_TRAILERS: Headers = []
+_TRAILERS: Final[Headers] = []
 # Stands for the events of an earlier read, and how many events of a read may stay referenced until the next one
 # (see H1Connection._feed).
-_EARLIER: list[Event] = []
-_KEPT_EVENTS = 64
+_EARLIER: Final[list[Event]] = []
+_KEPT_EVENTS: Final = 64
 
 
 def _section_size(headers: Headers) -> int:

@@ -54,7 +54,7 @@ import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from h2.errors import ErrorCodes
 from hpack import Decoder
@@ -77,46 +77,56 @@ from .http1 import ResponseDefaults
 
 __all__ = ["PREFACE", "H2Connection", "check_response_field", "decode_settings"]
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 # Frame types
-DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = range(10)
-_FRAME_TYPES = 10
+DATA: Final = 0
+HEADERS: Final = 1
+PRIORITY: Final = 2
+RST_STREAM: Final = 3
+SETTINGS: Final = 4
+PUSH_PROMISE: Final = 5
+PING: Final = 6
+GOAWAY: Final = 7
+WINDOW_UPDATE: Final = 8
+CONTINUATION: Final = 9
+_FRAME_TYPES: Final = 10
 # Flags
-END_STREAM = ACK = 0x1
-END_HEADERS = 0x4
-PADDED = 0x8
-PRIORITY_FLAG = 0x20
+END_STREAM: Final = 0x1
+ACK: Final = 0x1
+END_HEADERS: Final = 0x4
+PADDED: Final = 0x8
+PRIORITY_FLAG: Final = 0x20
 # Error codes
-NO_ERROR = 0x0
-PROTOCOL_ERROR = 0x1
-INTERNAL_ERROR = 0x2
-FLOW_CONTROL_ERROR = 0x3
-STREAM_CLOSED = 0x5
-FRAME_SIZE_ERROR = 0x6
-REFUSED_STREAM = 0x7
-CANCEL = 0x8
-COMPRESSION_ERROR = 0x9
-ENHANCE_YOUR_CALM = 0xB
+NO_ERROR: Final = 0x0
+PROTOCOL_ERROR: Final = 0x1
+INTERNAL_ERROR: Final = 0x2
+FLOW_CONTROL_ERROR: Final = 0x3
+STREAM_CLOSED: Final = 0x5
+FRAME_SIZE_ERROR: Final = 0x6
+REFUSED_STREAM: Final = 0x7
+CANCEL: Final = 0x8
+COMPRESSION_ERROR: Final = 0x9
+ENHANCE_YOUR_CALM: Final = 0xB
 # Settings
-HEADER_TABLE_SIZE = 0x1
-ENABLE_PUSH = 0x2
-MAX_CONCURRENT_STREAMS = 0x3
-INITIAL_WINDOW_SIZE = 0x4
-MAX_FRAME_SIZE = 0x5
-MAX_HEADER_LIST_SIZE = 0x6
-ENABLE_CONNECT_PROTOCOL = 0x8
+HEADER_TABLE_SIZE: Final = 0x1
+ENABLE_PUSH: Final = 0x2
+MAX_CONCURRENT_STREAMS: Final = 0x3
+INITIAL_WINDOW_SIZE: Final = 0x4
+MAX_FRAME_SIZE: Final = 0x5
+MAX_HEADER_LIST_SIZE: Final = 0x6
+ENABLE_CONNECT_PROTOCOL: Final = 0x8
 
-DEFAULT_WINDOW = 65535
-MAX_WINDOW = 2**31 - 1
-DEFAULT_FRAME_SIZE = 16384
+DEFAULT_WINDOW: Final = 65535
+MAX_WINDOW: Final = 2**31 - 1
+DEFAULT_FRAME_SIZE: Final = 16384
 # Streams we reset whose late frames are ignored rather than answered with STREAM_CLOSED.
-_RECENT_RESETS = 64
+_RECENT_RESETS: Final = 64
 
-_FRAME = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
-_SETTING = struct.Struct(">HL")
-_U32 = struct.Struct(">L")
-_GOAWAY = struct.Struct(">LL")
+_FRAME: Final = struct.Struct(">HBBBL")  # length (24 bits as 16 + 8), type, flags, stream id
+_SETTING: Final = struct.Struct(">HL")
+_U32: Final = struct.Struct(">L")
+_GOAWAY: Final = struct.Struct(">LL")
 
 
 def _frame(ftype: int, flags: int, stream_id: int, payload: bytes = b"") -> bytes:
@@ -142,14 +152,14 @@ def decode_settings(payload: bytes) -> list[tuple[int, int]]:
 
 # Responses use no dynamic table: every field is a static-table index or a literal "without indexing", so its
 # encoding depends only on the field and is cached for every connection (bounded, like http1's known headers).
-_STATIC_PAIRS: dict[tuple[bytes, bytes], int] = {}
-_STATIC_NAMES: dict[bytes, int] = {}
+_STATIC_PAIRS: Final[dict[tuple[bytes, bytes], int]] = {}
+_STATIC_NAMES: Final[dict[bytes, int]] = {}
 for _i, (_n, _v) in enumerate(HeaderTable.STATIC_TABLE, 1):
     _STATIC_PAIRS.setdefault((_n, _v), _i)
     _STATIC_NAMES.setdefault(_n, _i)
-_SENSITIVE = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
-_FIELD_CACHE: dict[tuple[bytes, bytes], bytes] = {}
-_FIELD_CACHE_MAX = 4096
+_SENSITIVE: Final = frozenset({b"authorization", b"proxy-authorization", b"cookie", b"set-cookie"})
+_FIELD_CACHE: Final[dict[tuple[bytes, bytes], bytes]] = {}
+_FIELD_CACHE_MAX: Final = 4096
 
 
 def _hpack_int(value: int, bits: int, flags: int) -> bytes:
@@ -177,9 +187,9 @@ def encode_field(name: bytes, value: bytes) -> bytes:
     return bytes((flags,)) + _hpack_int(len(name), 7, 0) + name + _hpack_int(len(value), 7, 0) + value
 
 
-_STATUS_FIELDS = {status: encode_field(b":status", b"%d" % status) for status in range(100, 600)}
+_STATUS_FIELDS: Final = {status: encode_field(b":status", b"%d" % status) for status in range(100, 600)}
 # content-length fields by value (bounded, like the field cache)
-_LENGTH_FIELDS: dict[bytes, bytes] = {}
+_LENGTH_FIELDS: Final[dict[bytes, bytes]] = {}
 
 
 def _length_field(value: bytes) -> bytes:
@@ -190,16 +200,16 @@ def _length_field(value: bytes) -> bytes:
             _LENGTH_FIELDS[value] = piece
     return piece
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+")
 # What a :path may not hold, as an HTTP/1.1 request target may not (RFC 9112 §3.2): spaces, controls, DEL, raw
 # bytes above 0x7F.
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f-\xff]")
-_BAD_VALUE = re.compile(rb"[\r\n\0]")
-_REQUEST_BAD_VALUE = re.compile(rb"[\r\n\0]|^[ \t]|[ \t]$")
+_BAD_TARGET: Final = re.compile(rb"[\x00-\x20\x7f-\xff]")
+_BAD_VALUE: Final = re.compile(rb"[\r\n\0]")
+_REQUEST_BAD_VALUE: Final = re.compile(rb"[\r\n\0]|^[ \t]|[ \t]$")
 # Response fields we never pass through: HTTP/2 has no connection-specific fields (RFC 9113 §8.2.2).
-_CONNECTION_SPECIFIC = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
-                                  b"upgrade"})
-_SPECIAL_RESPONSE = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server", b"alt-svc"}
+_CONNECTION_SPECIFIC: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding",
+                                         b"upgrade"})
+_SPECIAL_RESPONSE: Final = _CONNECTION_SPECIFIC | {b"content-length", b"date", b"server", b"alt-svc"}
 
 
 def check_response_field(name: object, value: object) -> tuple[bytes, bytes, bytes]:
@@ -245,7 +255,7 @@ def _default_fields(lines: bytes) -> bytes:
 
 # ---------------------------------------------------------------------------------------------- requests
 
-_PSEUDO_REQUEST = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
+_PSEUDO_REQUEST: Final = frozenset({b":method", b":scheme", b":path", b":authority", b":protocol"})
 
 
 @dataclass(slots=True, eq=False)
@@ -347,12 +357,15 @@ def _all_indexed(block: bytes) -> bool:
     return not block.translate(None, _INDEXED_BYTES)
 
 
-_INDEXED_BYTES = bytes(range(0x80, 0xFF))
+_INDEXED_BYTES: Final = bytes(range(0x80, 0xFF))
 
 # ---------------------------------------------------------------------------------------------- streams
 
 # Response states of a stream
-_IDLE, _HEAD_PENDING, _SENDING, _DONE = range(4)
+_IDLE: Final = 0
+_HEAD_PENDING: Final = 1
+_SENDING: Final = 2
+_DONE: Final = 3
 
 
 @dataclass(slots=True, eq=False)
@@ -1213,7 +1226,7 @@ class H2Connection:
 
 
 #: frame type -> its handler (flags, stream id, payload), by type number
-_HANDLERS: tuple[Callable[[H2Connection, int, int, bytes], None], ...] = (
+_HANDLERS: Final[tuple[Callable[[H2Connection, int, int, bytes], None], ...]] = (
     H2Connection._on_data, H2Connection._on_headers, H2Connection._on_priority, H2Connection._on_rst_stream,
     H2Connection._on_settings, H2Connection._on_push_promise, H2Connection._on_ping, H2Connection._on_goaway,
     H2Connection._on_window_update, H2Connection._on_continuation)

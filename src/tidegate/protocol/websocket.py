@@ -36,7 +36,7 @@ import struct
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from .events import Headers, ProtocolError, Request
 
@@ -59,21 +59,24 @@ __all__ = [
     "negotiate_deflate",
 ]
 
-DEFAULT_MAX_SIZE = 16 * 1024 * 1024
-_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+DEFAULT_MAX_SIZE: Final = 16 * 1024 * 1024
+_GUID: Final = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+_TOKEN: Final = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
 # Session states
-CONNECTING, OPEN, CLOSING, CLOSED = range(4)
+CONNECTING: Final = 0
+OPEN: Final = 1
+CLOSING: Final = 2
+CLOSED: Final = 3
 
 # Close codes a peer may send (RFC 6455 §7.4.1, IANA registry); 3000-4999 are for libraries and applications.
-_VALID_CODES = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
+_VALID_CODES: Final = frozenset({1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014})
 
 # Frame heads for the common case: a final, unmasked, uncompressed frame with a payload under 126 bytes.
-_TEXT_HEADS = [bytes((0x81, n)) for n in range(126)]
-_BINARY_HEADS = [bytes((0x82, n)) for n in range(126)]
+_TEXT_HEADS: Final = [bytes((0x81, n)) for n in range(126)]
+_BINARY_HEADS: Final = [bytes((0x82, n)) for n in range(126)]
 # Above this size a payload is written as its own buffer rather than copied behind its head.
-_COPY_LIMIT = 16384
+_COPY_LIMIT: Final = 16384
 
 
 def accept_key(key: bytes) -> bytes:
@@ -129,7 +132,7 @@ class _TooBig(Exception):
 
 # --------------------------------------------------------------------------------------------- permessage-deflate
 
-_TAIL = b"\x00\x00\xff\xff"
+_TAIL: Final = b"\x00\x00\xff\xff"
 
 
 class PerMessageDeflate:
@@ -228,7 +231,7 @@ def _window(history: bytes, data: bytes, size: int) -> bytes:
 
 
 # Our window: 4 KiB each way unless the client asks for less (the memory of a busy session stays small).
-_MAX_WINDOW_BITS = 12
+_MAX_WINDOW_BITS: Final = 12
 
 
 def negotiate_deflate(offers: str, *, max_window_bits: int = _MAX_WINDOW_BITS

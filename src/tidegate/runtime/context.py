@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from time import perf_counter
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from ..accesslog import renderer
 from ..asgi.http import ASGIApp, HTTPExchange, escape_log
@@ -46,8 +46,8 @@ __all__ = [
     "log_refused",
 ]
 
-logger = logging.getLogger("tidegate.error")
-access_logger = logging.getLogger("tidegate.access")
+logger: Final = logging.getLogger("tidegate.error")
+access_logger: Final = logging.getLogger("tidegate.access")
 
 
 class Driver(Protocol):
@@ -425,10 +425,10 @@ def log_access(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange,
 
 
 #: the start time given for an exchange that is not recorded (the health path's answers, without --health-log)
-UNRECORDED = -1.0
+UNRECORDED: Final = -1.0
 
 #: the status logged for a request whose client left before any response started (nginx's "client closed request")
-CLIENT_CLOSED = 499
+CLIENT_CLOSED: Final = 499
 
 
 def log_cut(ctx: ServerContext, info: ConnectionInfo, exchange: HTTPExchange, started_at: float) -> None:
@@ -494,7 +494,7 @@ def log_refused(ctx: ServerContext, info: ConnectionInfo, status: int, sent: int
 
 
 _forwarded_hinted = False
-_trusted: dict[str, Any] = {}
+_trusted: Final[dict[str, Any]] = {}
 
 
 def forwarded_hint(ctx: ServerContext, info: ConnectionInfo) -> None:

@@ -14,7 +14,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from ..asgi.http import HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
@@ -36,15 +36,17 @@ from .writes import WriteBuffer, copy_file
 
 __all__ = ["H1Driver"]
 
-logger = logging.getLogger("tidegate.error")
+logger: Final = logging.getLogger("tidegate.error")
 
-access_logger = logging.getLogger("tidegate.access")
+access_logger: Final = logging.getLogger("tidegate.access")
 
 # Phases of the connection's read side (see "Deadlines" below).
-_BUSY, _IDLE, _HEAD = 0, 1, 2
+_BUSY: Final = 0
+_IDLE: Final = 1
+_HEAD: Final = 2
 # After an error response, how long the client may go on sending (read and dropped) before the connection is cut:
 # closing at once while its bytes arrive would reset the connection, and the client might never read the answer.
-LINGER = 2.0
+LINGER: Final = 2.0
 
 
 def _body_size(response: bytes) -> int:

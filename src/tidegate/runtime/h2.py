@@ -28,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import Any
+from typing import Any, Final
 
 from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
@@ -52,15 +52,15 @@ from .writes import FLUSH_BYTES, WriteBuffer, WriteDeadline, copy_file, release,
 
 __all__ = ["H2Driver", "H2Stream", "H2WebSocket"]
 
-logger = logging.getLogger("tidegate.error")
-access_logger = logging.getLogger("tidegate.access")
+logger: Final = logging.getLogger("tidegate.error")
+access_logger: Final = logging.getLogger("tidegate.access")
 
 #: after a GOAWAY, how long the connection may stay half-closed for the peer to read it and close
-LINGER = 2.0
+LINGER: Final = 2.0
 #: seconds after which the count of client resets starts again from zero
-RESET_INTERVAL = 10.0
+RESET_INTERVAL: Final = 10.0
 #: client resets (and client-caused stream errors) tolerated per interval
-MAX_RESETS = 200
+MAX_RESETS: Final = 200
 
 
 def _stream_deadline(driver: H2Driver, stream: H2Stream | H2WebSocket) -> WriteDeadline:

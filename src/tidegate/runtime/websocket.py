@@ -18,7 +18,7 @@ import asyncio
 import logging
 import struct
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Protocol
+from typing import Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
@@ -31,11 +31,11 @@ from .context import ServerContext, client_text
 
 __all__ = ["Carrier", "WebSocketChannel"]
 
-logger = logging.getLogger("tidegate.error")
-access_logger = logging.getLogger("tidegate.access")
+logger: Final = logging.getLogger("tidegate.error")
+access_logger: Final = logging.getLogger("tidegate.access")
 
 # Bytes a client may send before its handshake is answered (it should send none) before reading pauses.
-EARLY_LIMIT = 65536
+EARLY_LIMIT: Final = 65536
 
 
 class Carrier(Protocol):

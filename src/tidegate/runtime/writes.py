@@ -21,17 +21,17 @@ import logging
 import os
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, cast
+from typing import Any, Final, Protocol, cast
 
 from ..asgi.errors import ClientDisconnected
 
 __all__ = ["FLUSH_BYTES", "WaitingStream", "WriteBuffer", "WriteDeadline", "copy_file", "release", "wait_to_send"]
 
-logger = logging.getLogger("tidegate.error")
+logger: Final = logging.getLogger("tidegate.error")
 
-FLUSH_BYTES = 65536
+FLUSH_BYTES: Final = 65536
 #: the most one sendfile() call is asked to send
-_SENDFILE_SLICE = 1 << 24
+_SENDFILE_SLICE: Final = 1 << 24
 
 
 def _resolve(waiter: asyncio.Future[None]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Final
 
 from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Request
@@ -22,7 +23,7 @@ from .writes import WriteBuffer
 
 __all__ = ["WebSocketDriver"]
 
-logger = logging.getLogger("tidegate.error")
+logger: Final = logging.getLogger("tidegate.error")
 
 
 class WebSocketDriver(asyncio.Protocol):
