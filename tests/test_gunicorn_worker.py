@@ -221,6 +221,31 @@ def test_sigterm_to_the_arbiter_drains_and_runs_lifespan_shutdown(gunicorn: Star
     assert "was sent" not in proc.output  # every worker exited on its own, none was killed
 
 
+def test_a_sigterm_while_the_worker_imports_the_app_stops_it(gunicorn: Start, tmp_path: Path) -> None:
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)
+    proc, url = gunicorn(app="tests.gated_app:app", env={"GATED_APP_FIFO": str(gate)})
+    pid = int(proc.wait_for(r"Booting worker with pid: (\d+)").group(1))
+    # the FIFO opens for writing once the worker has it open for reading: it is inside the app's import
+    fd = wait_until(lambda: _open_for_writing(gate))
+    mark = proc.mark()
+    os.kill(pid, signal.SIGTERM)  # as the arbiter does to retire a worker
+    os.write(fd, b"x")
+    os.close(fd)
+    # it stops before it serves (nothing to drain yet); before, the loop never heard of the signal and it served on
+    proc.wait_for(rf"Worker exiting \(pid: {pid}\)", start=mark)
+    assert f"ops-app startup {pid}" not in proc.output
+    (replacement,) = ready(proc, 1, start=mark)
+    assert get(url + "/").json()["pid"] == replacement != pid
+
+
+def _open_for_writing(fifo: Path) -> int | None:
+    try:
+        return os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # ENXIO: no reader yet
+        return None
+
+
 class Pending:
     """One request in a thread; ``outcome`` is its response or the error it ended with."""
 

@@ -7,6 +7,7 @@ import gc
 import logging
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from .config import Config, ConfigError
@@ -16,7 +17,8 @@ from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
 from .runtime.sockets import AddressInUse
 
-__all__ = ["EXIT_ADDRESS_IN_USE", "EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "new_event_loop", "run_config"]
+__all__ = ["EXIT_ADDRESS_IN_USE", "EXIT_APP_ERROR", "EXIT_STARTUP_FAILED", "add_signal_handlers", "new_event_loop",
+           "run_config"]
 
 logger = logging.getLogger("tidegate.error")
 
@@ -40,6 +42,30 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
             loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
             return loop
     return asyncio.new_event_loop()
+
+
+def add_signal_handlers(loop: asyncio.AbstractEventLoop, handlers: Mapping[int, Callable[[], object]]) -> list[int]:
+    """Install ``handlers`` on ``loop``, which is about to run, so that no signal that comes before it runs is lost;
+    return the signals installed (none where the loop cannot take them: not the main thread).
+
+    uvloop listens for the signals of its handlers only while it runs (it points Python's wakeup descriptor at its
+    own when a run starts): a signal that comes after ``add_signal_handler()`` and before the run is taken by Python
+    and never dispatched, and a worker the supervisor stops at that moment would never stop.  The signals are held
+    blocked from here to the loop's first callback, which lets one that came meanwhile through to its handler.
+    """
+    wanted = set(handlers)
+    held = wanted - signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    installed = []
+    try:
+        for sig, handler in handlers.items():
+            try:
+                loop.add_signal_handler(sig, handler)
+                installed.append(sig)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (uvloop: ValueError)
+                pass
+    finally:
+        loop.call_soon(signal.pthread_sigmask, signal.SIG_UNBLOCK, held)
+    return installed
 
 
 def set_gc_threshold(threshold: int) -> None:
@@ -106,14 +132,8 @@ def run_config(config: Config, app: Any = None) -> int:
         logger.warning("SIGUSR2 ignored: a binary upgrade needs the supervisor (run with --workers 1); still "
                        "serving")
 
-    installed = []
-    for sig, handler in ((signal.SIGINT, on_signal), (signal.SIGTERM, on_signal), (signal.SIGHUP, on_hangup),
-                         (signal.SIGUSR2, on_upgrade)):
-        try:
-            loop.add_signal_handler(sig, handler)
-            installed.append(sig)
-        except (NotImplementedError, RuntimeError, ValueError):  # not the main thread (uvloop: ValueError)
-            pass
+    installed = add_signal_handlers(loop, {signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
+                                           signal.SIGHUP: on_hangup, signal.SIGUSR2: on_upgrade})
     try:
         loop.run_until_complete(main)
         return EXIT_OK

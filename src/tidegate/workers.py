@@ -25,13 +25,14 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from gunicorn.workers.base import Worker as GunicornWorker
 
 from .config import Config, ConfigError
 from .log import configure_logging
-from .runner import new_event_loop, set_gc_threshold
+from .runner import add_signal_handlers, new_event_loop, set_gc_threshold
 from .runtime.context import ConnectionRegistry, ServerContext
 from .runtime.lifespan import LifespanFailure
 from .runtime.server import serve
@@ -116,6 +117,7 @@ class Worker(GunicornWorker):
         self._stopping = False
         self._quick = False
         self._heartbeat: asyncio.TimerHandle | None = None
+        self._early: list[int] = []  # signals that came before the loop ran
 
     def init_process(self) -> None:
         try:
@@ -158,20 +160,31 @@ class Worker(GunicornWorker):
         error.propagate = True
 
     def init_signals(self) -> None:
-        assert self.loop is not None
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
-        self.loop.add_signal_handler(signal.SIGTERM, self._stop_gracefully)
-        self.loop.add_signal_handler(signal.SIGQUIT, self._stop_now)
-        self.loop.add_signal_handler(signal.SIGINT, self._stop_now)
-        self.loop.add_signal_handler(signal.SIGUSR1, self.log.reopen_files)
+        # the app is imported before the loop runs: a signal meanwhile is noted, and handled once the loop runs
+        # (uvloop dispatches the signals of its handlers only while it runs: one before would be lost)
+        for sig in self._loop_signals():
+            signal.signal(sig, self._early_signal)
         signal.signal(signal.SIGWINCH, signal.SIG_IGN)
         # not through the loop: the arbiter sends it when the loop has been blocked for --timeout
         signal.signal(signal.SIGABRT, self.handle_abort)
 
+    def _loop_signals(self) -> dict[int, Callable[[], None]]:
+        return {signal.SIGTERM: self._stop_gracefully, signal.SIGQUIT: self._stop_now, signal.SIGINT: self._stop_now,
+                signal.SIGUSR1: self.log.reopen_files}
+
+    def _early_signal(self, sig: int, frame: object) -> None:
+        self._early.append(sig)
+
     def run(self) -> None:
         loop = self.loop
         assert loop is not None
+        handlers = self._loop_signals()
+        add_signal_handlers(loop, handlers)
+        for sig in self._early:
+            loop.call_soon(handlers[sig])
+        self._early.clear()
         self._stop = asyncio.Event()
         self._main = main = loop.create_task(self._serve())
         code = 0

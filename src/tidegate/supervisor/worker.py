@@ -25,7 +25,14 @@ from ..config import ConfigError
 from ..importer import AppImportError, import_app
 from ..log import configure_logging
 from ..metrics import Metrics, MetricsMiddleware
-from ..runner import EXIT_APP_ERROR, EXIT_STARTUP_FAILED, EXIT_USAGE, new_event_loop, set_gc_threshold
+from ..runner import (
+    EXIT_APP_ERROR,
+    EXIT_STARTUP_FAILED,
+    EXIT_USAGE,
+    add_signal_handlers,
+    new_event_loop,
+    set_gc_threshold,
+)
 from ..runtime.context import ServerContext
 from ..runtime.lifespan import LifespanFailure
 from ..runtime.server import serve
@@ -132,8 +139,7 @@ def run_worker(control: socket.socket, fds: list[int], number: int | None = None
     main = loop.create_task(serve(app, config, sockets=sockets, shutdown_trigger=stop.wait, on_started=on_started,
                                   on_request=request_counter(limit, retire) if limit else None, prepare=prepare,
                                   metrics=metrics, announce_shutdown=announce_shutdown, quic=quic))
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGQUIT, main.cancel)
+    add_signal_handlers(loop, {signal.SIGTERM: stop.set, signal.SIGQUIT: main.cancel})
     channel.feed(rest)
     code = 0
     try:
