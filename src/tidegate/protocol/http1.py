@@ -84,8 +84,10 @@ _STATUS_LINES_10: Final = {s.value: status_line(s.value, b"1.0") for s in HTTPSt
 _CONTENT_LENGTH: Final = b"content-length"
 _SPECIAL_RESPONSE: Final = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"connection", b"date", b"server",
                                       b"alt-svc"})
-# Header names and values already checked (apps reuse a handful of them); bounded.
-_known_names: Final[set[bytes]] = set()
+# Header names and values already checked (apps reuse a handful of them); bounded.  A name is kept with its
+# lowercase form: an app sends the same name objects response after response, so their hash is cached and a
+# known name costs one lookup, no lower() and no hash of a new lowercase copy.
+_known_names: Final[dict[bytes, bytes]] = {}
 _known_values: Final[set[bytes]] = set()
 _KNOWN_MAX: Final = 4096
 
@@ -779,7 +781,13 @@ class H1Connection:
         parts = [line]
         try:
             for name, value in headers:
-                lname = name.lower()
+                lname = _known_names.get(name)
+                if lname is None:
+                    lname = name.lower()
+                    if lname not in _SPECIAL_RESPONSE and not _TOKEN.fullmatch(name):
+                        raise ProtocolError(f"invalid header name {name!r}")
+                    if type(name) is bytes and len(_known_names) < _KNOWN_MAX:
+                        _known_names[name] = lname
                 if lname in _SPECIAL_RESPONSE:
                     if lname == _CONTENT_LENGTH:
                         if content_length >= 0:
@@ -804,11 +812,6 @@ class H1Connection:
                         has_server = True
                     else:
                         has_alt_svc = True
-                elif lname not in _known_names:
-                    if not _TOKEN.fullmatch(name):
-                        raise ProtocolError(f"invalid header name {name!r}")
-                    if len(_known_names) < _KNOWN_MAX:
-                        _known_names.add(lname)
                 if value not in _known_values:
                     if _BAD_VALUE.search(value) is not None:
                         raise ProtocolError(f"header {name!r} has CR, LF or NUL (or another control character) "
