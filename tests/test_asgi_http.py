@@ -14,14 +14,14 @@ from typing import Any
 import pytest
 
 from tidegate.asgi.errors import ASGIError, ClientDisconnected
-from tidegate.asgi.http import HTTPExchange, escape_log
+from tidegate.asgi.http import HTTPExchange, Stream, escape_log
 from tidegate.protocol.events import ProtocolError, Request
 from tidegate.protocol.http1 import H1Connection
 
 TIMEOUT = 5.0
 
 
-class FakeStream:
+class FakeStream(Stream):
     """Implements the exchange's ``Stream``; records each call in ``calls`` and the bytes in ``out``."""
 
     def __init__(self, request: Request) -> None:

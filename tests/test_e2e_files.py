@@ -19,7 +19,7 @@ import pytest
 import trustme
 
 from tidegate.asgi.errors import ASGIError
-from tidegate.asgi.http import HTTPExchange
+from tidegate.asgi.http import HTTPExchange, Stream
 from tidegate.protocol.events import ProtocolError, Request
 from tidegate.protocol.http1 import H1Connection, ResponseDefaults
 
@@ -217,11 +217,10 @@ def test_file_framing() -> None:
     assert before.startswith(b"HTTP/1.1 200 OK\r\n") and before.endswith(b"\r\n\r\n") and not send  # no body
 
 
-class _Stream:
-    write_paused = False
-    reading_paused = False
-
+class _Stream(Stream):
     def __init__(self) -> None:
+        self.write_paused = False
+        self.reading_paused = False
         self.files: list[tuple[int, int, bool]] = []
 
     def send_head(self, status: int, headers: Any) -> None:

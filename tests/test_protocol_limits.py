@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.asgi.http import HTTPExchange
+from tidegate.asgi.http import HTTPExchange, Stream
 from tidegate.protocol.events import Data, EndOfMessage, ProtocolError, Request, RequestError, Upgrade
 from tidegate.protocol.http1 import H1Connection, RequestLimits
 
@@ -188,9 +188,10 @@ def test_default_body_limit_is_one_gibibyte() -> None:
     assert summary(H1Connection().receive_data(post_head(1024 ** 3))) == [("request", b"POST", b"/", "1.1")]
 
 
-class _Stream:
-    write_paused = False
-    reading_paused = False
+class _Stream(Stream):
+    def __init__(self) -> None:
+        self.write_paused = False
+        self.reading_paused = False
 
 
 def test_the_exchange_refuses_body_past_its_limit() -> None:

@@ -24,6 +24,8 @@ import os
 from collections.abc import Awaitable, Generator, Iterable
 from typing import Any, Final, Protocol
 
+from mypy_extensions import mypyc_attr
+
 from ..protocol.events import ProtocolError
 from .errors import ASGIError, ClientDisconnected
 from .types import (
@@ -76,25 +78,53 @@ class Waiter(Protocol):
     def __await__(self) -> Generator[Any, None, Any]: ...
 
 
-class Stream(Protocol):
-    """What the exchange needs from the connection carrying it (implemented by each driver)."""
+@mypyc_attr(allow_interpreted_subclasses=True)  # the HTTP/3 driver's module is not compiled
+class Stream:
+    """What the exchange needs from the connection carrying it: each driver's stream is one.  A base class rather
+    than a Protocol, so that the compiled exchange calls a compiled driver's methods directly, not by name."""
 
-    @property
-    def write_paused(self) -> bool: ...
+    __slots__ = ("reading_paused", "write_paused")
+
+    #: the driver stopped reading for this exchange (its buffered body is at the limit); resume_reading() resumes
     reading_paused: bool
+    #: what was sent is not all written yet: drain() waits for it
+    write_paused: bool
 
-    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None: ...
-    def send_data(self, data: bytes, end: bool) -> None: ...
-    def response_done(self) -> None: ...
-    def response_cut(self) -> None: ...
-    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None: ...
-    def send_error(self, status: int) -> None: ...
-    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None: ...
-    def send_file(self, fd: int, offset: int, count: int, end: bool) -> Awaitable[None]: ...
-    def abort(self) -> None: ...
-    def drain(self) -> Awaitable[None]: ...
-    def create_waiter(self) -> Waiter: ...
-    def resume_reading(self) -> None: ...
+    def send_head(self, status: int, headers: Iterable[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def send_data(self, data: bytes, end: bool) -> None:
+        raise NotImplementedError
+
+    def response_done(self) -> None:
+        raise NotImplementedError
+
+    def response_cut(self) -> None:
+        raise NotImplementedError
+
+    def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def send_error(self, status: int) -> None:
+        raise NotImplementedError
+
+    def send_trailers(self, headers: list[tuple[bytes, bytes]]) -> None:
+        raise NotImplementedError
+
+    def send_file(self, fd: int, offset: int, count: int, end: bool) -> Awaitable[None]:
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        raise NotImplementedError
+
+    def drain(self) -> Awaitable[None]:
+        raise NotImplementedError
+
+    def create_waiter(self) -> Waiter:
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
+        raise NotImplementedError
 
 
 class Waiting:

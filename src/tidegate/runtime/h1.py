@@ -14,9 +14,9 @@ import logging
 from collections import deque
 from collections.abc import Awaitable
 from time import perf_counter
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from ..asgi.http import HTTPExchange, escape_log
+from ..asgi.http import HTTPExchange, Stream, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
@@ -85,7 +85,7 @@ class _UpgradeBody(asyncio.Protocol):
             self.exchange.on_data(take)
         if self.remaining == 0:
             self.exchange.on_end()
-            driver.transport.set_protocol(driver)
+            driver.transport.set_protocol(driver.as_protocol())
             rest = data[len(take):]
             if rest:
                 driver.data_received(rest)
@@ -106,7 +106,9 @@ class _UpgradeBody(asyncio.Protocol):
         self.driver.resume_writing()
 
 
-class H1Driver(asyncio.Protocol):
+class H1Driver(Stream):
+    """One HTTP/1.1 connection: the transport's protocol, and the stream its exchanges talk to."""
+
     #: set by connection_made
     transport: asyncio.Transport
     info: ConnectionInfo
@@ -135,13 +137,16 @@ class H1Driver(asyncio.Protocol):
         "current_request",
         "info",
         "pipeline",
-        "reading_paused",
         "shutting_down",
         "task",
         "transport",
-        "write_paused",
         "writes",
     )
+
+    def as_protocol(self) -> asyncio.Protocol:
+        """This driver as its transport's protocol: it has every method of one, its base class is the exchange's
+        :class:`~tidegate.asgi.http.Stream`."""
+        return cast(asyncio.Protocol, self)
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx

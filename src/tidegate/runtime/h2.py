@@ -30,7 +30,7 @@ import logging
 from time import perf_counter
 from typing import Any, Final
 
-from ..asgi.http import ASGIApp, HTTPExchange, escape_log
+from ..asgi.http import ASGIApp, HTTPExchange, Stream, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
@@ -92,15 +92,14 @@ async def _drain(stream: H2Stream | H2WebSocket) -> None:
                        lambda: _stream_deadline(driver, stream))
 
 
-class H2Stream:
+class H2Stream(Stream):
     """One stream: the :class:`~tidegate.asgi.http.Stream` its exchange talks to."""
 
     exchange: HTTPExchange  # set by the driver, which makes the exchange with this stream
     # deleted once the app is done (see H2Driver._stream_finished); mypyc allows it for what is listed here
     __deletable__ = ("exchange",)
 
-    __slots__ = ("_waiter", "driver", "exchange", "gone", "id", "reading_paused", "request", "started_at", "task",
-                 "unacked", "write_paused")
+    __slots__ = ("_waiter", "driver", "exchange", "gone", "id", "request", "started_at", "task", "unacked")
 
     def __init__(self, driver: H2Driver, request: Request) -> None:
         self.driver = driver

@@ -61,7 +61,7 @@ from aioquic.quic.packet import (
 from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
-from ..asgi.http import ASGIApp, HTTPExchange, escape_log
+from ..asgi.http import ASGIApp, HTTPExchange, Stream, escape_log
 from ..asgi.scope import ConnectionInfo, http_scope
 from ..config import ConfigError
 from ..protocol.events import ProtocolError, Request
@@ -355,13 +355,13 @@ async def _drain(stream: H3Stream | H3WebSocket) -> None:
                        lambda: _stream_deadline(stream))
 
 
-class H3Stream:
+class H3Stream(Stream):
     """One request stream: the :class:`~tidegate.asgi.http.Stream` its exchange talks to."""
 
     exchange: HTTPExchange  # set by the driver, which makes the exchange with this stream
 
-    __slots__ = ("_waiter", "driver", "ended", "exchange", "gone", "head", "id", "no_body", "reading_paused",
-                 "remaining", "request", "started_at", "task", "write_paused")
+    __slots__ = ("_waiter", "driver", "ended", "exchange", "gone", "head", "id", "no_body", "remaining", "request",
+                 "started_at", "task")
 
     def __init__(self, driver: H3Driver, request: Request) -> None:
         self.driver = driver

@@ -125,7 +125,7 @@ class _ALPNChooser(asyncio.Protocol):
         alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
         mode = self.ctx.config.protocols.http
         h2 = mode == "2" or (alpn == "h2" and mode == "auto")
-        driver: asyncio.Protocol = H2Driver(self.ctx) if h2 else H1Driver(self.ctx)
+        driver: asyncio.Protocol = H2Driver(self.ctx) if h2 else H1Driver(self.ctx).as_protocol()
         debug = self.ctx.debug
         if debug is not None:
             name = "HTTP/2" if h2 else "HTTP/1.1"
@@ -152,7 +152,7 @@ class _Opening(asyncio.Protocol):
             driver = H2Driver(ctx)
         else:
             ctx.debug.protocol(client, "HTTP/1.1")
-            driver = H1Driver(ctx)
+            driver = H1Driver(ctx).as_protocol()
         transport.set_protocol(driver)
         driver.connection_made(transport)
 
@@ -189,4 +189,4 @@ def connection_factory(ctx: ServerContext, tls: bool) -> Callable[[], asyncio.Pr
         return lambda: _Opening(ctx, h2)
     if ctx.config.protocols.http == "2":
         return lambda: H2Driver(ctx)
-    return lambda: H1Driver(ctx)
+    return lambda: H1Driver(ctx).as_protocol()
