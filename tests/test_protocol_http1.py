@@ -395,6 +395,20 @@ def test_a_first_line_that_is_no_http1_request_line_goes_to_http2() -> None:
         assert summary([event for chunk in chunks for event in conn.receive_data(chunk)]) == [("error", 501)]
 
 
+def test_after_a_request_no_first_line_goes_to_http2_whatever_the_reads() -> None:
+    # a preface comes first on a connection or not at all (RFC 9113 §3.4): after a request, the line is answered as
+    # an HTTP/1.1 one, and the same whether it came in the request's read or in a read of its own
+    request = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+    frames = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"
+    for line, status in ((b"FOO bar\r\n\r\n", 501), (b"\r\nUser-Agent0 fuzz\r\nAccept: */*\r\n\r\n", 501),
+                         (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + frames, 505)):
+        for chunks in ([request + line], [request, line], [request, line[:3], line[3:]]):
+            conn = H1Connection()
+            events = [event for chunk in chunks for event in conn.receive_data(chunk)]
+            assert summary(events)[1:] == [("end",), ("error", status)], chunks
+            assert conn.broken
+
+
 def test_upgrade_request_carries_the_token_and_the_bytes_after_the_head() -> None:
     events = feed(b"GET /chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: WebSocket\r\n"
                   b"Sec-WebSocket-Version: 13\r\n\r\n\x81\x05hello")
