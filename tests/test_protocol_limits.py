@@ -11,7 +11,7 @@ from tidegate.asgi.http import HTTPExchange, Stream
 from tidegate.protocol.events import Data, EndOfMessage, ProtocolError, Request, RequestError, Upgrade
 from tidegate.protocol.http1 import H1Connection, RequestLimits
 
-from .test_protocol_http1 import GET, feed, summary
+from .test_protocol_http1 import GET, feed, only_request, summary
 
 
 def conn_with(**limits: Any) -> H1Connection:
@@ -448,3 +448,25 @@ def test_error_response_with_extra_lines() -> None:
     assert head.startswith(b"HTTP/1.1 503 Service Unavailable\r\n")
     assert b"\r\nretry-after: 1" in head and b"\r\nconnection: close" in head
     assert body == b"Service Unavailable: busy\n"
+
+
+def test_what_the_parser_keeps_of_what_it_checked_stays_bounded() -> None:
+    """What a process keeps of the hosts, names and values it has checked stays within its bounds whatever clients
+    and apps send, and what is past them is still checked (SECURITY.md, "Known bounds")."""
+    from tidegate.protocol import http1
+
+    for i in range(5000):
+        request = only_request(feed(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i))
+        conn = H1Connection()
+        conn.start_response(request, 200, [(b"X-Out-%d" % i, b"value-%d" % i), (b"Content-Length", b"%d" % i)])
+        conn.send_body(b"x" * i, True)  # the length it declared
+    assert len(http1._valid_hosts) <= http1._KNOWN_MAX
+    assert len(http1._known_names) <= http1._KNOWN_MAX
+    assert len(http1._known_values) <= http1._KNOWN_MAX
+    assert len(http1._known_lengths) <= http1._KNOWN_LENGTHS_MAX
+    # a host, a name or a length seen after the caches filled is still checked
+    assert summary(feed(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")) == [("error", 400)]
+    with pytest.raises(ProtocolError, match="invalid header name"):
+        H1Connection().start_response(only_request(feed(GET)), 200, [(b"bad name", b"v")])
+    with pytest.raises(ProtocolError, match="ASCII digits"):
+        H1Connection().start_response(only_request(feed(GET)), 200, [(b"content-length", b"1x")])

@@ -90,6 +90,9 @@ _SPECIAL_RESPONSE: Final = frozenset({_CONTENT_LENGTH, b"transfer-encoding", b"c
 _known_names: Final[dict[bytes, bytes]] = {}
 _known_values: Final[set[bytes]] = set()
 _KNOWN_MAX: Final = 4096
+# content-length values already parsed (an app that sends the same body sends the same value object); bounded
+_known_lengths: Final[dict[bytes, int]] = {}
+_KNOWN_LENGTHS_MAX: Final = 256
 
 _WATCHED_REQUEST: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te", b"forwarded",
                                      b"x-forwarded-for", b"x-forwarded-proto"})
@@ -796,9 +799,14 @@ class H1Connection:
                     if lname == _CONTENT_LENGTH:
                         if content_length >= 0:
                             raise ProtocolError("more than one content-length header")
-                        if type(value) is not bytes or not value.isdigit():
-                            raise ProtocolError(f"content-length must be ASCII digits (bytes), not {value!r}")
-                        content_length = int(value)
+                        length = _known_lengths.get(value) if type(value) is bytes else None
+                        if length is None:
+                            if type(value) is not bytes or not value.isdigit():
+                                raise ProtocolError(f"content-length must be ASCII digits (bytes), not {value!r}")
+                            length = int(value)
+                            if len(_known_lengths) < _KNOWN_LENGTHS_MAX:
+                                _known_lengths[value] = length
+                        content_length = length
                         length_at = len(parts)
                         parts += (name, b": ", value, b"\r\n")
                         continue
