@@ -268,7 +268,6 @@ class H1Connection:
         "_remaining",
         "_response_keep_alive",
         "_slow",
-        "_spoke",
         "_state",
         "_te_other",
         "_te_trailers",
@@ -277,6 +276,7 @@ class H1Connection:
         "broken",
         "forwarded",
         "keep_alive",
+        "requested",
         "write",
     )
 
@@ -340,8 +340,8 @@ class H1Connection:
         self.keep_alive = True
         #: True once the peer sent something unparseable: nothing more will be delivered.
         self.broken = False
-        #: a request head came on this connection: a first line that is not HTTP/1 is no HTTP/2 preface any more
-        self._spoke = False
+        #: a request head came on this connection (a first line that is not HTTP/1 is then no HTTP/2 preface)
+        self.requested = False
         #: set when a request carries a proxy's forwarding fields (X-Forwarded-For/-Proto, Forwarded); the driver
         #: clears it (see runtime.context.forwarded_hint)
         self.forwarded = False
@@ -562,7 +562,7 @@ class H1Connection:
             # the HTTP/2 connection preface: the parser stopped after its first line, which ends this data's first
             # line when nothing came before it on the connection (the driver checks that)
             newline = data.find(b"\n")
-            if self._url == b"*" and newline >= 0 and not self._spoke:
+            if self._url == b"*" and newline >= 0 and not self.requested:
                 if self._parser.get_http_version() != "2.0":
                     return RequestError(400, "'PRI * HTTP/x.y' is the HTTP/2 connection preface only with HTTP/2.0")
                 return Preface(b"PRI * HTTP/2.0\r\n" + data[newline + 1:])
@@ -617,7 +617,7 @@ class H1Connection:
                         self._probe = text  # the verdict waits for the end of the line
                         self._probe_first_line = True
                         return None
-                    if newline >= 0 and not self._spoke and not _REQUEST_LINE_END.search(text, 0, newline + 1):
+                    if newline >= 0 and not self.requested and not _REQUEST_LINE_END.search(text, 0, newline + 1):
                         return Preface(text)  # (where a request came before, it is none: RFC 9113 §3.4)
                 return RequestError(501, "method not implemented")
             if first_line_only:
@@ -745,7 +745,7 @@ class H1Connection:
                     upgrade = value.strip().lower()
                     break
         self._headers = _TRAILERS
-        self._spoke = True
+        self.requested = True
         request = Request(parser.get_method(), self._url, version, headers, parser.should_keep_alive(),
                           self._expect and version == "1.1", 0, upgrade)
         if self._te_trailers:  # rare: reset only when set

@@ -126,7 +126,6 @@ class H1Driver(Stream):
         "_parked",
         "_pending_error",
         "_phase",
-        "_requested",
         "_started_at",
         "_timer",
         "_timer_at",
@@ -162,8 +161,6 @@ class H1Driver(Stream):
         self.current_request: Request | None = None
         #: the exchange of the last request parsed, until it is complete (the next one's events go to it)
         self._last: HTTPExchange | None = None
-        #: a request has come on this connection
-        self._requested = False
         self.pipeline: deque[tuple[HTTPExchange, Request]] = deque()
         self.task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -318,7 +315,6 @@ class H1Driver(Stream):
         exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
                                 self.ctx.limits.request_body)
         self._last = exchange
-        self._requested = True
         if self.current is None and not self._held:
             self._start(exchange, request)
         else:
@@ -410,9 +406,10 @@ class H1Driver(Stream):
                 _UpgradeBody(self, exchange, length).start(upgrade.trailing)
 
     def _on_preface(self, preface: Preface) -> None:
-        # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3)
+        # HTTP/2 with prior knowledge: only as the very first bytes of a connection (RFC 9113 §3.3), which the
+        # parser sees to (it gives no preface once a request came)
         handler = self.ctx.prior_knowledge
-        if handler is not None and not self._requested:
+        if handler is not None:
             handler(self, preface.data)
         else:
             self._on_request_error(RequestError(505, "HTTP/2 is not spoken here"))
@@ -633,7 +630,7 @@ class H1Driver(Stream):
             return
         # A connection that has not sent its first request yet may have one on the way (it was accepted just
         # before the listener closed): answer it, with connection: close; the idle timer bounds the wait.
-        if self.current is None and self._requested:
+        if self.current is None and self.conn.requested:
             self._close()
 
     def _log_access(self, exchange: HTTPExchange) -> None:
