@@ -51,7 +51,7 @@ _GONE: Final = 5
 MAX_QUEUED: Final = 16
 
 _SEND_TYPES: Final = frozenset({"websocket.accept", "websocket.send", "websocket.close",
-                                        "websocket.http.response.start", "websocket.http.response.body"})
+                                "websocket.http.response.start", "websocket.http.response.body"})
 
 
 class WebSocketStream(Protocol):
