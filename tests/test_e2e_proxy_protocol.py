@@ -341,5 +341,8 @@ def test_a_unix_socket_peer_is_trusted_with_unix(run_server, tmp_path):
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(TIMEOUT)
         sock.connect(path)
-        sock.sendall(v2() + REQUEST)
+        try:
+            sock.sendall(v2() + REQUEST)
+        except BrokenPipeError:
+            pass  # closed on arrival, before the bytes were sent: a UNIX socket says so on the send
         assert closed_unanswered(sock)
