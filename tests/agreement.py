@@ -91,6 +91,9 @@ H1_REQUESTS: list[bytes] = [
     b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Forwarded-For: 10.0.0.1\r\nForwarded: for=10.0.0.2\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nCookie: a=1\r\nCookie: b=2\r\nAccept: */*\r\nAccept: text/html\r\n\r\n",
+    # small chunks (joined into one piece per read), a large one between them
+    b"POST /p HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n" + b"1\r\nz\r\n" * 40
+    + b"400\r\n" + b"L" * 1024 + b"\r\n" + b"2\r\nzz\r\n" * 3 + b"0\r\n\r\n" + GET,
     # malformed, and the limits
     b"GET / HTTP/1.1\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",

@@ -148,6 +148,22 @@ def test_chunked_body_is_dechunked() -> None:
     assert summary(events) == [("request", b"POST", b"/", "1.1"), ("data", b"Wikipedia in\r\n\r\nchunks."), ("end",)]
 
 
+def test_a_read_of_small_chunks_makes_one_data_event_per_body_not_one_per_chunk() -> None:
+    # 10,000 one-byte chunks in one read: an event (and its object) each would cost ~100 bytes a byte of body
+    head = b"POST /%d HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+    small = b"1\r\nz\r\n" * 10_000
+    large = b"800\r\n" + b"L" * 0x800 + b"\r\n"
+    conn = H1Connection()
+    events = conn.receive_data(head % 1 + small[:6000])
+    assert [type(event) for event in events] == [Request, Data] and events[1].data == b"z" * 1000
+    events = conn.receive_data(small[6000:] + large + small[:60] + b"0\r\n\r\n" + head % 2 + small[:60]
+                               + b"0\r\n\r\n")
+    # the pieces of the read join until a large one, which stays its own; a new request's body starts its own
+    assert [type(event) for event in events] == [Data, Data, Data, EndOfMessage, Request, Data, EndOfMessage]
+    assert [bytes(event.data) for event in events if type(event) is Data] == [
+        b"z" * 9000, b"L" * 0x800, b"z" * 10, b"z" * 10]
+
+
 def test_chunked_trailers_are_dropped_and_never_reach_the_request_headers() -> None:
     conn = H1Connection()
     events = conn.receive_data(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n")

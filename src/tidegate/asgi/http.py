@@ -181,7 +181,7 @@ class HTTPExchange(Waiting):
 
     # ------------------------------------------------------------------ from the driver
 
-    def on_data(self, data: bytes) -> bool:
+    def on_data(self, data: bytes | bytearray) -> bool:
         """A piece of the request body; False (the piece is dropped) when the body would pass its size limit: the
         driver then refuses the request (413) and tells the app it is gone (:meth:`on_disconnect`)."""
         size = len(data)

@@ -47,9 +47,10 @@ class Request:
 
 @dataclass(slots=True, eq=False)
 class Data:
-    """A piece of a request body."""
+    """A piece of a request body.  HTTP/1.1 joins a run of small pieces that came in one read (a chunked body of
+    one-byte chunks) into one bytearray: a read's events cost its bytes, not an event per chunk."""
 
-    data: bytes
+    data: bytes | bytearray
     stream_id: int = 0
 
     def __repr__(self) -> str:

@@ -173,6 +173,8 @@ _NO_BODY_LIMIT: Final = 1 << 62
 # requests past the pipeline depth.
 _SLICE: Final = 65536
 _HEAD_SLICE: Final = 1024
+#: body pieces shorter than this that follow each other in a read are joined into one Data event (see on_body)
+_SMALL_BODY: Final = 1024
 # The framing a chunk may take besides its extensions: 16 hex digits of size and two line ends.
 _CHUNK_FRAMING: Final = 20
 
@@ -754,7 +756,20 @@ class H1Connection:
         self._events.append(request)
 
     def on_body(self, body: bytes) -> None:
-        self._events.append(Data(body))
+        events = self._events
+        if len(body) < _SMALL_BODY and events:
+            last = events[-1]
+            if type(last) is Data:  # the same body: a request's head or end would be between them
+                data = last.data
+                if type(data) is bytearray:
+                    data += body
+                    return
+                if len(data) < _SMALL_BODY:
+                    joined = bytearray(data)
+                    joined += body
+                    last.data = joined
+                    return
+        events.append(Data(body))
 
     def on_chunk_header(self) -> None:
         self._chunks += 1

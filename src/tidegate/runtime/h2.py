@@ -436,7 +436,8 @@ class H2Driver(asyncio.Protocol):
                 if stream is None or stream.gone:
                     conn.acknowledge(event.stream_id, len(event.data))
                 else:
-                    stream.on_data(event.data)
+                    piece = event.data
+                    stream.on_data(piece if type(piece) is bytes else bytes(piece))  # (only HTTP/1.1 joins pieces)
             elif isinstance(event, (EndOfMessage, StreamReset, Writable)):
                 stream = streams.get(event.stream_id)
                 if stream is None:
