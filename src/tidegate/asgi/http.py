@@ -26,8 +26,9 @@ from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
 
-from ..protocol.events import ProtocolError
+from ..protocol.events import ProtocolError, Request
 from .errors import ASGIError, ClientDisconnected
+from .scope import ConnectionInfo, http_scope
 from .types import (
     ASGIApp,
     HTTPDisconnectEvent,
@@ -150,20 +151,26 @@ class HTTPExchange(Waiting):
         "_end_delivered",
         "_eof",
         "_expect_continue",
+        "_info",
         "_more_body",
+        "_request",
+        "_scope",
         "_state",
         "_trailers",
         "buffered",
         "bytes_sent",
-        "scope",
         "status",
         "stream",
     )
 
-    def __init__(self, stream: Stream, scope: HTTPScope, expect_continue: bool = False,
-                 body_limit: int = 0) -> None:
+    def __init__(self, stream: Stream, scope: HTTPScope | None, expect_continue: bool = False,
+                 body_limit: int = 0, request: Request | None = None, info: ConnectionInfo | None = None) -> None:
+        """``scope``; or None, and the ``request`` that came on the connection ``info`` describes, whose scope is
+        made when it is first asked for (see :attr:`scope`)."""
         self.stream = stream
-        self.scope = scope
+        self._scope = scope
+        self._request = request
+        self._info = info
         self._waiter = None
         self._state = _START
         # request body bytes still allowed (--limit-request-body; 0: no limit)
@@ -178,6 +185,19 @@ class HTTPExchange(Waiting):
         #: response status and body bytes, for the access log
         self.status = 0
         self.bytes_sent = 0
+
+    @property
+    def scope(self) -> HTTPScope:
+        """The request's scope.  Made from the request when the app starts (or when something else asks first),
+        not when the request is parsed: a read that brings a thousand requests parses them all before any app runs,
+        and their scopes, made then, would be a thousand dicts that leave the CPU's caches before they are used."""
+        scope = self._scope
+        if scope is None:
+            request = self._request
+            info = self._info
+            assert request is not None and info is not None, "an exchange has a scope or a request"
+            scope = self._scope = http_scope(request, info)
+        return scope
 
     # ------------------------------------------------------------------ from the driver
 

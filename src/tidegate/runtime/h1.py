@@ -17,7 +17,7 @@ from time import perf_counter
 from typing import Any, Final, cast
 
 from ..asgi.http import HTTPExchange, Stream, escape_log
-from ..asgi.scope import ConnectionInfo, http_scope
+from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Data, EndOfMessage, Preface, Request, RequestError, Upgrade
 from ..protocol.http1 import H1Connection
 from .context import (
@@ -312,8 +312,8 @@ class H1Driver(Stream):
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
             return
-        exchange = HTTPExchange(self, http_scope(request, self.info), request.expect_continue,
-                                self.ctx.limits.request_body)
+        exchange = HTTPExchange(self, None, request.expect_continue, self.ctx.limits.request_body, request,
+                                self.info)
         self._last = exchange
         if self.current is None and not self._held:
             self._start(exchange, request)

@@ -31,7 +31,7 @@ from time import perf_counter
 from typing import Any, Final
 
 from ..asgi.http import ASGIApp, HTTPExchange, Stream, escape_log
-from ..asgi.scope import ConnectionInfo, http_scope
+from ..asgi.scope import ConnectionInfo
 from ..protocol.events import Answered, ConnectionClosed, Data, EndOfMessage, Request, StreamReset, Writable
 from ..protocol.http2 import CANCEL, INTERNAL_ERROR, NO_ERROR, REFUSED_STREAM, H2Connection
 from ..protocol.websocket import CLOSED
@@ -492,8 +492,8 @@ class H2Driver(asyncio.Protocol):
             self._busy(request)
             return
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
-                                       ctx.limits.request_body)
+        stream.exchange = HTTPExchange(stream, None, request.expect_continue, ctx.limits.request_body,
+                                       request, self.info)
         self.streams[stream.id] = stream
         if ctx.on_request is not None:
             ctx.on_request()  # --max-requests: the server retires once it says so; the connection goes on
@@ -505,8 +505,8 @@ class H2Driver(asyncio.Protocol):
         """--health-path: the server answers, as the stream's app; neither --max-requests nor --limit-concurrency
         counts it, and it is recorded only with --health-log."""
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
-                                       self.ctx.limits.request_body)
+        stream.exchange = HTTPExchange(stream, None, request.expect_continue, self.ctx.limits.request_body,
+                                       request, self.info)
         self.streams[stream.id] = stream
         stream.started_at = perf_counter() if health.log else UNRECORDED
         stream.task = self.ctx.start_app(stream.run(health))
@@ -605,8 +605,8 @@ class H2Driver(asyncio.Protocol):
         self.conn.initiate_upgrade(settings, request.method == b"HEAD")
         self.writes.flush()
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), request.expect_continue,
-                                       self.ctx.limits.request_body)
+        stream.exchange = HTTPExchange(stream, None, request.expect_continue, self.ctx.limits.request_body,
+                                       request, self.info)
         self.streams[1] = stream
         if self.ctx.recording:
             stream.started_at = perf_counter()

@@ -62,7 +62,7 @@ from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from ..asgi.http import ASGIApp, HTTPExchange, Stream, escape_log
-from ..asgi.scope import ConnectionInfo, http_scope
+from ..asgi.scope import ConnectionInfo
 from ..config import ConfigError
 from ..protocol.events import ProtocolError, Request
 from ..protocol.http2 import check_response_field, parse_request
@@ -998,8 +998,8 @@ class H3Driver:
             # --health-path: the server answers; neither --max-requests nor --limit-concurrency counts it, and it is
             # recorded only with --health-log
             stream = H3Stream(self, request)
-            stream.exchange = HTTPExchange(stream, http_scope(request, self.info), head.expect_continue,
-                                           ctx.limits.request_body)
+            stream.exchange = HTTPExchange(stream, None, head.expect_continue, ctx.limits.request_body,
+                                           request, self.info)
             self.streams[stream_id] = stream
             self._cancel_idle_timer()
             stream.started_at = perf_counter() if health.log else UNRECORDED
@@ -1012,8 +1012,8 @@ class H3Driver:
             self._busy(request)
             return
         stream = H3Stream(self, request)
-        stream.exchange = HTTPExchange(stream, http_scope(request, self.info), head.expect_continue,
-                                       ctx.limits.request_body)
+        stream.exchange = HTTPExchange(stream, None, head.expect_continue, ctx.limits.request_body,
+                                       request, self.info)
         self.streams[stream_id] = stream
         self._cancel_idle_timer()
         if ctx.on_request is not None:
