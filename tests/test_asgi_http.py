@@ -7,7 +7,9 @@ see can be checked too; its waiters are asyncio futures (the tests use asyncio, 
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
+import types
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from typing import Any
 
@@ -533,6 +535,13 @@ def test_send_validation_names_the_field(messages: list[Any], error: str) -> Non
     with pytest.raises(ASGIError) as info:
         run(scenario())
     assert error in str(info.value)
+
+
+def test_a_message_that_is_a_mapping_but_not_a_dict_is_read_as_one() -> None:
+    exchange, stream = make()
+    run(exchange.send(types.MappingProxyType({"type": "http.response.start", "status": 200, "headers": []})))
+    run(exchange.send(collections.OrderedDict(type="http.response.body", body=b"ok")))
+    assert exchange.status == 200 and exchange.bytes_sent == 2 and stream.out
 
 
 def test_bad_headers_raise_from_send_before_anything_is_written() -> None:

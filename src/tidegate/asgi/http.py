@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Generator, Iterable
+from collections.abc import Awaitable, Generator, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 from mypy_extensions import mypyc_attr
@@ -293,18 +293,20 @@ class HTTPExchange(Waiting):
 
     async def send(self, message: Any) -> None:
         # ``message`` is what the app sent (ASGISendEvent when it is right): each field is checked where it is read,
-        # and typed Any so that the compiled build checks exactly what the pure one does
+        # and its values are typed Any so that the compiled build checks exactly what the pure one does.  Read as a
+        # dict: the compiled build then looks its fields up directly, not through a method found by name.
+        msg: dict[str, Any] = message if type(message) is dict else _as_message(message)
         try:
-            kind = message["type"]
-        except (KeyError, TypeError):
+            kind = msg["type"]
+        except KeyError:
             raise ASGIError(f"a message must be a dict with a 'type' key, not {message!r}") from None
         state = self._state
         if kind == "http.response.body" and (state == _STREAMING or state == _STARTED):
-            body = message.get("body", b"")
+            body = msg.get("body", b"")
             if type(body) is not bytes:
                 body = _as_bytes(body, "'body'")
             stream = self.stream
-            more = message.get("more_body", False)
+            more = msg.get("more_body", False)
             if more and not body and state == _STREAMING:
                 return  # nothing to send (the head went out with the first piece)
             self._state = _STREAMING if more else _DONE
@@ -325,33 +327,31 @@ class HTTPExchange(Waiting):
             return
         if state >= _GONE:
             raise ClientDisconnected("the client has disconnected")
-        # the branches below test message["type"] rather than kind where the type checker must know the message's
-        # shape (it narrows a union of TypedDicts on the key, not on a copy of it)
-        if message["type"] == "http.response.start":
+        if kind == "http.response.start":
             if state != _START:
                 raise ASGIError("'http.response.start' sent twice")
-            status = message.get("status")
+            status = msg.get("status")
             if type(status) is not int:
                 raise ASGIError(f"'status' must be an int, not {status!r}")
-            self.stream.send_head(status, message.get("headers", ()))
+            self.stream.send_head(status, msg.get("headers", ()))
             self.status = status
-            self._state = _STARTED_T if message.get("trailers") else _STARTED
+            self._state = _STARTED_T if msg.get("trailers") else _STARTED
         elif kind == "http.response.pathsend" or kind == "http.response.zerocopysend":
-            await self._send_file(message, kind, state)
+            await self._send_file(msg, kind, state)
         elif kind == "http.response.body" and (state == _STARTED_T or state == _STREAMING_T):
-            await self._send_body_before_trailers(message, state)
-        elif message["type"] == "http.response.trailers":
-            await self._send_trailers(message, state)
+            await self._send_body_before_trailers(msg, state)
+        elif kind == "http.response.trailers":
+            await self._send_trailers(msg, state)
         elif kind == "http.response.body":
             raise ASGIError("'http.response.body' sent before 'http.response.start'" if state == _START
                             else "'http.response.body' sent after the response was complete")
-        elif message["type"] == "http.response.early_hint":
+        elif kind == "http.response.early_hint":
             # asgiref extensions.rst: any time before the final body, the response start included (its head is
             # held until the first body); once a body piece put the head on the wire, a hint can no longer go
             # before it and is ignored, as the spec lets a server do
             if state >= _DONE:
                 raise ASGIError(f"{kind!r} sent after the response was complete")
-            links = message.get("links", ())
+            links = msg.get("links", ())
             try:
                 hints = [(b"link", _as_bytes(link, "'links' items")) for link in links]
             except TypeError:
@@ -519,6 +519,13 @@ class HTTPExchange(Waiting):
         query = scope.get("query_string", b"")
         target = path + ("?" + query.decode("latin-1") if query else "")
         return escape_log(f"{scope.get('method', '?')} {target}")
+
+
+def _as_message(message: object) -> dict[str, Any]:
+    """A message the app sent that is not a dict: a copy of it if it is a mapping, else refused."""
+    if isinstance(message, Mapping):
+        return dict(message)
+    raise ASGIError(f"a message must be a dict with a 'type' key, not {message!r}")
 
 
 def _whole(value: object, field: str) -> int | None:
