@@ -175,6 +175,14 @@ _SLICE: Final = 65536
 _HEAD_SLICE: Final = 1024
 #: body pieces shorter than this that follow each other in a read are joined into one Data event (see on_body)
 _SMALL_BODY: Final = 1024
+
+# The parser's methods used on every request, called unbound (``_feed_data(parser, data)``): the compiled build then
+# calls each without first looking it up by name on the parser (a Cython class, unknown to the compiler).
+_feed_data: Final = httptools.HttpRequestParser.feed_data
+_get_http_version: Final = httptools.HttpRequestParser.get_http_version
+_get_method: Final = httptools.HttpRequestParser.get_method
+_should_upgrade: Final = httptools.HttpRequestParser.should_upgrade
+_should_keep_alive: Final = httptools.HttpRequestParser.should_keep_alive
 # The framing a chunk may take besides its extensions: 16 hex digits of size and two line ends.
 _CHUNK_FRAMING: Final = 20
 
@@ -368,7 +376,7 @@ class H1Connection:
         events: list[Event] = []
         self._events = events
         try:
-            self._parser.feed_data(data)
+            _feed_data(self._parser, data)
         except httptools.HttpParserUpgrade as exc:
             self._upgraded(exc, data, events)
         except httptools.HttpParserError as exc:
@@ -723,7 +731,7 @@ class H1Connection:
         if field_limit and any(len(name) + len(value) > field_limit for name, value in headers):
             raise _ParseAbort(RequestError(431, "a request header field larger than the limit"))
         parser = self._parser
-        version = parser.get_http_version()
+        version = _get_http_version(parser)
         if version != "1.1":
             if version == "1.0":
                 if self._hosts > 1:
@@ -739,16 +747,16 @@ class H1Connection:
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
         if self._url[0] != 0x2F:  # not "/": absolute-form, "*" or authority-form
-            self._check_target(parser.get_method(), self._url, headers)
+            self._check_target(_get_method(parser), self._url, headers)
         upgrade = None
-        if parser.should_upgrade():
+        if _should_upgrade(parser):
             for name, value in headers:
                 if name == b"upgrade":
                     upgrade = value.strip().lower()
                     break
         self._headers = _TRAILERS
         self.requested = True
-        request = Request(parser.get_method(), self._url, version, headers, parser.should_keep_alive(),
+        request = Request(_get_method(parser), self._url, version, headers, _should_keep_alive(parser),
                           self._expect and version == "1.1", 0, upgrade)
         if self._te_trailers:  # rare: reset only when set
             self._te_trailers = False
