@@ -176,6 +176,9 @@ _HEAD_SLICE: Final = 1024
 #: body pieces shorter than this that follow each other in a read are joined into one Data event (see on_body)
 _SMALL_BODY: Final = 1024
 
+#: every request's end: an HTTP/1.1 connection's events carry nothing else (stream 0), so one serves them all
+_END: Final = EndOfMessage()
+
 # The parser's methods used on every request, called unbound (``_feed_data(parser, data)``): the compiled build then
 # calls each without first looking it up by name on the parser (a Cython class, unknown to the compiler).
 _feed_data: Final = httptools.HttpRequestParser.feed_data
@@ -648,7 +651,8 @@ class H1Connection:
         self._te_trailers = False  # a "te: trailers" line among the previous request's chunked trailers
 
     def on_url(self, url: bytes) -> None:
-        url = self._url + url
+        if self._url:  # the target came in more than one read
+            url = self._url + url
         self._url = url
         if len(url) > self._max_line:
             raise _ParseAbort(RequestError(414, "request target too long"))
@@ -785,7 +789,7 @@ class H1Connection:
 
     def on_message_complete(self) -> None:
         self._chunked = False
-        self._events.append(EndOfMessage())
+        self._events.append(_END)
 
     # ------------------------------------------------------------------ outbound
 
