@@ -85,6 +85,14 @@ def decode_path(raw_path: bytes) -> str:
     return unquote_to_bytes(raw_path).decode("utf-8", "replace")
 
 
+#: an http scope's keys, in the order apps have always seen them; every value but the first two is set per request
+_HTTP_SCOPE: Final[HTTPScope] = {
+    "type": "http", "asgi": ASGI_VERSION, "http_version": "", "method": "", "scheme": "", "path": "", "raw_path": b"",
+    "query_string": b"", "root_path": "", "headers": [], "client": None, "server": None, "state": {},
+    "extensions": {},
+}
+
+
 def http_scope(request: Request, info: ConnectionInfo) -> HTTPScope:
     target = request.target
     if target[:1] == b"/" and _QUESTION not in target and _HASH not in target:
@@ -100,22 +108,20 @@ def http_scope(request: Request, info: ConnectionInfo) -> HTTPScope:
     if extensions is None or request.trailers:
         extensions = info.make_http_extensions(request.trailers)
     root = info.root_path
-    return {
-        "type": "http",
-        "asgi": ASGI_VERSION,
-        "http_version": request.http_version,
-        "method": method,
-        "scheme": info.scheme,
-        "path": root + path if root else path,
-        "raw_path": info.root_path_bytes + raw_path if root else raw_path,
-        "query_string": query,
-        "root_path": root,
-        "headers": request.headers,
-        "client": info.client,
-        "server": info.server,
-        "state": info.state.copy(),
-        "extensions": extensions,
-    }
+    scope = _HTTP_SCOPE.copy()  # its keys, in order: a copy and values set, not fourteen keys inserted
+    scope["http_version"] = request.http_version
+    scope["method"] = method
+    scope["scheme"] = info.scheme
+    scope["path"] = root + path if root else path
+    scope["raw_path"] = info.root_path_bytes + raw_path if root else raw_path
+    scope["query_string"] = query
+    scope["root_path"] = root
+    scope["headers"] = request.headers
+    scope["client"] = info.client
+    scope["server"] = info.server
+    scope["state"] = info.state.copy()
+    scope["extensions"] = extensions
+    return scope
 
 
 def websocket_scope(request: Request, info: ConnectionInfo) -> WebSocketScope:
