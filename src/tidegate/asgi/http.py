@@ -163,14 +163,17 @@ class HTTPExchange(Waiting):
         "stream",
     )
 
-    def __init__(self, stream: Stream, scope: HTTPScope | None, expect_continue: bool = False,
+    def __init__(self, stream: Stream, scope: HTTPScope | None = None, expect_continue: bool = False,
                  body_limit: int = 0, request: Request | None = None, info: ConnectionInfo | None = None) -> None:
-        """``scope``; or None, and the ``request`` that came on the connection ``info`` describes, whose scope is
-        made when it is first asked for (see :attr:`scope`)."""
+        """A ``scope`` made already (and whether the client waits for ``100 Continue``), or the ``request`` that
+        came on the connection ``info`` describes: the drivers' way, its scope made when it is first asked for (see
+        :attr:`scope`) and the rest read from the request."""
         self.stream = stream
         self._scope = scope
         self._request = request
         self._info = info
+        if request is not None:
+            expect_continue = request.expect_continue
         self._waiter = None
         self._state = _START
         # request body bytes still allowed (--limit-request-body; 0: no limit)

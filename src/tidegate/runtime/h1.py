@@ -312,8 +312,7 @@ class H1Driver(Stream):
             # answered by the upgrade handler once the Upgrade event brings the bytes that follow the head
             self._upgrade_request = request
             return
-        exchange = HTTPExchange(self, None, request.expect_continue, self.ctx.limits.request_body, request,
-                                self.info)
+        exchange = HTTPExchange(self, request=request, info=self.info, body_limit=self.ctx.limits.request_body)
         self._last = exchange
         if self.current is None and not self._held:
             self._start(exchange, request)

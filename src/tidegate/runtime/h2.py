@@ -492,8 +492,7 @@ class H2Driver(asyncio.Protocol):
             self._busy(request)
             return
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, None, request.expect_continue, ctx.limits.request_body,
-                                       request, self.info)
+        stream.exchange = HTTPExchange(stream, request=request, info=self.info, body_limit=ctx.limits.request_body)
         self.streams[stream.id] = stream
         if ctx.on_request is not None:
             ctx.on_request()  # --max-requests: the server retires once it says so; the connection goes on
@@ -505,8 +504,7 @@ class H2Driver(asyncio.Protocol):
         """--health-path: the server answers, as the stream's app; neither --max-requests nor --limit-concurrency
         counts it, and it is recorded only with --health-log."""
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, None, request.expect_continue, self.ctx.limits.request_body,
-                                       request, self.info)
+        stream.exchange = HTTPExchange(stream, request=request, info=self.info, body_limit=self.ctx.limits.request_body)
         self.streams[stream.id] = stream
         stream.started_at = perf_counter() if health.log else UNRECORDED
         stream.task = self.ctx.start_app(stream.run(health))
@@ -605,8 +603,7 @@ class H2Driver(asyncio.Protocol):
         self.conn.initiate_upgrade(settings, request.method == b"HEAD")
         self.writes.flush()
         stream = H2Stream(self, request)
-        stream.exchange = HTTPExchange(stream, None, request.expect_continue, self.ctx.limits.request_body,
-                                       request, self.info)
+        stream.exchange = HTTPExchange(stream, request=request, info=self.info, body_limit=self.ctx.limits.request_body)
         self.streams[1] = stream
         if self.ctx.recording:
             stream.started_at = perf_counter()

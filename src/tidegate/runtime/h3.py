@@ -998,8 +998,7 @@ class H3Driver:
             # --health-path: the server answers; neither --max-requests nor --limit-concurrency counts it, and it is
             # recorded only with --health-log
             stream = H3Stream(self, request)
-            stream.exchange = HTTPExchange(stream, None, head.expect_continue, ctx.limits.request_body,
-                                           request, self.info)
+            stream.exchange = HTTPExchange(stream, request=request, info=self.info, body_limit=ctx.limits.request_body)
             self.streams[stream_id] = stream
             self._cancel_idle_timer()
             stream.started_at = perf_counter() if health.log else UNRECORDED
@@ -1012,8 +1011,7 @@ class H3Driver:
             self._busy(request)
             return
         stream = H3Stream(self, request)
-        stream.exchange = HTTPExchange(stream, None, head.expect_continue, ctx.limits.request_body,
-                                       request, self.info)
+        stream.exchange = HTTPExchange(stream, request=request, info=self.info, body_limit=ctx.limits.request_body)
         self.streams[stream_id] = stream
         self._cancel_idle_timer()
         if ctx.on_request is not None:
