@@ -179,8 +179,8 @@ _SMALL_BODY: Final = 1024
 #: every request's end: an HTTP/1.1 connection's events carry nothing else (stream 0), so one serves them all
 _END: Final = EndOfMessage()
 
-# The parser's methods used on every request, called unbound (``_feed_data(parser, data)``): the compiled build then
-# calls each without first looking it up by name on the parser (a Cython class, unknown to the compiler).
+# The parser's methods, called unbound (``_feed_data(parser, data)``): the compiled build then calls each without
+# first looking it up by name on the parser (a Cython class, unknown to the compiler), on every request.
 _feed_data: Final = httptools.HttpRequestParser.feed_data
 _get_http_version: Final = httptools.HttpRequestParser.get_http_version
 _get_method: Final = httptools.HttpRequestParser.get_method
@@ -561,7 +561,7 @@ class H1Connection:
                 # refused from its headers on: its request line is known, for the access log
                 parser = self._parser
                 try:
-                    error.head = (parser.get_method(), self._url, parser.get_http_version())
+                    error.head = (_get_method(parser), self._url, _get_http_version(parser))
                 except httptools.HttpParserError:
                     pass
             return error
@@ -573,10 +573,10 @@ class H1Connection:
             return RequestError(501, "method not implemented")
         if message.startswith("Pause on PRI") or message.startswith("Expected HTTP/2 Connection Preface"):
             # the HTTP/2 connection preface: the parser stopped after its first line, which ends this data's first
-            # line when nothing came before it on the connection (the driver checks that)
+            # line, when no request came before it on the connection
             newline = data.find(b"\n")
             if self._url == b"*" and newline >= 0 and not self.requested:
-                if self._parser.get_http_version() != "2.0":
+                if _get_http_version(self._parser) != "2.0":
                     return RequestError(400, "'PRI * HTTP/x.y' is the HTTP/2 connection preface only with HTTP/2.0")
                 return Preface(b"PRI * HTTP/2.0\r\n" + data[newline + 1:])
             return RequestError(505, "HTTP version not supported")
