@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine, Mapping
 from time import perf_counter
@@ -283,13 +284,18 @@ class ConnectionLog:
         logger.debug("%s - connection closed after %.3fs%s: %s", client, perf_counter() - started, count, why)
 
 
+#: the name of every app task a server makes (``asyncio.Task.get_name()``)
+APP_TASK_NAME: Final = "tidegate app"
+_Task: Final = asyncio.Task
+
+
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("_create_task", "_in_app_context", "access_line", "app", "config", "connect_protocol", "debug",
-                 "defaults", "extensions", "h2", "health", "limits", "logging", "loop", "metrics", "on_request",
-                 "prior_knowledge", "proxied", "recording", "registry", "request_limits", "state", "timeouts",
-                 "upgrades", "websocket")
+    __slots__ = ("_app_context", "_create_task", "_in_app_context", "_own_tasks", "access_line", "app", "config",
+                 "connect_protocol", "debug", "defaults", "extensions", "h2", "health", "limits", "logging", "loop",
+                 "metrics", "on_request", "prior_knowledge", "proxied", "recording", "registry", "request_limits",
+                 "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -298,9 +304,15 @@ class ServerContext:
         self.app = app
         self.config = config
         self.loop = loop
-        #: start_app's two calls, bound once: run in a copy of the server's context (taken here), make a task
-        self._in_app_context: Callable[..., asyncio.Task[None]] = contextvars.copy_context().run
+        #: the server's context, taken here: each app task runs in a copy of it
+        app_context = contextvars.copy_context()
+        self._app_context = app_context.copy
+        #: start_app's way through the loop (a task factory, a loop of a test's own): run in a copy of the
+        #: server's context, make a task there
+        self._in_app_context: Callable[..., asyncio.Task[None]] = app_context.run
         self._create_task: Callable[..., asyncio.Task[None]] = loop.create_task
+        #: whether start_app may make the task itself on a loop with no task factory (an asyncio event loop)
+        self._own_tasks = isinstance(loop, asyncio.AbstractEventLoop)
         # the settings groups, by reference
         self.timeouts = config.timeouts
         self.limits = limits = config.limits
@@ -346,7 +358,15 @@ class ServerContext:
     def start_app(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         """An app's task, in a copy of the server's context: never in one an app has changed.  A task copies the
         context it is made in, and a driver makes some from inside an app's task (the next pipelined request, at
-        the end of a response) or from a read that asyncio's own loop may run in one (reading was resumed there)."""
+        the end of a response) or from a read that asyncio's own loop may run in one (reading was resumed there).
+
+        Where the loop has no task factory, the task is made here as the loop would make it, given its name and
+        its context: a task left to name itself formats "Task-N" (on 3.11, as it is made), and the loop's own
+        ``create_task`` is a call more.  A task factory, set when the server started or later, is used."""
+        if sys.version_info >= (3, 11):  # a task's context is given from 3.11
+            loop = self.loop
+            if self._own_tasks and loop.get_task_factory() is None:
+                return _Task(coro, loop=loop, name=APP_TASK_NAME, context=self._app_context())
         return self._in_app_context(self._create_task, coro)
 
 
