@@ -1,7 +1,9 @@
 """The neutral stream vocabulary shared by every wire protocol.
 
 A connection (HTTP/1.1 or HTTP/2) turns bytes into these events; the ASGI layer never sees the wire format.
-Events are small slotted classes: they are made once per request on the hot path.
+Events are small slotted classes: they are made once per request on the hot path.  Those made per request or per
+piece of body write their ``__init__`` out: a dataclass's generated one is Python source, which a compiled build
+would run interpreted.
 """
 
 from __future__ import annotations
@@ -41,6 +43,19 @@ class Request:
     #: the client accepts response trailers (``TE: trailers``)
     trailers: bool = False
 
+    def __init__(self, method: bytes, target: bytes, http_version: str, headers: Headers, keep_alive: bool,
+                 expect_continue: bool, stream_id: int = 0, upgrade: bytes | None = None,
+                 trailers: bool = False) -> None:
+        self.method = method
+        self.target = target
+        self.http_version = http_version
+        self.headers = headers
+        self.keep_alive = keep_alive
+        self.expect_continue = expect_continue
+        self.stream_id = stream_id
+        self.upgrade = upgrade
+        self.trailers = trailers
+
     def __repr__(self) -> str:
         return f"<Request {self.method!r} {self.target!r} HTTP/{self.http_version}>"
 
@@ -53,6 +68,10 @@ class Data:
     data: bytes | bytearray
     stream_id: int = 0
 
+    def __init__(self, data: bytes | bytearray, stream_id: int = 0) -> None:
+        self.data = data
+        self.stream_id = stream_id
+
     def __repr__(self) -> str:
         return f"<Data {len(self.data)} bytes>"
 
@@ -62,6 +81,9 @@ class EndOfMessage:
     """The request body is complete."""
 
     stream_id: int = 0
+
+    def __init__(self, stream_id: int = 0) -> None:
+        self.stream_id = stream_id
 
 
 @dataclass(slots=True, eq=False)

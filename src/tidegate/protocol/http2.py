@@ -271,6 +271,17 @@ class _Head:
     protocol: bytes | None
     size: int
 
+    def __init__(self, method: bytes, target: bytes, headers: Headers, content_length: int, expect_continue: bool,
+                 trailers: bool, protocol: bytes | None, size: int) -> None:  # not a dataclass's: see events.py
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.content_length = content_length
+        self.expect_continue = expect_continue
+        self.trailers = trailers
+        self.protocol = protocol
+        self.size = size
+
 
 def parse_request(fields: Iterable[tuple[bytes, bytes]], connect_protocol: bool) -> _Head | str:
     """Decoded request fields → a head, or the reason the request is malformed (RFC 9113 §8.1.1, §8.2, §8.3)."""
@@ -389,6 +400,25 @@ class _Stream:
     pending: list[bytes | memoryview] = field(default_factory=list)
     pending_end: bool = False
     pending_trailers: bytes = b""
+
+    def __init__(self, id: int, send_window: int, recv_window: int, head_only: bool) -> None:
+        # not a dataclass's __init__: see events.py
+        self.id = id
+        self.send_window = send_window
+        self.recv_window = recv_window
+        self.head_only = head_only
+        self.remote_open = True
+        self.state = _IDLE
+        self.head = b""
+        self.status = 0
+        self.buffered = 0
+        self.credit = 0
+        self.request_length = -1
+        self.received = 0
+        self.remaining = -1
+        self.pending = []
+        self.pending_end = False
+        self.pending_trailers = b""
 
 
 class _ConnectionError(Exception):
