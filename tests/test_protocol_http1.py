@@ -7,6 +7,7 @@ from typing import Any
 import h11
 import pytest
 
+from tidegate.protocol import http1
 from tidegate.protocol.events import Data, EndOfMessage, Preface, ProtocolError, Request, RequestError, Upgrade
 from tidegate.protocol.http1 import H1Connection, ResponseDefaults, status_line
 
@@ -87,6 +88,20 @@ def test_header_names_lower_cased_order_and_duplicates_kept() -> None:
 def test_header_values_keep_inner_spaces_and_lose_surrounding_whitespace() -> None:
     request = only_request(feed(b"GET / HTTP/1.1\r\nHost: a\r\nX-A:   two  words \t\r\nX-B:\r\n\r\n"))
     assert request.headers[1:] == [(b"x-a", b"two  words"), (b"x-b", b"")]
+    request = only_request(feed(b"GET / HTTP/1.1\r\nHost: a \r\nX-A: b\t\r\nX-B: \t \r\nX-C: c d\r\n\r\n"))
+    assert request.headers == [(b"host", b"a"), (b"x-a", b"b"), (b"x-b", b""), (b"x-c", b"c d")]
+
+
+def test_header_names_are_lowered_past_the_bounds_of_the_names_kept() -> None:
+    # names are kept lowered for the next request, up to a count and a length; past them, lowered each time
+    long_name = b"X-" + b"Long" * 40
+    names = [b"X-Many-%d" % i for i in range(http1._REQUEST_NAMES_MAX + 10)] + [long_name]
+    for _ in range(2):
+        for name in names:
+            request = only_request(feed(b"GET / HTTP/1.1\r\nHost: a\r\n" + name + b": v\r\n\r\n"))
+            assert request.headers == [(b"host", b"a"), (name.lower(), b"v")]
+    assert len(http1._request_names) <= http1._REQUEST_NAMES_MAX
+    assert long_name not in http1._request_names
 
 
 SPLIT_CASES = {

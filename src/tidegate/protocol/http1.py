@@ -94,6 +94,14 @@ _KNOWN_MAX: Final = 4096
 _known_lengths: Final[dict[bytes, int]] = {}
 _KNOWN_LENGTHS_MAX: Final = 256
 
+# Request header names as they came → lower-cased.  Names are new objects on every request, but most are one of a
+# few dozen spellings: one lookup (one hash of the name) instead of lower() and a hash of its copy, and the names
+# the scope carries, and the watched-name test below, are then objects whose hash is cached.  Bounded in count and
+# in each name's length: names past either are lowered each time.
+_request_names: Final[dict[bytes, bytes]] = {}
+_REQUEST_NAMES_MAX: Final = 1024
+_REQUEST_NAME_KEPT: Final = 64
+
 _WATCHED_REQUEST: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"te", b"forwarded",
                                      b"x-forwarded-for", b"x-forwarded-proto"})
 # A Host value (RFC 9110 §7.2): uri-host [":" port], uri-host an IP literal or a reg-name (RFC 3986 §3.2.2).
@@ -658,8 +666,14 @@ class H1Connection:
             raise _ParseAbort(RequestError(414, "request target too long"))
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        name = name.lower()
-        value = value.rstrip(b" \t")  # the parser drops leading whitespace, not trailing (RFC 9112 §5)
+        lname = _request_names.get(name)
+        if lname is None:
+            lname = name.lower()
+            if len(name) <= _REQUEST_NAME_KEPT and len(_request_names) < _REQUEST_NAMES_MAX:
+                _request_names[name] = lname
+        name = lname
+        if value and (value[-1] == 0x20 or value[-1] == 0x09):
+            value = value.rstrip(b" \t")  # the parser drops leading whitespace, not trailing (RFC 9112 §5)
         headers = self._headers
         if headers is not _TRAILERS:
             headers.append((name, value))
