@@ -86,6 +86,9 @@ async def app(scope, receive, send):
 '''
 
 MIB = 1024
+#: how long a stats request may wait: right after a flood (600,000 one-byte HTTP/2 frames, say) the server is still
+#: working through it, a loop pass per read; the pure build under coverage on a slow machine has taken over 10 s
+STATS_TIMEOUT = 60.0
 
 
 @pytest.fixture
@@ -102,7 +105,7 @@ def server(tmp_path: Path) -> Any:
 
 
 def stats(port: int, path: str = "/stats") -> dict[str, int]:
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=STATS_TIMEOUT) as sock:
         sock.sendall(b"GET %s HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n" % path.encode())
         data = b""
         while chunk := sock.recv(65536):
