@@ -97,7 +97,9 @@ _KNOWN_LENGTHS_MAX: Final = 256
 # Request header names as they came → lower-cased.  Names are new objects on every request, but most are one of a
 # few dozen spellings: one lookup (one hash of the name) instead of lower() and a hash of its copy, and the names
 # the scope carries, and the watched-name test below, are then objects whose hash is cached.  Bounded in count and
-# in each name's length: names past either are lowered each time.
+# in each name's length: names past either are lowered each time.  Apart from _known_names on purpose: clients
+# choose these names, and a client filling that map would leave every app's response names to lower() and the
+# token check again.
 _request_names: Final[dict[bytes, bytes]] = {}
 _REQUEST_NAMES_MAX: Final = 1024
 _REQUEST_NAME_KEPT: Final = 64
