@@ -37,11 +37,11 @@ class Request:
     headers: Headers
     keep_alive: bool
     expect_continue: bool
-    stream_id: int = 0
+    stream_id: int
     #: the lower-cased protocol the client asks to switch to (``Connection: upgrade`` + ``Upgrade: X``)
-    upgrade: bytes | None = None
+    upgrade: bytes | None
     #: the client accepts response trailers (``TE: trailers``)
-    trailers: bool = False
+    trailers: bool
 
     def __init__(self, method: bytes, target: bytes, http_version: str, headers: Headers, keep_alive: bool,
                  expect_continue: bool, stream_id: int = 0, upgrade: bytes | None = None,
@@ -66,7 +66,7 @@ class Data:
     one-byte chunks) into one bytearray: a read's events cost its bytes, not an event per chunk."""
 
     data: bytes | bytearray
-    stream_id: int = 0
+    stream_id: int
 
     def __init__(self, data: bytes | bytearray, stream_id: int = 0) -> None:
         self.data = data
@@ -80,7 +80,7 @@ class Data:
 class EndOfMessage:
     """The request body is complete."""
 
-    stream_id: int = 0
+    stream_id: int
 
     def __init__(self, stream_id: int = 0) -> None:
         self.stream_id = stream_id

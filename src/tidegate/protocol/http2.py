@@ -52,7 +52,7 @@ from __future__ import annotations
 import re
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -381,28 +381,28 @@ _DONE: Final = 3
 
 @dataclass(slots=True, eq=False)
 class _Stream:
+    # the defaults are __init__'s (written out: see events.py)
     id: int
     send_window: int
     recv_window: int
     head_only: bool
-    remote_open: bool = True
-    state: int = _IDLE
-    head: bytes = b""
-    status: int = 0
+    remote_open: bool
+    state: int
+    head: bytes
+    status: int
     #: bytes delivered to the application and not acknowledged yet
-    buffered: int = 0
+    buffered: int
     #: bytes acknowledged and not yet given back to the peer with a WINDOW_UPDATE
-    credit: int = 0
-    request_length: int = -1
-    received: int = 0
+    credit: int
+    request_length: int
+    received: int
     #: response content-length still owed (-1: none announced)
-    remaining: int = -1
-    pending: list[bytes | memoryview] = field(default_factory=list)
-    pending_end: bool = False
-    pending_trailers: bytes = b""
+    remaining: int
+    pending: list[bytes | memoryview]
+    pending_end: bool
+    pending_trailers: bytes
 
     def __init__(self, id: int, send_window: int, recv_window: int, head_only: bool) -> None:
-        # not a dataclass's __init__: see events.py
         self.id = id
         self.send_window = send_window
         self.recv_window = recv_window
