@@ -292,7 +292,7 @@ _Task: Final = asyncio.Task
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
-    __slots__ = ("_app_context", "_create_task", "_in_app_context", "_own_tasks", "access_line", "app", "config",
+    __slots__ = ("_copy_app_context", "_create_task", "_in_app_context", "_own_tasks", "access_line", "app", "config",
                  "connect_protocol", "debug", "defaults", "extensions", "h2", "health", "limits", "logging", "loop",
                  "metrics", "on_request", "prior_knowledge", "proxied", "recording", "registry", "request_limits",
                  "state", "timeouts", "upgrades", "websocket")
@@ -306,7 +306,7 @@ class ServerContext:
         self.loop = loop
         #: the server's context, taken here: each app task runs in a copy of it
         app_context = contextvars.copy_context()
-        self._app_context = app_context.copy
+        self._copy_app_context = app_context.copy
         #: start_app's way through the loop (a task factory, a loop of a test's own): run in a copy of the
         #: server's context, make a task there
         self._in_app_context: Callable[..., asyncio.Task[None]] = app_context.run
@@ -366,7 +366,7 @@ class ServerContext:
         if sys.version_info >= (3, 11):  # a task's context is given from 3.11
             loop = self.loop
             if self._own_tasks and loop.get_task_factory() is None:
-                return _Task(coro, loop=loop, name=APP_TASK_NAME, context=self._app_context())
+                return _Task(coro, loop=loop, name=APP_TASK_NAME, context=self._copy_app_context())
         return self._in_app_context(self._create_task, coro)
 
 
