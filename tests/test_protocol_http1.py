@@ -395,6 +395,71 @@ def test_other_major_versions_get_505(version: bytes) -> None:
     assert error_status(b"GET / HTTP/" + version + b"\r\nHost: a\r\n\r\n") == 505
 
 
+# Versions in a stream of pipelined requests: the first request of a read that begins with its request line has its
+# version read from that line; every other request's is the parser's.  However the stream is cut into reads, each
+# request keeps its own version.
+_MIXED_VERSIONS = (
+    b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
+    # header lines that end as a request line of the other version would
+    b"GET /b HTTP/1.0\r\nUser-Agent: x HTTP/1.1\r\nConnection: keep-alive\r\n\r\n"
+    b"GET /b2 HTTP/1.1\r\nUser-Agent: x HTTP/1.0\r\nHost: a\r\n\r\n"
+    # a body whose bytes end a line as a request line would, right before a request of another version
+    b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nx HTTP/1.1\n"
+    b"GET /d HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+    b"POST /e HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 11\r\n\r\nx HTTP/1.0\r"
+    b"\nGET /f HTTP/1.1\r\nHost: a\r\n\r\n"
+    b"\r\nGET /g HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"  # a blank line before a request
+    b"GET /h HTTP/1.2\r\nHost: a\r\n\r\n"
+    b"POST /i HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nc\r\nx HTTP/1.1\r\n\r\n0\r\n\r\n"
+    b"GET /j HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"
+)
+_MIXED_EXPECTED = [("/a", "1.1"), ("/b", "1.0"), ("/b2", "1.1"), ("/c", "1.1"), ("/d", "1.0"), ("/e", "1.0"),
+                   ("/f", "1.1"), ("/g", "1.0"), ("/h", "1.1"), ("/i", "1.1"), ("/j", "1.0")]
+
+
+def _versions(reads: list[bytes]) -> list[tuple[str, str]]:
+    conn = H1Connection(limits=http1.RequestLimits(pipeline=100))
+    events: list[Any] = []
+    for data in reads:
+        events += conn.receive_data(data)
+    assert not [e for e in events if isinstance(e, RequestError)], events
+    return [(e.target.decode(), e.http_version) for e in events if isinstance(e, Request)]
+
+
+def test_each_request_of_a_pipelined_stream_has_its_own_version_in_one_read() -> None:
+    assert _versions([_MIXED_VERSIONS]) == _MIXED_EXPECTED
+
+
+def test_each_request_has_its_own_version_however_the_stream_is_cut() -> None:
+    for cut in range(1, len(_MIXED_VERSIONS)):
+        assert _versions([_MIXED_VERSIONS[:cut], _MIXED_VERSIONS[cut:]]) == _MIXED_EXPECTED, cut
+    for size in (1, 2, 3, 7, 10, 11, 13, 50):
+        reads = [_MIXED_VERSIONS[i:i + size] for i in range(0, len(_MIXED_VERSIONS), size)]
+        assert _versions(reads) == _MIXED_EXPECTED, size
+
+
+def test_a_read_that_does_not_begin_a_request_tells_no_version() -> None:
+    # the head began in the read before: what this read holds where a request line's version would be is not one
+    # ("GET /x " is 7 bytes: a version there would begin at the read's 8th byte)
+    assert _versions([b"GET /x HTTP/1.0\r\n", b"Y: abcdHTTP/1.1\r\nConnection: keep-alive\r\n\r\n"]) == [("/x", "1.0")]
+    assert _versions([b"GET /x HTTP/1.1\r\n", b"Y: abcdHTTP/1.0\r\nHost: a\r\n\r\n"]) == [("/x", "1.1")]
+    # nor one that begins inside a body
+    assert _versions([b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 17\r\n\r\n",
+                      b"GET /abcHTTP/1.1\r\nGET /y HTTP/1.0\r\nConnection: keep-alive\r\n\r\n"]
+                     ) == [("/x", "1.1"), ("/y", "1.0")]
+
+
+def test_each_request_read_on_its_own_has_its_version() -> None:
+    # every request in a read of its own: each read begins with its request line (or the blank line before it)
+    starts = [_MIXED_VERSIONS.index(m) for m in (b"GET /a", b"GET /b ", b"GET /b2", b"POST /c", b"GET /d", b"POST /e",
+                                                 b"GET /f", b"\r\nGET /g", b"GET /h", b"POST /i", b"GET /j")]
+    reads = [_MIXED_VERSIONS[a:b] for a, b in zip(starts, [*starts[1:], len(_MIXED_VERSIONS)], strict=True)]
+    assert _versions(reads) == _MIXED_EXPECTED
+    # the same, each request alone on a new connection
+    for read, expected in zip(reads, _MIXED_EXPECTED, strict=True):
+        assert _versions([read]) == [expected]
+
+
 def test_http2_prior_knowledge_preface_is_handed_to_the_driver() -> None:
     # the driver switches to HTTP/2 (or answers 505 when it does not speak it): the event carries every byte
     frames = b"\x00\x00\x00\x04\x00\x00\x00\x00\x00"

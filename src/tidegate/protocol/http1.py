@@ -279,6 +279,7 @@ class H1Connection:
         "_inside",
         "_lean",
         "_limits",
+        "_line_read",
         "_max_body",
         "_max_field_size",
         "_max_fields",
@@ -317,6 +318,9 @@ class H1Connection:
         self._probe: bytes | None = None
         self._probe_first_line = True
         self._url = b""
+        #: b"": the next read begins a request; while such a read is parsed, the read (the first request's line
+        #: is at its start: see on_headers_complete); None otherwise
+        self._line_read: bytes | None = b""
         # _TRAILERS between heads, the head's own list while one is being parsed (see in_head)
         self._headers: Headers = _TRAILERS
         self._hosts = 0
@@ -388,6 +392,8 @@ class H1Connection:
         """Parse ``data``; the events it completes."""
         events: list[Event] = []
         self._events = events
+        if self._line_read is not None:  # this read begins with a request (or blank lines before one)
+            self._line_read = data if type(data) is bytes else None
         try:
             _feed_data(self._parser, data)
         except httptools.HttpParserUpgrade as exc:
@@ -400,6 +406,8 @@ class H1Connection:
             # a read that completed requests and ended between them left nothing pending
             if (not events or self._headers is not _TRAILERS or self._checking) and not self.broken:
                 self._after_read(data, events)
+        if self._line_read is data:
+            self._line_read = None  # its first request's head did not end in it
         if len(events) > _KEPT_EVENTS:
             # a read of tiny pieces makes thousands of events: none is kept here once they are the caller's (a head
             # begun in this read began in an earlier one for the next).  A usual read's list stays until the next
@@ -654,6 +662,8 @@ class H1Connection:
 
     def on_message_begin(self) -> None:
         self._begun = self._events
+        if self._line_read == b"":
+            self._line_read = None  # a request begun after another in this read: the next read does not begin one
         self._url = b""
         self._headers = []
         self._hosts = 0
@@ -751,7 +761,19 @@ class H1Connection:
         if field_limit and any(len(name) + len(value) > field_limit for name, value in headers):
             raise _ParseAbort(RequestError(431, "a request header field larger than the limit"))
         parser = self._parser
-        version = _get_http_version(parser)
+        method = _get_method(parser)
+        read = self._line_read
+        if read:
+            # the first request of a read that began with it: its version is where the read says, in the usual
+            # request line, rather than a string the parser formats anew for each request (a line that does not
+            # begin the read, or is spaced otherwise, matches neither: the parser tells)
+            self._line_read = None
+            at = len(method) + len(self._url) + 2
+            line_end = read[at:at + 10]
+            version = "1.1" if line_end == b"HTTP/1.1\r\n" else "1.0" if line_end == b"HTTP/1.0\r\n" \
+                else _get_http_version(parser)
+        else:
+            version = _get_http_version(parser)
         if version != "1.1":
             if version == "1.0":
                 if self._hosts > 1:
@@ -767,7 +789,7 @@ class H1Connection:
             raise _ParseAbort(RequestError(400, "missing Host header" if not self._hosts
                                            else "more than one Host header"))
         if self._url[0] != 0x2F:  # not "/": absolute-form, "*" or authority-form
-            self._check_target(_get_method(parser), self._url, headers)
+            self._check_target(method, self._url, headers)
         upgrade = None
         if _should_upgrade(parser):
             for name, value in headers:
@@ -776,7 +798,7 @@ class H1Connection:
                     break
         self._headers = _TRAILERS
         self.requested = True
-        request = Request(_get_method(parser), self._url, version, headers, _should_keep_alive(parser),
+        request = Request(method, self._url, version, headers, _should_keep_alive(parser),
                           self._expect and version == "1.1", 0, upgrade)
         if self._te_trailers:  # rare: reset only when set
             self._te_trailers = False
@@ -805,6 +827,7 @@ class H1Connection:
 
     def on_message_complete(self) -> None:
         self._chunked = False
+        self._line_read = b""
         self._events.append(_END)
 
     # ------------------------------------------------------------------ outbound
