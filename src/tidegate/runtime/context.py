@@ -288,6 +288,19 @@ class ConnectionLog:
 APP_TASK_NAME: Final = "tidegate app"
 _Task: Final = asyncio.Task
 
+# Which Python this is, decided once here: a compiled build would test sys.version_info on every call.
+if sys.version_info >= (3, 11):
+    def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop,
+                  context: contextvars.Context) -> asyncio.Task[None]:
+        """An app task made as the loop would make it, given its name and its context: a task left to name
+        itself formats "Task-N" (on 3.11, as it is made), and the loop's own ``create_task`` is a call more."""
+        return _Task(coro, loop=loop, name=APP_TASK_NAME, context=context)
+else:
+    def _new_task(coro: Coroutine[Any, Any, None], loop: asyncio.AbstractEventLoop,
+                  context: contextvars.Context) -> asyncio.Task[None]:
+        """A task is given its context from 3.11 on: before, it copies the one it is made in."""
+        return context.run(loop.create_task, coro, name=APP_TASK_NAME)
+
 
 class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
@@ -360,13 +373,11 @@ class ServerContext:
         context it is made in, and a driver makes some from inside an app's task (the next pipelined request, at
         the end of a response) or from a read that asyncio's own loop may run in one (reading was resumed there).
 
-        Where the loop has no task factory, the task is made here as the loop would make it, given its name and
-        its context: a task left to name itself formats "Task-N" (on 3.11, as it is made), and the loop's own
-        ``create_task`` is a call more.  A task factory, set when the server started or later, is used."""
-        if sys.version_info >= (3, 11):  # a task's context is given from 3.11
-            loop = self.loop
-            if self._own_tasks and loop.get_task_factory() is None:
-                return _Task(coro, loop=loop, name=APP_TASK_NAME, context=self._copy_app_context())
+        Where the loop has no task factory, the task is made here (see _new_task).  A task factory, set when the
+        server started or later, is used."""
+        loop = self.loop
+        if self._own_tasks and loop.get_task_factory() is None:
+            return _new_task(coro, loop, self._copy_app_context())
         return self._in_app_context(self._create_task, coro)
 
 
