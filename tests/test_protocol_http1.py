@@ -597,6 +597,35 @@ def parse_response(data: bytes, method: bytes = b"GET") -> tuple[Any, bytes, str
             raise AssertionError(event)
 
 
+def test_the_same_head_again_is_the_same_bytes() -> None:
+    # the fields an app sends again are kept as whole lines: the head comes out the same the second and third time,
+    # whether the pairs are tuples or lists, and the fields that change ours (server, date, connection,
+    # content-length) keep doing so every time
+    req = only_request(feed(GET))
+    defaults = ResponseDefaults(server=b"server: tidegate\r\n", date=b"date: D\r\n")
+    cases = [
+        ([(b"Content-Type", b"text/plain"), (b"x-a", b"1"), (b"content-length", b"2")],
+         [b"\r\nContent-Type: text/plain\r\nx-a: 1\r\ncontent-length: 2\r\n", b"\r\nserver: tidegate\r\n",
+          b"\r\ndate: D\r\n"]),
+        ([(b"server", b"app"), (b"x-a", b"1"), (b"date", b"app-date"), (b"connection", b"close")],
+         [b"\r\nserver: app\r\nx-a: 1\r\ndate: app-date\r\nconnection: close\r\n"]),
+        ([(b"x-a", b"1"), (b"connection", b"keep-alive"), (b"x-b", b"")],
+         [b"\r\nx-a: 1\r\nconnection: keep-alive\r\nx-b: \r\n", b"\r\nserver: tidegate\r\n"]),
+    ]
+    for headers, lines in cases:
+        heads = set()
+        for pairs in (headers, headers, [list(pair) for pair in headers], list(headers)):
+            head = respond(req, 200, pairs, b"ok", defaults=defaults).data  # type: ignore[arg-type]
+            heads.add(head)
+            _, body, _ = parse_response(head)
+            assert body == b"ok"
+        assert len(heads) == 1, heads
+        head = heads.pop()
+        for line in lines:
+            assert line in head, (line, head)
+        assert head.count(b"\r\nserver: ") == 1 and head.count(b"\r\ndate: ") == 1
+
+
 def test_content_length_from_the_app_is_respected() -> None:
     sink = respond(request(), 200, [(b"content-type", b"text/plain"), (b"content-length", b"5")], b"hello")
     assert sink.writes == [b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: 5\r\n\r\nhello"]

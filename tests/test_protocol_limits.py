@@ -456,14 +456,16 @@ def test_what_the_parser_keeps_of_what_it_checked_stays_bounded() -> None:
     from tidegate.protocol import http1
 
     for i in range(5000):
-        request = only_request(feed(b"GET / HTTP/1.1\r\nHost: h%d.example\r\n\r\n" % i))
+        request = only_request(feed(b"GET / HTTP/1.1\r\nHost: h%d.example\r\nX-In-%d: 1\r\n\r\n" % (i, i)))
         conn = H1Connection()
         conn.start_response(request, 200, [(b"X-Out-%d" % i, b"value-%d" % i), (b"Content-Length", b"%d" % i)])
         conn.send_body(b"x" * i, True)  # the length it declared
     assert len(http1._valid_hosts) <= http1._KNOWN_MAX
+    assert len(http1._request_names) <= http1._REQUEST_NAMES_MAX
     assert len(http1._known_names) <= http1._KNOWN_MAX
     assert len(http1._known_values) <= http1._KNOWN_MAX
     assert len(http1._known_lengths) <= http1._KNOWN_LENGTHS_MAX
+    assert len(http1._known_lines) <= http1._KNOWN_LINES_MAX
     # a host, a name or a length seen after the caches filled is still checked
     assert summary(feed(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")) == [("error", 400)]
     with pytest.raises(ProtocolError, match="invalid header name"):

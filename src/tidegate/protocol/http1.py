@@ -93,6 +93,10 @@ _KNOWN_MAX: Final = 4096
 # content-length values already parsed (an app that sends the same body sends the same value object); bounded
 _known_lengths: Final[dict[bytes, int]] = {}
 _KNOWN_LENGTHS_MAX: Final = 256
+# Whole lines of the fields an app sends again and again, by their (name, value) pair, checked: one lookup, and one
+# piece of the head to join.  Only fields that change nothing of ours (not in _SPECIAL_RESPONSE); bounded.
+_known_lines: Final[dict[tuple[bytes, bytes], bytes]] = {}
+_KNOWN_LINES_MAX: Final = 1024
 
 # Request header names as they came → lower-cased.  Names are new objects on every request, but most are one of a
 # few dozen spellings: one lookup (one hash of the name) instead of lower() and a hash of its copy, and the names
@@ -853,7 +857,13 @@ class H1Connection:
         has_date = has_server = has_alt_svc = app_connection = False
         parts = [line]
         try:
-            for name, value in headers:
+            for pair in headers:
+                if type(pair) is tuple:
+                    known = _known_lines.get(pair)
+                    if known is not None:
+                        parts.append(known)
+                        continue
+                name, value = pair
                 lname = _known_names.get(name)
                 if lname is None:
                     lname = name.lower()
@@ -896,7 +906,13 @@ class H1Connection:
                                             "in its value")
                     if len(value) <= 64 and len(_known_values) < _KNOWN_MAX:
                         _known_values.add(value)
-                parts += (name, b": ", value, b"\r\n")
+                if (len(value) <= 64 and type(pair) is tuple and type(name) is bytes and type(value) is bytes
+                        and lname not in _SPECIAL_RESPONSE and len(_known_lines) < _KNOWN_LINES_MAX):
+                    known = name + b": " + value + b"\r\n"
+                    _known_lines[pair] = known
+                    parts.append(known)
+                else:
+                    parts += (name, b": ", value, b"\r\n")
         except (TypeError, ValueError, AttributeError):
             raise ProtocolError(f"headers must be an iterable of (name, value) byte string pairs, not {headers!r}"
                                 ) from None
