@@ -281,7 +281,6 @@ class H1Connection:
         "_held",
         "_hosts",
         "_inside",
-        "_lean",
         "_limits",
         "_line_read",
         "_max_body",
@@ -333,9 +332,9 @@ class H1Connection:
         self._max_fields = limits.field_count
         self._max_field_size = limits.field
         self._max_body = limits.body or _NO_BODY_LIMIT
-        # a read this small cannot hold a header section over its limit (the target's is checked in on_url)
-        self._lean = limits.fields
         self._max_line = limits.line
+        #: the header section's limit; a read no longer than it cannot hold a section over it (the target's limit
+        #: is checked in on_url)
         self._max_section = limits.fields
         # a Content-Length with fewer digits than this is under the body limit
         self._body_digits = len(str(self._max_body))
@@ -388,7 +387,7 @@ class H1Connection:
             self._probe = None
             verdict = self._method_verdict(probe + data, self._probe_first_line)
             return [verdict] if verdict is not None else []
-        if len(data) > self._lean or self._slow:
+        if len(data) > self._max_section or self._slow:
             return self._receive_checked(data)
         return self._feed(data)
 
