@@ -15,6 +15,7 @@ import select
 import socket
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,25 @@ MIB = 1024
 #: how long a stats request may wait: right after a flood (600,000 one-byte HTTP/2 frames, say) the server is still
 #: working through it, a loop pass per read; the pure build under coverage on a slow machine has taken over 10 s
 STATS_TIMEOUT = 60.0
+
+
+#: the raw client sockets the running test opened (see connect)
+_opened: list[socket.socket] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_client_sockets() -> Iterator[None]:
+    """Every raw client socket a test opened is closed when it ends, passed or failed: a failure is then reported
+    once, as itself, not again by the next test as an unclosed socket."""
+    yield
+    while _opened:
+        _opened.pop().close()
+
+
+def connect(port: int, timeout: float = 10.0) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    _opened.append(sock)
+    return sock
 
 
 @pytest.fixture
@@ -185,7 +205,7 @@ def test_a_pipelining_client_that_never_reads_costs_bounded_memory(server: Any) 
     base = stats(port)["rss"]
     clients = []
     for _ in range(2):
-        sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+        sock = connect(port)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
         sent = send_for(sock, pipelined(count), 5.0)
         clients.append((sock, sent))
@@ -222,7 +242,7 @@ def test_every_app_call_resumes_after_its_last_send(server: Any) -> None:
 
 def websocket(port: int, receive_buffer: int | None = None) -> socket.socket:
     """A raw socket past a WebSocket handshake on /ws (``receive_buffer``: the socket's, set before it)."""
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = connect(port)
     if receive_buffer is not None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
     sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -287,7 +307,7 @@ def test_a_body_in_one_byte_chunks_to_an_app_that_does_not_read_costs_its_bytes_
     # chunk for the length of a read)
     port = server
     base = stats(port)["rss"]
-    socks = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(8)]
+    socks = [connect(port) for _ in range(8)]
     for sock in socks:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
         sock.sendall(b"POST /hold HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n")
@@ -355,7 +375,7 @@ def test_http2_bodies_in_one_byte_data_frames_cost_their_bytes(server: Any) -> N
     streams = list(range(1, 41, 2))
     count = 30_000
     encoder = Encoder()
-    sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+    sock = connect(port, timeout=30)
     out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + h2_frame(0x4, 0, 0)
     for stream_id in streams:
         block = encoder.encode([(":method", "POST"), (":scheme", "http"), (":path", "/hold"),
