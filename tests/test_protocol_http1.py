@@ -624,6 +624,14 @@ def test_the_same_head_again_is_the_same_bytes() -> None:
         for line in lines:
             assert line in head, (line, head)
         assert head.count(b"\r\nserver: ") == 1 and head.count(b"\r\ndate: ") == 1
+    # a content-length kept with its line still frames the response, is still left out of a 204, and a second
+    # one is still refused
+    for _ in range(3):
+        assert b"content-length" not in respond(req, 204, [(b"content-length", b"0"), (b"x-a", b"1")]).data
+        with pytest.raises(ProtocolError, match="more than one content-length"):
+            respond(req, 200, [(b"content-length", b"2"), (b"x-a", b"1"), (b"content-length", b"2")])
+        with pytest.raises(ProtocolError, match="more body than its content-length"):
+            respond(req, 200, [(b"content-length", b"2")], b"too long")
 
 
 def test_content_length_from_the_app_is_respected() -> None:

@@ -466,6 +466,7 @@ def test_what_the_parser_keeps_of_what_it_checked_stays_bounded() -> None:
     assert len(http1._known_values) <= http1._KNOWN_MAX
     assert len(http1._known_lengths) <= http1._KNOWN_LENGTHS_MAX
     assert len(http1._known_lines) <= http1._KNOWN_LINES_MAX
+    assert len(http1._known_length_lines) <= http1._KNOWN_LENGTHS_MAX
     # a host, a name or a length seen after the caches filled is still checked
     assert summary(feed(b"GET / HTTP/1.1\r\nHost: a b\r\n\r\n")) == [("error", 400)]
     with pytest.raises(ProtocolError, match="invalid header name"):

@@ -97,6 +97,8 @@ _KNOWN_LENGTHS_MAX: Final = 256
 # piece of the head to join.  Only fields that change nothing of ours (not in _SPECIAL_RESPONSE); bounded.
 _known_lines: Final[dict[tuple[bytes, bytes], bytes]] = {}
 _KNOWN_LINES_MAX: Final = 1024
+# The same for content-length fields: the line and the length it says; bounded as _known_lengths
+_known_length_lines: Final[dict[tuple[bytes, bytes], tuple[bytes, int]]] = {}
 
 # Request header names as they came → lower-cased.  Names are new objects on every request, but most are one of a
 # few dozen spellings: one lookup (one hash of the name) instead of lower() and a hash of its copy, and the names
@@ -862,6 +864,14 @@ class H1Connection:
                     if known is not None:
                         parts.append(known)
                         continue
+                    length_line = _known_length_lines.get(pair)
+                    if length_line is not None:
+                        if content_length >= 0:
+                            raise ProtocolError("more than one content-length header")
+                        known, content_length = length_line
+                        length_at = len(parts)
+                        parts.append(known)
+                        continue
                 name, value = pair
                 lname = _known_names.get(name)
                 if lname is None:
@@ -883,7 +893,11 @@ class H1Connection:
                                 _known_lengths[value] = length
                         content_length = length
                         length_at = len(parts)
-                        parts += (name, b": ", value, b"\r\n")
+                        known = name + b": " + value + b"\r\n"
+                        if (type(pair) is tuple and type(name) is bytes
+                                and len(_known_length_lines) < _KNOWN_LENGTHS_MAX):
+                            _known_length_lines[pair] = (known, length)
+                        parts.append(known)
                         continue
                     if lname == b"transfer-encoding":
                         continue  # framing is ours to choose
@@ -929,7 +943,7 @@ class H1Connection:
 
         if status == 204 or status == 304:
             if status == 204 and length_at >= 0:
-                del parts[length_at:length_at + 4]  # never sent on a 204 (RFC 9110 §8.6); some frameworks add one
+                del parts[length_at]  # never sent on a 204 (RFC 9110 §8.6); some frameworks add one
             self._framing = _NO_BODY
         elif request.method == b"HEAD":
             self._framing = _HEAD_ONLY
