@@ -29,6 +29,7 @@ from ..protocol.events import Request
 from ..protocol.http1 import H1Connection, RequestLimits, ResponseDefaults
 from .health import HealthCheck
 from .tls import with_tls
+from .writes import PassFlush
 
 __all__ = [
     "UNRECORDED",
@@ -306,9 +307,9 @@ class ServerContext:
     """What every connection of one server shares.  Built once; its attributes are not reassigned."""
 
     __slots__ = ("_copy_app_context", "_create_task", "_in_app_context", "_own_tasks", "access_line", "app", "config",
-                 "connect_protocol", "debug", "defaults", "extensions", "h2", "health", "limits", "logging", "loop",
-                 "metrics", "on_request", "prior_knowledge", "proxied", "recording", "registry", "request_limits",
-                 "state", "timeouts", "upgrades", "websocket")
+                 "connect_protocol", "debug", "defaults", "extensions", "flushes", "h2", "health", "limits", "logging",
+                 "loop", "metrics", "on_request", "prior_knowledge", "proxied", "recording", "registry",
+                 "request_limits", "state", "timeouts", "upgrades", "websocket")
 
     def __init__(self, app: ASGIApp, config: Config, loop: asyncio.AbstractEventLoop, *,
                  registry: ConnectionRegistry | None = None,
@@ -326,6 +327,8 @@ class ServerContext:
         self._create_task: Callable[..., asyncio.Task[None]] = loop.create_task
         #: whether start_app may make the task itself on a loop with no task factory (an asyncio event loop)
         self._own_tasks = isinstance(loop, asyncio.AbstractEventLoop)
+        #: the connections' write buffers with bytes for the end of this loop pass, flushed together
+        self.flushes = PassFlush(loop)
         # the settings groups, by reference
         self.timeouts = config.timeouts
         self.limits = limits = config.limits

@@ -149,11 +149,11 @@ class H1Driver(Stream):
 
     def __init__(self, ctx: ServerContext) -> None:
         self.ctx = ctx
-        # Response bytes collect in the write buffer and go to the transport in one write: at the end of a
-        # response, past FLUSH_BYTES, or at the end of this loop iteration (so a stream of small events made in one
-        # go leaves in one write, and an event sent before the app waits for something is on the wire before it
-        # waits).
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused)
+        # Response bytes collect in the write buffer and go to the transport in one write: past FLUSH_BYTES, or
+        # at the end of this loop pass with the other connections' (so a stream of small events made in one go
+        # leaves in one write, an event sent before the app waits for something is on the wire before it waits,
+        # and the responses of one pass leave together).
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, flushes=ctx.flushes)
         #: the client has not taken what was written (the exchange's send() then waits in drain())
         self.write_paused = False
         self.conn = H1Connection(ctx.defaults, writes.out.append, ctx.request_limits)
@@ -651,11 +651,10 @@ class H1Driver(Stream):
 
 
     def send_data(self, data: bytes, end: bool) -> None:
+        """A body piece, the last one too, leaves with the loop pass's other writes (see WriteBuffer.wrote): the
+        responses of one pass reach their clients together, and each client wakes once for them."""
         self.conn.send_body(data, end)
-        if end:
-            self.writes.flush()
-        else:
-            self.writes.wrote(len(data))
+        self.writes.wrote(len(data))
 
     def send_informational(self, status: int, headers: list[tuple[bytes, bytes]]) -> None:
         if self.current_request is not None and self.current_request.http_version != "1.0":

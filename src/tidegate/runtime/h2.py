@@ -353,7 +353,7 @@ class H2Driver(asyncio.Protocol):
     def __init__(self, ctx: ServerContext, upgrade: tuple[Request, bytes, int] | None = None) -> None:
         self.ctx = ctx
         settings = ctx.h2
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "HTTP/2 ")
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "HTTP/2 ", ctx.flushes)
         #: the transport is above its high-water mark
         self.write_paused = False
         self.conn = H2Connection(writes.out.append, defaults=ctx.defaults,

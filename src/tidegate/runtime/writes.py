@@ -1,9 +1,11 @@
 """The one write path of a connection: :class:`WriteBuffer`, and the one write deadline, :class:`WriteDeadline`.
 
 A driver holds a ``WriteBuffer`` (it does not inherit one).  Bytes a connection produces go to its ``out`` list and
-reach the transport in one write: when the driver says so (the end of a response), past ``FLUSH_BYTES``, or at the
-end of the loop iteration.  A stream of small pieces made in one go leaves in one write, and a piece sent before the
-app waits for anything is on the wire before it waits.
+reach the transport in one write: when the driver says so, past ``FLUSH_BYTES``, or at the end of the loop pass.  A
+stream of small pieces made in one go leaves in one write, and a piece sent before the app waits for anything is on
+the wire before it waits.  The buffers of one server flush at the end of a pass together (:class:`PassFlush`): the
+responses its apps made in that pass leave one after the other, and a client finds them waiting rather than being
+woken once for each.
 
 Back-pressure: the transport says when its buffer passes its high-water mark (``pause``) and when it is below it
 again (``resume``).  While it is above, any number of coroutines may wait in :meth:`WriteBuffer.drain`; every one of
@@ -25,7 +27,8 @@ from typing import Any, Final, Protocol, cast
 
 from ..asgi.errors import ClientDisconnected
 
-__all__ = ["FLUSH_BYTES", "WaitingStream", "WriteBuffer", "WriteDeadline", "copy_file", "release", "wait_to_send"]
+__all__ = ["FLUSH_BYTES", "PassFlush", "WaitingStream", "WriteBuffer", "WriteDeadline", "copy_file", "release",
+           "wait_to_send"]
 
 logger: Final = logging.getLogger("tidegate.error")
 
@@ -118,6 +121,31 @@ def _ignore(*_: object) -> None:
     pass
 
 
+class PassFlush:
+    """The write buffers with bytes to flush at the end of this loop pass, flushed by one callback for all of them
+    (a server's drivers share one): a buffer joins once per pass, however many pieces it is given."""
+
+    __slots__ = ("_buffers", "_loop", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._buffers: list[WriteBuffer] = []
+        self._scheduled = False
+
+    def add(self, buffer: WriteBuffer) -> None:
+        self._buffers.append(buffer)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._run)
+
+    def _run(self) -> None:
+        buffers = self._buffers
+        self._buffers = []
+        self._scheduled = False
+        for buffer in buffers:
+            buffer.flush_queued()
+
+
 class WriteDeadline:
     """Calls ``expired()`` once a whole ``timeout`` passes in which ``queued()`` (bytes waiting for the client) did
     not go down and nothing said the client took some (:meth:`progressed`).  A client that takes some bytes in every
@@ -189,12 +217,14 @@ class WriteBuffer:
 
     transport: asyncio.Transport  # set by attach()
 
-    __slots__ = ("_handle", "_kind", "_lines", "_loop", "_on_paused", "_waiters", "closing", "deadline", "lost",
-                 "out", "paused", "pending", "transport")
+    __slots__ = ("_in_pass", "_kind", "_lines", "_loop", "_on_paused", "_pass", "_waiters", "closing", "deadline",
+                 "lost", "out", "paused", "pending", "transport")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float, on_paused: Callable[[bool], None],
-                 kind: str = "") -> None:
+                 kind: str = "", flushes: PassFlush | None = None) -> None:
         self._loop = loop
+        #: where the buffer joins to be flushed at the end of the pass (its server's, else one of its own)
+        self._pass = flushes if flushes is not None else PassFlush(loop)
         #: how the log names the client's protocol ("", "HTTP/2 ", "WebSocket ")
         self._kind = kind
         #: told each time :attr:`paused` changes (a driver keeps a plain ``write_paused`` for its exchanges to read)
@@ -204,7 +234,8 @@ class WriteBuffer:
         #: several pieces leave in one writelines() (see attach)
         self._lines = True
         self.pending = 0
-        self._handle: asyncio.Handle | None = None
+        #: in :attr:`_pass` for the end of this pass
+        self._in_pass = False
         self.paused = False
         self.lost = False
         self.closing = False
@@ -244,20 +275,24 @@ class WriteBuffer:
         self.pending += len(data)
         if self.pending > FLUSH_BYTES:
             self._flush_checked()
-        elif self._handle is None:
-            self._handle = self._loop.call_soon(self._flush_soon)
+        elif not self._in_pass:
+            self._in_pass = True
+            self._pass.add(self)
 
     def wrote(self, size: int) -> None:
         """``size`` bytes were appended to :attr:`out` (by a sans-IO connection): flush now past ``FLUSH_BYTES``,
-        else at the end of this loop iteration."""
+        else at the end of this loop pass."""
         self.pending += size
         if self.pending > FLUSH_BYTES:
             self._flush_checked()
-        elif self._handle is None and self.out:
-            self._handle = self._loop.call_soon(self._flush_soon)
+        elif not self._in_pass and self.out:
+            self._in_pass = True
+            self._pass.add(self)
 
-    def _flush_soon(self) -> None:
-        self._handle = None
+    def flush_queued(self) -> None:
+        """The end of the pass (:class:`PassFlush`): what is queued leaves (nothing, if it left earlier or the
+        connection was lost since)."""
+        self._in_pass = False
         self._flush_checked()
 
     def _flush_checked(self) -> None:
@@ -405,9 +440,6 @@ class WriteBuffer:
     def connection_lost(self) -> None:
         """The transport is gone: queued bytes are dropped and every waiter wakes (to hear ClientDisconnected)."""
         self.lost = True
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
         self.out.clear()
         self.pending = 0
         self.deadline.release()

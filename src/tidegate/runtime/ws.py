@@ -37,7 +37,7 @@ class WebSocketDriver(asyncio.Protocol):
         self.info = info
         self.request = request
         self.label = ""
-        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "WebSocket ")
+        self.writes = writes = WriteBuffer(ctx.loop, ctx.timeouts.write, self._on_paused, "WebSocket ", ctx.flushes)
         #: the carrier's write: frames go straight to the write buffer
         self.write = writes.write
         self._denial: H1Connection | None = None
