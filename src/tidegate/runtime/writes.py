@@ -125,23 +125,21 @@ class PassFlush:
     """The write buffers with bytes to flush at the end of this loop pass, flushed by one callback for all of them
     (a server's drivers share one): a buffer joins once per pass, however many pieces it is given."""
 
-    __slots__ = ("_buffers", "_loop", "_scheduled")
+    __slots__ = ("_buffers", "_loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        #: the buffers that joined since the last callback; the first to join schedules the next one
         self._buffers: list[WriteBuffer] = []
-        self._scheduled = False
 
     def add(self, buffer: WriteBuffer) -> None:
-        self._buffers.append(buffer)
-        if not self._scheduled:
-            self._scheduled = True
+        if not self._buffers:
             self._loop.call_soon(self._run)
+        self._buffers.append(buffer)
 
     def _run(self) -> None:
         buffers = self._buffers
         self._buffers = []
-        self._scheduled = False
         for buffer in buffers:
             buffer.flush_queued()
 
