@@ -1074,6 +1074,39 @@ def test_client_going_away_wakes_the_app_waiting_in_receive(run_server: Any, tra
 
 
 @over(ALL)
+def test_an_exception_thrown_into_the_waiting_app_reaches_it_as_itself(run_server: Any, transport: Transport) -> None:
+    """A future the app awaits fails, then its own timeout expires while it waits in receive(): each time the app
+    catches the exception itself, never a DeprecationWarning in its place (warnings are errors here, and compiled
+    code once passed a thrown exception on in the three-argument form Python 3.12 deprecated), and it answers."""
+    reports = Reports()
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        channel = Channel(scope, receive, send)
+        await channel.open()
+        failing: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        failing.get_loop().call_soon(failing.set_exception, LookupError("from a future"))
+        try:
+            await failing
+        except LookupError as exc:
+            reports.put("caught", str(exc))
+        try:
+            await asyncio.wait_for(channel.receive(), 0.05)  # the client sends nothing until it has the answer
+        except asyncio.TimeoutError:
+            reports.put("timed out")
+        await channel.send(b"answered")
+        await channel.finish()
+
+    server = start(run_server, reports, app)
+    session = transport.open(server, "/waits")
+    assert reports.wait("caught") == "from a future"
+    reports.wait("timed out")
+    answer = session.receive_all()
+    assert b"".join(answer) == b"answered"
+    if session.framed:
+        assert session.close_code == 1000
+
+
+@over(ALL)
 @pytest.mark.parametrize("how", ["ends-exchange", "resets-connection"])
 def test_client_going_away_wakes_the_app_waiting_in_send(run_server: Any, transport: Transport, how: str) -> None:
     """The app waits in send() for a client that does not read; the client goes away (as above): that send()

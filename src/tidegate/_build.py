@@ -27,6 +27,7 @@ COMPILED = (
     "protocol/http1.py",
     "protocol/http2.py",
     "protocol/websocket.py",
+    "asgi/awaiting.py",
     "asgi/scope.py",
     "asgi/http.py",
     "asgi/websocket.py",

@@ -27,6 +27,7 @@ from typing import Any, Final, Protocol
 from mypy_extensions import mypyc_attr
 
 from ..protocol.events import ProtocolError, Request
+from .awaiting import awaiting
 from .errors import ASGIError, ClientDisconnected
 from .scope import ConnectionInfo, http_scope
 from .types import (
@@ -292,7 +293,7 @@ class HTTPExchange(Waiting):
                 return {"type": "http.disconnect"}
             waiter = self.stream.create_waiter()
             self._waiter = waiter
-            await waiter
+            await awaiting(waiter)
 
     async def send(self, message: Any) -> None:
         # ``message`` is what the app sent (ASGISendEvent when it is right): each field is checked where it is read,
@@ -485,7 +486,7 @@ class HTTPExchange(Waiting):
         """Call the app; turn its failures into a 500 or a closed connection, logged once.  Every exchange ends
         recorded once: complete (``response_done``), refused by the driver, or else cut (``response_cut``)."""
         try:
-            await app(self.scope, self.receive, self.send)
+            await awaiting(app(self.scope, self.receive, self.send))
         except ClientDisconnected:
             logger.debug("client disconnected while %s was being answered", self._request_line())
         except Exception as exc:

@@ -25,6 +25,7 @@ from collections.abc import Awaitable, Iterable
 from typing import Any, Final, Protocol
 
 from ..protocol.events import ProtocolError
+from .awaiting import awaiting
 from .errors import ASGIError, ClientDisconnected
 from .http import Waiter, Waiting, _as_bytes, escape_log
 from .types import (
@@ -166,7 +167,7 @@ class WebSocketExchange(Waiting):
                 return disconnect.copy()
             waiter = self.stream.create_waiter()
             self._waiter = waiter
-            await waiter
+            await awaiting(waiter)
 
     async def send(self, message: Any) -> None:
         # what the app sent, checked field by field as read (see HTTPExchange.send)
@@ -279,7 +280,7 @@ class WebSocketExchange(Waiting):
     async def run(self, app: ASGIApp) -> None:
         """Call the app; turn its failures into a 500 or a 1011 close, logged once."""
         try:
-            await app(self.scope, self.receive, self.send)
+            await awaiting(app(self.scope, self.receive, self.send))
         except ClientDisconnected:
             logger.debug("client disconnected from WebSocket %s", self._target())
             return

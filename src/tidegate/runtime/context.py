@@ -21,6 +21,7 @@ from time import perf_counter
 from typing import Any, Final, Protocol
 
 from ..accesslog import renderer
+from ..asgi.awaiting import awaiting
 from ..asgi.http import ASGIApp, HTTPExchange, escape_log
 from ..asgi.scope import ConnectionInfo
 from ..config import Config
@@ -218,7 +219,7 @@ class ConnectionRegistry:
                         len(self.connections), len(self.outliving), timeout)
             self._drained = self._loop.create_future()
             try:
-                await asyncio.wait_for(asyncio.shield(self._drained), timeout)
+                await awaiting(asyncio.wait_for(asyncio.shield(self._drained), timeout))
             except asyncio.TimeoutError:
                 logger.warning("graceful shutdown timed out after %.1fs: cancelling %d connection(s) and %d app(s) "
                                "whose client had left", timeout, len(self.connections), len(self.outliving))
@@ -226,7 +227,7 @@ class ConnectionRegistry:
         if cancelled:
             # let the cancelled apps unwind (for up to ``timeout`` again) before lifespan shutdown closes what
             # their cleanup may still use
-            await asyncio.wait(cancelled, timeout=timeout)
+            await awaiting(asyncio.wait(cancelled, timeout=timeout))
 
     def abort_all(self) -> list[asyncio.Task[Any]]:
         """Cut every connection; return the app tasks this cancelled."""

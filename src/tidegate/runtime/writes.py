@@ -25,6 +25,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, cast
 
+from ..asgi.awaiting import awaiting
 from ..asgi.errors import ClientDisconnected
 
 __all__ = ["FLUSH_BYTES", "PassFlush", "WaitingStream", "WriteBuffer", "WriteDeadline", "copy_file", "release",
@@ -104,7 +105,7 @@ async def wait_to_send(stream: WaitingStream, loop: asyncio.AbstractEventLoop, w
             stream._waiter = waiter
             waiting.add(stream)
             try:
-                await waiter
+                await awaiting(waiter)
             finally:
                 waiting.discard(stream)
     finally:
@@ -344,7 +345,7 @@ class WriteBuffer:
             self._waiters.append(waiter)
             self.deadline.start()
             try:
-                await waiter
+                await awaiting(waiter)
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -405,7 +406,7 @@ class WriteBuffer:
         self._set_paused(True)
         self.deadline.start()
         try:
-            await waiter
+            await awaiting(waiter)
         finally:
             loop.remove_writer(fd)
             if waiter in self._waiters:

@@ -1,0 +1,64 @@
+"""``await`` from compiled code that hands an exception thrown in on as itself.
+
+When a task throws an exception into a coroutine (its own ``asyncio.timeout`` expiring, a cancellation, a future it
+waits on failing), each coroutine in the chain passes it on to what it awaits.  A coroutine compiled with mypyc passes
+it on as ``throw(type, value, traceback)``, a signature Python 3.12 deprecated: the coroutine or future below then
+warns (``DeprecationWarning``), blamed on the app's line that was waiting, and where warnings are errors (``-W error``,
+a test suite's ``filterwarnings = error``) the warning replaces the exception: the app's ``except TimeoutError`` no
+longer matches, and its request is answered 500.
+
+So on 3.12 and later, the compiled modules await an app's coroutine, and the futures they wait on, through
+:func:`awaiting`, whose wrapper takes the three arguments and passes the exception on alone.  Before 3.12, and in the
+pure Python build (whose coroutines pass the exception on alone already), :func:`awaiting` returns what it is given.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Awaitable, Generator
+from typing import Any, Final, TypeVar, cast
+
+T = TypeVar("T")
+
+#: whether this module, and with it every module of the hot path, runs compiled (they are compiled together)
+COMPILED: Final = not __file__.endswith(".py")
+
+
+class OneArgThrow:
+    """Iterates an awaitable's iterator on behalf of a compiled coroutine; ``throw(type, value, traceback)`` reaches
+    that iterator as ``throw(value)``."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Generator[Any, Any, Any]) -> None:
+        self._inner = inner
+
+    def __await__(self) -> OneArgThrow:
+        return self
+
+    def __iter__(self) -> OneArgThrow:
+        return self
+
+    def __next__(self) -> Any:
+        return self._inner.send(None)
+
+    def send(self, value: Any) -> Any:
+        return self._inner.send(value)
+
+    def throw(self, kind: Any, value: Any = None, traceback: Any = None) -> Any:
+        return self._inner.throw(kind if value is None else value)
+
+    def close(self) -> None:
+        self._inner.close()
+
+
+if sys.version_info >= (3, 12):
+    def awaiting(awaitable: Awaitable[T]) -> Awaitable[T]:
+        """``awaitable``, wrapped where compiled code awaits it (see the module)."""
+        if COMPILED:
+            return cast(Awaitable[T], OneArgThrow(awaitable.__await__()))
+        return awaitable
+else:
+    def awaiting(awaitable: Awaitable[T]) -> Awaitable[T]:
+        """``awaitable`` itself: before 3.12 a three-argument ``throw`` is not deprecated."""
+        return awaitable
