@@ -14,6 +14,7 @@ import hashlib
 import json
 import re
 import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,8 @@ from tidegate import demo
 from .conftest import LineReader
 from .test_browser import WAIT, Page, find_browser
 
+if sys.version_info < (3, 11):
+    pytest.skip("HTTP/3 needs Python 3.11 or later (--http3 refuses older ones)", allow_module_level=True)
 pytest.importorskip("aioquic", reason="the http3 extra (aioquic) is not installed")
 
 

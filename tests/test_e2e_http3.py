@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import ssl
+import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,6 +25,8 @@ from tidegate.config import Config
 
 from .conftest import ServerThread
 
+if sys.version_info < (3, 11):
+    pytest.skip("HTTP/3 needs Python 3.11 or later (--http3 refuses older ones)", allow_module_level=True)
 aioquic = pytest.importorskip("aioquic", reason="the http3 extra (aioquic) is not installed")
 
 from aioquic.asyncio.client import connect  # noqa: E402

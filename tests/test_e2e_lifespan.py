@@ -91,9 +91,12 @@ def test_startup_failed_raises_with_the_apps_message(loop: str) -> None:
         config = Config.from_flat(app="-", port=0, lifespan="auto", access_log=False)
         await serve(recording_app(events, startup="failed"), config, on_started=served.append)
 
-    runner = asyncio.Runner(loop_factory=None if loop == "asyncio" else _uvloop_factory)
-    with runner, pytest.raises(LifespanFailure, match=r"^no database$"):
-        runner.run(asyncio.wait_for(main(), 10))
+    event_loop = asyncio.new_event_loop() if loop == "asyncio" else _uvloop_factory()  # (asyncio.Runner: 3.11+)
+    try:
+        with pytest.raises(LifespanFailure, match=r"^no database$"):
+            event_loop.run_until_complete(asyncio.wait_for(main(), 10))
+    finally:
+        event_loop.close()
     assert not served  # nothing was ever bound or served
     assert events == ["scope 3.0", "lifespan.startup"]
 

@@ -352,3 +352,13 @@ def test_config_file_keys_may_be_the_flag_names(tmp_path):
     assert config.reload.reload_includes == ("*.html",) and config.websocket.implementation == "none"
     (tmp_path / "tidegate.toml").write_text('headers = ["x-b: 2"]\n')  # the plural, the setting's own name
     assert resolve({"app": "a:b"}, environ={}, cwd=tmp_path).config.http.headers == ("x-b: 2",)
+
+
+def test_http3_on_a_python_older_than_its_aioquic_is_refused_with_the_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aioquic releases HTTP/3 is tested with need Python 3.11: on 3.10 (where pip finds an older aioquic, or
+    none) --http3 says so instead of serving with a QUIC stack it was not tested with."""
+    from tidegate.runtime import negotiate
+
+    monkeypatch.setattr(negotiate, "HTTP3_PYTHON", False)
+    with pytest.raises(ConfigError, match=r"--http3 needs Python 3\.11 or later"):
+        negotiate.quic_server(None)  # refused before the context is read

@@ -17,8 +17,9 @@ import asyncio
 import base64
 import binascii
 import re
+import sys
 from collections.abc import Callable
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..asgi.http import escape_log
 from ..config import Config, ConfigError
@@ -32,6 +33,9 @@ from .ws import WebSocketDriver
 __all__ = ["QuicServing", "alpn_protocols", "connection_factory", "handlers", "quic_server"]
 
 _BASE64URL = re.compile(rb"[A-Za-z0-9_-]*=*")
+#: whether this Python can serve HTTP/3: the aioquic releases it is tested with need 3.11 (see pyproject.toml)
+HTTP3_PYTHON: Final = sys.version_info >= (3, 11)
+
 _SWITCHING = b"HTTP/1.1 101 Switching Protocols\r\nconnection: Upgrade\r\nupgrade: h2c\r\n\r\n"
 # Request fields of an h2c upgrade that belong to the HTTP/1.1 connection, not to the request on stream 1.
 _UPGRADE_FIELDS = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive", b"proxy-connection",
@@ -168,6 +172,9 @@ class QuicServing(Protocol):
 def quic_server(ctx: ServerContext) -> QuicServing:
     """HTTP/3 (``--http3``): its QUIC endpoints, not started yet.  aioquic is imported here, and only here: without
     ``--http3`` tidegate runs without it."""
+    if not HTTP3_PYTHON:
+        raise ConfigError(f"--http3 needs Python 3.11 or later (the aioquic releases it is tested with); this is "
+                          f"{sys.version_info[0]}.{sys.version_info[1]}")
     try:
         from .h3 import QuicServer
     except ImportError as exc:
