@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from tidegate.asgi.awaiting import COMPILED, OneArgThrow, awaiting
+from tidegate._build import COMPILED_BUILD
+from tidegate.asgi.awaiting import OneArgThrow, awaiting
 
 
 class Step:
@@ -71,7 +72,7 @@ def test_send_and_close_reach_the_coroutine() -> None:
 def test_awaiting_wraps_only_where_compiled_code_would_pass_three_arguments() -> None:
     step = Step()
     wrapped = awaiting(step)
-    if sys.version_info >= (3, 12) and COMPILED:
+    if sys.version_info >= (3, 12) and COMPILED_BUILD:
         assert isinstance(wrapped, OneArgThrow)
     else:
         assert wrapped is step

@@ -18,10 +18,12 @@ import sys
 from collections.abc import Awaitable, Generator
 from typing import Any, Final, TypeVar, cast
 
+from .._build import COMPILED_BUILD
+
 T = TypeVar("T")
 
-#: whether this module, and with it every module of the hot path, runs compiled (they are compiled together)
-COMPILED: Final = not __file__.endswith(".py")
+#: whether the hot path runs compiled (its modules run compiled together, or not at all)
+_COMPILED: Final = COMPILED_BUILD
 
 
 class OneArgThrow:
@@ -55,7 +57,7 @@ class OneArgThrow:
 if sys.version_info >= (3, 12):
     def awaiting(awaitable: Awaitable[T]) -> Awaitable[T]:
         """``awaitable``, wrapped where compiled code awaits it (see the module)."""
-        if COMPILED:
+        if _COMPILED:
             return cast(Awaitable[T], OneArgThrow(awaitable.__await__()))
         return awaitable
 else:
