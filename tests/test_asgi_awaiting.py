@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from tidegate._build import COMPILED_BUILD
-from tidegate.asgi.awaiting import OneArgThrow, awaiting
+from tidegate.asgi.awaiting import awaiting
+from tidegate.asgi.one_arg_throw import OneArgThrow
 
 
 class Step:

@@ -15,43 +15,16 @@ pure Python build (whose coroutines pass the exception on alone already), :func:
 from __future__ import annotations
 
 import sys
-from collections.abc import Awaitable, Generator
-from typing import Any, Final, TypeVar, cast
+from collections.abc import Awaitable
+from typing import Final, TypeVar, cast
 
 from .._build import COMPILED_BUILD
+from .one_arg_throw import OneArgThrow
 
 T = TypeVar("T")
 
 #: whether the hot path runs compiled (its modules run compiled together, or not at all)
 _COMPILED: Final = COMPILED_BUILD
-
-
-class OneArgThrow:
-    """Iterates an awaitable's iterator on behalf of a compiled coroutine; ``throw(type, value, traceback)`` reaches
-    that iterator as ``throw(value)``."""
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: Generator[Any, Any, Any]) -> None:
-        self._inner = inner
-
-    def __await__(self) -> OneArgThrow:
-        return self
-
-    def __iter__(self) -> OneArgThrow:
-        return self
-
-    def __next__(self) -> Any:
-        return self._inner.send(None)
-
-    def send(self, value: Any) -> Any:
-        return self._inner.send(value)
-
-    def throw(self, kind: Any, value: Any = None, traceback: Any = None) -> Any:
-        return self._inner.throw(kind if value is None else value)
-
-    def close(self) -> None:
-        self._inner.close()
 
 
 if sys.version_info >= (3, 12):
